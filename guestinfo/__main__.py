@@ -1,0 +1,3 @@
+from guestinfo.cli import main
+
+raise SystemExit(main())

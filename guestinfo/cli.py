@@ -1,0 +1,177 @@
+"""`guestinfo`: one entry point, one sub-command per role.
+
+`guestinfo run` starts the whole pipeline as one process tree; the other sub-commands run one stage
+each (that is what `run` starts, and what a deployment runs per node or per service).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from guestinfo.config import UsageError
+from guestinfo.logs import setup_logging
+
+log = logging.getLogger("guestinfo")
+
+ENV_BOOTSTRAP = "GUESTINFO_BOOTSTRAP_SERVERS"
+DEFAULT_STATE_DIR = Path(os.environ.get("GUESTINFO_STATE_DIR", ".guestinfo"))
+
+EPILOG = """\
+examples:
+  guestinfo run --demo                      the demo: this machine as VMI default/demo
+  guestinfo run --libvirt-uri qemu:///system --bootstrap-servers kafka-1:9092,kafka-2:9092
+  guestinfo collect --libvirt-uri qemu:///system --bootstrap-servers kafka-1:9092   (one per node)
+
+environment: GUESTINFO_BOOTSTRAP_SERVERS is the default of --bootstrap-servers; GUESTINFO_STATE_DIR of
+--state-dir. Without --bootstrap-servers, `run` starts the embedded broker (Tansu, memory only).
+"""
+
+
+def _add_bootstrap(parser: argparse.ArgumentParser, required: bool) -> None:
+    default = os.environ.get(ENV_BOOTSTRAP)
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        default=default,
+        required=required and default is None,
+        help=f"Kafka cluster to use (env {ENV_BOOTSTRAP})"
+        + ("" if required else "; default: start the embedded broker on 127.0.0.1"),
+    )
+
+
+def _add_collector_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--libvirt-uri", metavar="URI", action="append", default=[],
+        help="libvirt connection to collect domains from (repeatable), e.g. qemu:///system",
+    )
+    parser.add_argument(
+        "--agent-socket", metavar="NAMESPACE/NAME=PATH", action="append", default=[],
+        help="reach this VMI's guest agent through a unix socket instead of libvirt (repeatable)",
+    )
+    parser.add_argument("--node-name", default=socket.gethostname(), help="name of this node (default: hostname)")
+    parser.add_argument(
+        "--interval", type=float, default=10.0, metavar="SECONDS",
+        help="seconds between two collections of every VMI (default 10)",
+    )
+
+
+def _add_sink_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", metavar="URL",
+        help="store URL: sqlite:///ABS/PATH.db or postgresql://USER@HOST:PORT/DB (default: SQLite in --state-dir)",
+    )
+    parser.add_argument(
+        "--api-listen", metavar="HOST:PORT", default="127.0.0.1:8080",
+        help="where the REST API listens (default 127.0.0.1:8080)",
+    )
+
+
+def _add_kube_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--kube-api", metavar="URL", help="Kubernetes API server URL; turns the VMI status sink on")
+    group.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file; turns the VMI status sink on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guestinfo",
+        description="KubeVirt guest-agent information as an event-driven pipeline: node collectors -> Kafka -> "
+        "per-VMI join -> store, REST API (KubeVirt subresource paths) and VMI status.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output (warnings only)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format")
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+        help="folder for local state: SQLite store, Faust data, demo files (default .guestinfo)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="the whole pipeline in one process tree",
+        description="Start the broker (unless --bootstrap-servers), the collector, the join worker, the store "
+        "sink with the REST API, and the VMI status sink (with --kube-api or --kubeconfig). Ctrl-C stops all.",
+    )
+    _add_bootstrap(run, required=False)
+    _add_collector_options(run)
+    _add_sink_options(run)
+    _add_kube_options(run)
+    run.add_argument(
+        "--demo", action="store_true",
+        help="collect the built-in demo: a libvirt test-driver domain default_demo with this machine's MACs "
+        "and a real qemu-ga as its guest agent",
+    )
+
+    collect = commands.add_parser("collect", help="node collector: libvirt + guest agents -> raw topics")
+    _add_bootstrap(collect, required=True)
+    _add_collector_options(collect)
+    collect.add_argument("--agent-timeout", type=float, default=5.0, metavar="SECONDS", help="per agent command")
+
+    join = commands.add_parser("join", help="join worker (Faust): raw topics -> merged topic guestinfo.vmi.v1")
+    _add_bootstrap(join, required=True)
+    join.add_argument("--app-id", default="guestinfo-join", help="Faust app id (consumer group, table prefix)")
+    join.add_argument(
+        "--broker-is-tansu", action=argparse.BooleanOptionalAction, default=True,
+        help="send one record per batch, which Tansu needs for correct table recovery (default on)",
+    )
+
+    serve = commands.add_parser("serve", help="store sink + REST API at the KubeVirt subresource paths")
+    _add_bootstrap(serve, required=True)
+    _add_sink_options(serve)
+
+    status = commands.add_parser("status", help="Kubernetes VMI status sink")
+    _add_bootstrap(status, required=True)
+    _add_kube_options(status)
+
+    broker = commands.add_parser("broker", help="run the embedded broker alone and print its address")
+    broker.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    role = args.command
+    setup_logging(args.verbose - args.quiet, args.log_format, role)
+    try:
+        return _dispatch(args)
+    except UsageError as exc:
+        parser.exit(2, f"guestinfo: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            log.exception("%s failed", role)
+        else:
+            log.error("%s failed: %s: %s (run with -v for details)", role, type(exc).__name__, exc)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from guestinfo import stages  # the stages are imported only by the command that runs them
+
+    if args.command == "run":
+        return stages.run(args)
+    if args.command == "collect":
+        return stages.collect(args)
+    if args.command == "join":
+        return stages.join(args)
+    if args.command == "serve":
+        return stages.serve(args)
+    if args.command == "status":
+        return stages.status(args)
+    if args.command == "broker":
+        return stages.broker(args)
+    raise UsageError(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Command-line values that need parsing, with errors a person can act on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used; the message says which and why."""
+
+
+class Listen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> Listen:
+    """`HOST:PORT` (or `[IPv6]:PORT`) for --api-listen."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--api-listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return Listen(host=host.strip("[]"), port=int(port))
+
+
+def parse_agent_socket(value: str) -> tuple[str, str]:
+    """`NAMESPACE/NAME=PATH` for --agent-socket; returns (`namespace/name`, absolute path)."""
+    key, sep, path = value.partition("=")
+    namespace, slash, name = key.partition("/")
+    if not sep or not slash or not path:
+        raise UsageError(f"--agent-socket {value!r}: expected NAMESPACE/NAME=PATH, e.g. default/demo=/run/qga.sock")
+    for part, what in ((namespace, "namespace"), (name, "name")):
+        if not _NAME.match(part):
+            raise UsageError(f"--agent-socket {value!r}: {what} {part!r} is not a valid Kubernetes name")
+    return f"{namespace}/{name}", str(Path(path).absolute())
+
+
+def parse_bootstrap_servers(value: str) -> str:
+    """`HOST:PORT[,HOST:PORT...]` for --bootstrap-servers."""
+    servers = [s.strip() for s in value.split(",") if s.strip()]
+    if not servers:
+        raise UsageError("--bootstrap-servers is empty")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise UsageError(f"--bootstrap-servers {value!r}: {server!r} is not HOST:PORT")
+    return ",".join(servers)
+
+
+def store_url_for(state_dir: Path) -> str:
+    return f"sqlite:///{(state_dir / 'guestinfo.db').absolute()}"
+
+
+def agent_sockets(values: list[str]) -> dict[str, str]:
+    """All --agent-socket values as `{"namespace/name": path}`."""
+    return dict(parse_agent_socket(value) for value in values)

@@ -1,0 +1,35 @@
+"""Running one async stage in a process: stop cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+async def run_until_signalled(main: Coroutine[Any, Any, None], name: str) -> None:
+    """Run `main` until it ends or a signal arrives; on a signal cancel it and wait for its cleanup."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    task = asyncio.create_task(main, name=name)
+    stopper = asyncio.create_task(stop.wait(), name=f"{name}-signals")
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            log.info("%s: stopping", name)
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    log.info("%s: stopped", name)

@@ -1,0 +1,144 @@
+"""`guestinfo run`: the whole pipeline as one process tree.
+
+Order of start: broker (embedded unless --bootstrap-servers) → topics → demo agent (with --demo) →
+join worker → store sink + API → status sink (with --kube-api/--kubeconfig) → collector.
+Stop (Ctrl-C, SIGTERM) goes in reverse: the collector first, the broker last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.config import (
+    Listen,
+    UsageError,
+    agent_sockets,
+    parse_bootstrap_servers,
+    parse_listen,
+    store_url_for,
+)
+from guestinfo.demo import Demo
+from guestinfo.supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger(__name__)
+
+SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"
+
+
+@dataclass
+class Pipeline:
+    state_dir: Path
+    bootstrap_servers: str | None
+    libvirt_uris: list[str]
+    agent_sockets: dict[str, str]
+    store_url: str | None
+    api: Listen
+    kube_api: str | None
+    kubeconfig: str | None
+    node_name: str
+    interval: float
+    demo: bool
+    global_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Pipeline:
+        global_args = ["--log-format", args.log_format, "--state-dir", str(Path(args.state_dir).absolute())]
+        global_args += ["-v"] * args.verbose + ["-q"] * args.quiet
+        return cls(
+            state_dir=Path(args.state_dir).absolute(),
+            bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers) if args.bootstrap_servers else None,
+            libvirt_uris=list(args.libvirt_uri),
+            agent_sockets=agent_sockets(args.agent_socket),
+            store_url=args.store,
+            api=parse_listen(args.api_listen),
+            kube_api=args.kube_api,
+            kubeconfig=args.kubeconfig,
+            node_name=args.node_name,
+            interval=args.interval,
+            demo=args.demo,
+            global_args=global_args,
+        )
+
+    def children(self, bootstrap: str) -> list[ChildSpec]:
+        kafka = ["--bootstrap-servers", bootstrap]
+        specs = [
+            ChildSpec("join", [*self.global_args, "join", *kafka]),
+            ChildSpec(
+                "serve",
+                [*self.global_args, "serve", *kafka, "--store", self.store_url or store_url_for(self.state_dir),
+                 "--api-listen", str(self.api)],
+            ),
+        ]
+        if self.kube_api or self.kubeconfig:
+            kube = ["--kube-api", self.kube_api] if self.kube_api else ["--kubeconfig", str(self.kubeconfig)]
+            specs.append(ChildSpec("status", [*self.global_args, "status", *kafka, *kube]))
+        if self.libvirt_uris:
+            collect = [*self.global_args, "collect", *kafka, "--node-name", self.node_name,
+                       "--interval", str(self.interval)]
+            for uri in self.libvirt_uris:
+                collect += ["--libvirt-uri", uri]
+            for key, path in self.agent_sockets.items():
+                collect += ["--agent-socket", f"{key}={path}"]
+            specs.append(ChildSpec("collect", collect))
+        else:
+            log.warning("no --libvirt-uri: running without a collector (try --demo)")
+        return specs
+
+    async def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        async with contextlib.AsyncExitStack() as stack:
+            bootstrap = self.bootstrap_servers
+            if bootstrap is None:
+                broker = await stack.enter_async_context(EmbeddedBroker())
+                bootstrap = broker.bootstrap_servers
+            await ensure_topics(bootstrap)
+            if self.demo:
+                demo = await stack.enter_async_context(Demo(self.state_dir))
+                self.libvirt_uris.append(demo.libvirt_uri)
+                self.agent_sockets[demo.vmi_key] = str(demo.agent_socket)
+            supervisor = Supervisor(self.children(bootstrap))
+            stack.push_async_callback(supervisor.stop)
+            await supervisor.start()
+            await wait_for_api(self.api)
+            self.announce(bootstrap)
+            await asyncio.Event().wait()
+
+    def announce(self, bootstrap: str) -> None:
+        base = f"http://{self.api.host}:{self.api.port}"
+        lines = [
+            "guestinfo is running",
+            f"  Kafka       {bootstrap}{' (embedded)' if self.bootstrap_servers is None else ''}",
+            f"  REST API    {base}{SUBRESOURCES}/namespaces/{{namespace}}/virtualmachineinstances/{{name}}/"
+            "{guestosinfo,userlist,filesystemlist}",
+        ]
+        if self.demo:
+            demo_path = f"{SUBRESOURCES}/namespaces/default/virtualmachineinstances/demo/guestosinfo"
+            lines.append(f"  try         curl {base}{demo_path}")
+        lines.append("Press Ctrl-C to stop.")
+        print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+async def wait_for_api(api: Listen, timeout: float = 60.0) -> None:
+    """Wait until the API answers /healthz."""
+    url = f"http://{api.host}:{api.port}/healthz"
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+    raise UsageError(f"the REST API did not come up on {api} within {timeout:.0f}s (is the port in use?)")

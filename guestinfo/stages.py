@@ -1,0 +1,98 @@
+"""Each sub-command: turn command-line values into a stage's config and run the stage.
+
+This module is the only place that imports the stages; they never import each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from guestinfo.config import agent_sockets, parse_bootstrap_servers, parse_listen, store_url_for
+from guestinfo.lifecycle import run_until_signalled
+
+log = logging.getLogger(__name__)
+
+
+def collect(args: argparse.Namespace) -> int:
+    from collectors.node import CollectorConfig, run_collector
+
+    if not args.libvirt_uri:
+        log.warning("no --libvirt-uri given: nothing to collect until one is")
+    config = CollectorConfig(
+        bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
+        libvirt_uris=args.libvirt_uri,
+        agent_sockets=agent_sockets(args.agent_socket),
+        node_name=args.node_name,
+        interval=args.interval,
+        agent_timeout=args.agent_timeout,
+    )
+    asyncio.run(run_until_signalled(run_collector(config), "collector"))
+    return 0
+
+
+def join(args: argparse.Namespace) -> int:
+    from streams.app import JoinConfig, run_join_worker
+
+    config = JoinConfig(
+        bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
+        app_id=args.app_id,
+        datadir=(Path(args.state_dir) / "join").absolute(),
+        one_record_batches=args.broker_is_tansu,
+    )
+    run_join_worker(config, loglevel="warning" if args.quiet else "info")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from sinks.serve import ServeConfig, run_serve
+
+    listen = parse_listen(args.api_listen)
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = ServeConfig(
+        bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
+        store_url=args.store or store_url_for(state_dir),
+        listen_host=listen.host,
+        listen_port=listen.port,
+    )
+    asyncio.run(run_until_signalled(run_serve(config), "serve"))
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from sinks.vmi_status import StatusConfig, run_status_sink
+
+    if not (args.kube_api or args.kubeconfig):
+        from guestinfo.config import UsageError
+
+        raise UsageError("status needs --kube-api URL or --kubeconfig PATH")
+    config = StatusConfig(
+        bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
+        kube_api=args.kube_api,
+        kubeconfig=args.kubeconfig,
+    )
+    asyncio.run(run_until_signalled(run_status_sink(config), "status"))
+    return 0
+
+
+def broker(args: argparse.Namespace) -> int:
+    from guestinfo.broker import EmbeddedBroker, ensure_topics
+
+    async def serve_broker() -> None:
+        async with EmbeddedBroker(port=args.port) as embedded:
+            await ensure_topics(embedded.bootstrap_servers)
+            print(f"embedded broker: {embedded.bootstrap_servers}", flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(run_until_signalled(serve_broker(), "broker"))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from guestinfo.pipeline import Pipeline
+
+    asyncio.run(run_until_signalled(Pipeline.from_args(args).run(), "pipeline"))
+    return 0

@@ -1,0 +1,101 @@
+"""Process supervision for `guestinfo run`: one child process per stage.
+
+Children start in order and stop in reverse order (SIGTERM, then SIGKILL after a grace period). A
+child that exits on its own is restarted with a capped, doubling back-off, and the restart is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One stage process: a name for the logs and the `guestinfo` sub-command line to run."""
+
+    name: str
+    args: list[str]
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "guestinfo", *self.args]
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    stopping: bool = False
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the stage processes of one pipeline."""
+
+    def __init__(self, specs: list[ChildSpec], stop_grace: float = 10.0, max_backoff: float = 30.0):
+        self.children = [Child(spec) for spec in specs]
+        self.stop_grace = stop_grace
+        self.max_backoff = max_backoff
+
+    async def start(self) -> None:
+        for child in self.children:
+            await self._spawn(child)
+            child.watcher = asyncio.create_task(self._watch(child), name=f"watch-{child.spec.name}")
+
+    async def _spawn(self, child: Child) -> None:
+        child.process = await asyncio.create_subprocess_exec(
+            *child.spec.argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+        log.info("started %s (pid %d)", child.spec.name, child.process.pid)
+
+    async def _watch(self, child: Child) -> None:
+        while not child.stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if child.stopping:
+                return
+            child.restarts += 1
+            delay = min(self.max_backoff, 2.0 ** min(child.restarts - 1, 10))
+            log.error(
+                "%s exited with code %s; restart #%d in %.0fs", child.spec.name, code, child.restarts, delay
+            )
+            await asyncio.sleep(delay)
+            if not child.stopping:
+                await self._spawn(child)
+
+    def pid(self, name: str) -> int | None:
+        for child in self.children:
+            if child.spec.name == name and child.process is not None:
+                return child.process.pid
+        return None
+
+    async def stop(self) -> None:
+        """Stop every child, last started first; idempotent."""
+        for child in reversed(self.children):
+            child.stopping = True
+            if child.watcher is not None:
+                child.watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await child.watcher
+            await self._terminate(child)
+
+    async def _terminate(self, child: Child) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.stop_grace)
+            log.info("stopped %s (exit code %s)", child.spec.name, process.returncode)
+        except TimeoutError:
+            log.warning("%s did not stop within %.0fs; killing it", child.spec.name, self.stop_grace)
+            process.kill()
+            await process.wait()

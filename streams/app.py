@@ -1,0 +1,128 @@
+"""The Faust worker: one agent reads both raw topics, folds each event into a changelog-backed
+Table keyed by `namespace/name`, and sends the merged record (or a tombstone) to `guestinfo.vmi.v1`.
+
+Raw events that cannot be decoded go to the dead-letter topic with the reason; they never stop the
+stream. Faust's settings follow shared/broker-notes.md for the Tansu broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.codec import DecodeError, decode, encode
+from schemas.events import AgentReport, DomainReport
+from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, PARTITIONS, VMI_TOPIC
+from streams.join import JoinResult, VMIState, apply_agent, apply_domain
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "vmi-state"
+
+
+class JoinConfig(BaseModel):
+    """Settings of the join worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str = Field(description="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]")
+    app_id: str = Field(default="guestinfo-join", description="Faust app id: consumer group and table prefix")
+    partitions: int = Field(default=PARTITIONS, description="Partition count of the topics and the table")
+    datadir: Path = Field(default=Path("/tmp/guestinfo-join"), description="Faust's local data folder")
+    web_port: int | None = Field(default=None, description="Faust web port; None disables Faust's web server")
+    session_timeout: float = Field(default=6.0, description="Consumer session timeout, seconds")
+    one_record_batches: bool = Field(
+        default=True,
+        description="Send one record per produce batch: needed on Tansu, whose ListOffsets(LATEST) is "
+        "wrong for multi-record batches and breaks table recovery (broker-notes §1)",
+    )
+
+
+def build_app(config: JoinConfig) -> faust.App:
+    """A Faust app with the raw topics, the merged topic, the state table and the join agent."""
+    settings: dict[str, Any] = {
+        "broker": [f"kafka://{server}" for server in config.bootstrap_servers.split(",")],
+        "store": "memory://",
+        "datadir": str(config.datadir),
+        "topic_partitions": config.partitions,
+        "topic_replication_factor": 1,
+        "broker_session_timeout": config.session_timeout,
+        "broker_heartbeat_interval": 1.0,
+        "producer_linger": 0.05,
+        "table_standby_replicas": 0,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "web_enabled": config.web_port is not None,
+    }
+    if config.web_port is not None:
+        settings["web_port"] = config.web_port
+    if config.one_record_batches:
+        settings["producer_max_batch_size"] = 1
+    app = faust.App(config.app_id, **settings)
+
+    raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
+    merged_topic = app.topic(VMI_TOPIC, key_type=bytes, value_type=bytes, partitions=config.partitions)
+    dead_letters = app.topic(DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes)
+    table = app.Table(TABLE_NAME, default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
+
+    @app.agent(raw_topics, concurrency=1)
+    async def join(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            key = message.key
+            try:
+                result = fold(table.get(key), message.topic, message.value)
+            except DecodeError as exc:
+                log.warning(
+                    "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc
+                )
+                await dead_letters.send(key=key, value=dead_letter(message, str(exc)))
+                continue
+            if result.state is None:
+                table.pop(key, None)
+            else:
+                table[key] = encode(result.state)
+            if result.record is not None:
+                await merged_topic.send(key=key, value=encode(result.record))
+            elif result.tombstone:
+                await merged_topic.send(key=key, value=None)
+
+    return app
+
+
+def fold(stored: bytes | None, topic: str, value: bytes | None) -> JoinResult:
+    """Apply one raw event to a VMI's stored state."""
+    if value is None:
+        raise DecodeError("raw event without a value")
+    state = decode(VMIState, stored) if stored is not None else VMIState()
+    if topic == DOMAIN_TOPIC:
+        return apply_domain(state, decode(DomainReport, value))
+    if topic == AGENT_TOPIC:
+        return apply_agent(state, decode(AgentReport, value))
+    raise DecodeError(f"unexpected topic {topic}")
+
+
+def dead_letter(message: Any, reason: str) -> bytes:
+    value: bytes | None = message.value
+    return orjson.dumps(
+        {
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "reason": reason,
+            "value": value.decode("utf-8", errors="replace")[:65536] if value is not None else None,
+        }
+    )
+
+
+def run_join_worker(config: JoinConfig, loglevel: str = "info") -> None:
+    """Run the join worker in this process until SIGINT/SIGTERM; blocks and owns the event loop."""
+    app = build_app(config)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None  # the spinner would turn the root logger to DEBUG (broker-notes §2)
+    worker.execute_from_commandline()

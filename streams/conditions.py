@@ -1,0 +1,75 @@
+"""Agent conditions of the VMI (reference §2).
+
+`AgentConnected` is present-only: `status "True"`, `lastProbeTime` = when the channel was first seen
+connected, no reason; removed (never "False") when the channel is not connected.
+
+`AgentVersionNotSupported` is evaluated only while the agent is connected and only once its
+`guest-info` is known (upstream evaluates an empty cache and flaps, kubevirt#8994). Once set it keeps
+its wording and is not removed on disconnect; it is removed when a connected agent is supported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from schemas.events import AgentVersionInfo
+from schemas.kubevirt import AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED, VMICondition
+
+REQUIRED_BASIC_COMMANDS = (
+    "guest-ping",
+    "guest-get-time",
+    "guest-info",
+    "guest-shutdown",
+    "guest-network-get-interfaces",
+    "guest-get-fsinfo",
+    "guest-get-host-name",
+    "guest-get-users",
+    "guest-get-timezone",
+    "guest-get-osinfo",
+)
+#: KubeVirt's deprecated `supportedGuestAgentVersions` default, used when no command list is known.
+SUPPORTED_VERSION_PATTERNS = ("2.*", "3.*", "4.*", "5.*")
+
+REASON_BASIC = "This guest agent doesn't support required basic commands"
+
+
+def probe_time(timestamp: float) -> str:
+    """metav1.Time as Kubernetes writes it: RFC 3339, whole seconds, UTC."""
+    return datetime.fromtimestamp(int(timestamp), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def agent_connected_condition(since: float) -> VMICondition:
+    return VMICondition(type=AGENT_CONNECTED, status="True", last_probe_time=probe_time(since))
+
+
+def unsupported_reason(info: AgentVersionInfo) -> str | None:
+    """Why this agent is not supported, as upstream words it; None when it is supported."""
+    if info.supported_commands:
+        enabled = {c.name for c in info.supported_commands if c.enabled}
+        if not all(command in enabled for command in REQUIRED_BASIC_COMMANDS):
+            return REASON_BASIC
+        return None
+    # Go's regexp.MatchString finds the pattern anywhere in the version string.
+    if any(re.search(pattern, info.version) for pattern in SUPPORTED_VERSION_PATTERNS):
+        return None
+    return f"Guest agent version '{info.version}' is not supported"
+
+
+def unsupported_condition(reason: str, since: float) -> VMICondition:
+    return VMICondition(
+        type=AGENT_VERSION_NOT_SUPPORTED, status="True", last_probe_time=probe_time(since), reason=reason
+    )
+
+
+def conditions(
+    connected_since: float | None, unsupported: tuple[str, float] | None
+) -> Sequence[VMICondition]:
+    """The agent conditions in KubeVirt's order: AgentConnected, then AgentVersionNotSupported."""
+    result: list[VMICondition] = []
+    if connected_since is not None:
+        result.append(agent_connected_condition(connected_since))
+    if unsupported is not None:
+        result.append(unsupported_condition(*unsupported))
+    return result
