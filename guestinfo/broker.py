@@ -84,6 +84,14 @@ class EmbeddedBroker:
                 stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
                 raise BrokerError(f"broker exited with {self._process.returncode}: {stderr.strip()[-2000:]}")
             try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                await writer.wait_closed()
+            except OSError as exc:
+                last_error = exc
+                await asyncio.sleep(0.05)
+                continue
+            try:
                 admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
                 await admin.start()
                 try:
