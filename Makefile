@@ -7,12 +7,12 @@ DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 
-.PHONY: run test setup lint unit integration clean
+.PHONY: run test setup postgres clean
 
 run: setup
 	$(BIN)/guestinfo run --demo
 
-test: setup
+test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy schemas collectors streams sinks guestinfo
@@ -36,6 +36,15 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/deb
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
+
+# The PostgreSQL tests need the server on 127.0.0.1:5432 (database `test`); start it if it is down.
+postgres:
+	@if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then exit 0; fi; \
+	if command -v pg_ctlcluster >/dev/null; then \
+	  echo "starting PostgreSQL"; $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start; \
+	fi; \
+	for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
+	echo "PostgreSQL is not answering on 127.0.0.1:5432: the store tests need it" >&2; exit 1
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build *.egg-info

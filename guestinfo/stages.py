@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def collect(args: argparse.Namespace) -> int:
-    from collectors.node import CollectorConfig, run_collector
+    from collectors import CollectorConfig, run_collector
 
     if not args.libvirt_uri:
         log.warning("no --libvirt-uri given: nothing to collect until one is")

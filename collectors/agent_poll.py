@@ -1,0 +1,92 @@
+"""One tick of one VMI's guest agent: sync, run the polled commands, build its `AgentReport`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from collectors.agent_protocol import AgentTransport
+from collectors.agent_replies import CONVERTERS, convert
+from collectors.errors import AgentError, AgentTimeout, AgentUnavailable
+from schemas.events import AgentReport, VMIRef
+from schemas.limits import MAX_STRING
+
+log = logging.getLogger(__name__)
+
+#: The commands polled every tick, in order (kubevirt-reference §3, the raw-command set).
+POLLED_COMMANDS: tuple[str, ...] = tuple(CONVERTERS)
+SYNC = "guest-sync"
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:MAX_STRING]
+
+
+@dataclass
+class AgentPoll:
+    """What one VMI's agent said so far in this tick (kept when the tick's budget runs out)."""
+
+    synced: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def report(self, vmi: VMIRef, *, node: str, observed_at: float) -> AgentReport:
+        try:
+            return AgentReport(
+                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced,
+                errors=self.errors, **self.fields,
+            )
+        except ValidationError as exc:  # a converter bug, never guest data: report no data at all
+            log.error("agent report of %s does not validate: %s", vmi.key, exc)
+            return AgentReport(
+                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced,
+                errors={"report": short_reason(exc)},
+            )
+
+
+async def poll_into(
+    poll: AgentPoll, transport: AgentTransport, commands: tuple[str, ...] = POLLED_COMMANDS
+) -> None:
+    """Sync, then run each command; a failing command is recorded and its field left null.
+
+    An unreachable or silent agent ends the poll: the remaining commands are not tried this tick.
+    """
+    try:
+        await transport.sync()
+    except AgentError as exc:
+        poll.errors[SYNC] = short_reason(exc)
+        return
+    poll.synced = True
+    for command in commands:
+        field_name = CONVERTERS[command][0]
+        try:
+            poll.fields[field_name] = convert(command, await transport.execute(command))
+        except (AgentUnavailable, AgentTimeout) as exc:
+            poll.errors[command] = short_reason(exc)
+            return
+        except AgentError as exc:
+            poll.errors[command] = short_reason(exc)
+
+
+async def poll_agent(
+    transport: AgentTransport,
+    vmi: VMIRef,
+    *,
+    node: str,
+    observed_at: float,
+    budget: float,
+    commands: tuple[str, ...] = POLLED_COMMANDS,
+) -> tuple[AgentReport, bool]:
+    """The `AgentReport` of one VMI, within `budget` seconds; also whether the agent answered the sync."""
+    poll = AgentPoll()
+    try:
+        async with asyncio.timeout(budget):
+            await poll_into(poll, transport, commands)
+    except TimeoutError:
+        poll.errors["tick"] = f"agent poll exceeded its budget of {budget:g} s"
+    return poll.report(vmi, node=node, observed_at=observed_at), poll.synced

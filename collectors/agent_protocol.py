@@ -1,0 +1,218 @@
+"""The QEMU guest agent JSON protocol: one request line, one reply line, over a unix socket.
+
+Every reply is guest-written: it is bounded in size and depth before it is looked at, and anything
+unexpected is an `AgentProtocolError`, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from collectors.errors import (
+    AgentCommandError,
+    AgentError,
+    AgentProtocolError,
+    AgentTimeout,
+    AgentUnavailable,
+)
+from schemas.limits import MAX_REPLY_BYTES, MAX_REPLY_DEPTH
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Default seconds allowed for one agent call (libvirt's QEMU_AGENT_WAIT_TIME is 5 s too).
+DEFAULT_TIMEOUT = 5.0
+#: Lines read while looking for the `guest-sync` reply before giving up.
+MAX_SYNC_LINES = 32
+_MAX_ERROR_TEXT = 512
+
+
+class AgentTransport(Protocol):
+    """A way to talk to one guest agent: a direct unix socket or libvirt's agent channel."""
+
+    async def sync(self) -> None:
+        """Make sure the agent answers; raises an `AgentError` when it does not."""
+        ...
+
+    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Run one command and return its `return` value; raises an `AgentError` on any failure."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection; the transport may be used again afterwards (it reconnects)."""
+        ...
+
+
+def encode_request(command: str, arguments: Mapping[str, Any] | None = None) -> bytes:
+    """One request line of the agent protocol."""
+    request: dict[str, Any] = {"execute": command}
+    if arguments is not None:
+        request["arguments"] = dict(arguments)
+    return orjson.dumps(request) + b"\n"
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 > MAX_REPLY_DEPTH:
+            return depth + 1
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def decode_reply(line: bytes | str) -> dict[str, Any]:
+    """Decode one reply line into its JSON object, within the size and depth limits."""
+    size = len(line)
+    if size > MAX_REPLY_BYTES:
+        raise AgentProtocolError(f"reply of {size} bytes exceeds {MAX_REPLY_BYTES}")
+    try:
+        reply = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise AgentProtocolError(f"reply is not JSON: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise AgentProtocolError(f"reply is a JSON {type(reply).__name__}, not an object")
+    if json_depth(reply) > MAX_REPLY_DEPTH:
+        raise AgentProtocolError(f"reply nested deeper than {MAX_REPLY_DEPTH}")
+    return reply
+
+
+def reply_value(command: str, reply: Mapping[str, Any]) -> Any:
+    """The `return` value of a decoded reply; an `error` reply raises `AgentCommandError`."""
+    if "error" in reply:
+        error = reply["error"]
+        if not isinstance(error, dict):
+            raise AgentProtocolError(f"{command}: `error` is not an object")
+        return_class = error.get("class")
+        desc = error.get("desc")
+        raise AgentCommandError(
+            command,
+            str(return_class)[:_MAX_ERROR_TEXT] if return_class is not None else "GenericError",
+            str(desc)[:_MAX_ERROR_TEXT] if desc is not None else "",
+        )
+    if "return" not in reply:
+        raise AgentProtocolError(f"{command}: reply has neither `return` nor `error`")
+    return reply["return"]
+
+
+class AgentSocketClient:
+    """Client of one agent socket (qemu-ga `-m unix-listen`, or a virtio-serial channel's host end).
+
+    Calls are serialised (the agent handles one request at a time and accepts one client). A new
+    connection is synchronised with `guest-sync` before use; any transport or protocol failure drops
+    the connection so that the next call reconnects and re-synchronises.
+    """
+
+    def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    async def sync(self) -> None:
+        async with self._lock:
+            await self._guarded(self._ensure_connected())
+
+    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        async with self._lock:
+            return await self._guarded(self._call(command, arguments))
+
+    async def close(self) -> None:
+        writer = self._drop()
+        if writer is None:
+            return
+        try:
+            await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
+        except (OSError, TimeoutError):
+            pass
+
+    def _drop(self) -> asyncio.StreamWriter | None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+        return writer
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except AgentCommandError:
+            raise
+        except asyncio.CancelledError:
+            # A reply may still be on its way: it must not be read as the answer to the next request.
+            self._drop()
+            raise
+        except TimeoutError as exc:
+            await self.close()
+            raise AgentTimeout(f"no answer from {self.path} within {self.timeout:g} s") from exc
+        except AgentError:
+            await self.close()
+            raise
+        except (OSError, EOFError) as exc:
+            await self.close()
+            raise AgentUnavailable(f"agent socket {self.path}: {exc}") from exc
+
+    async def _ensure_connected(self) -> None:
+        if self._writer is not None:
+            return
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                self.path, limit=MAX_REPLY_BYTES + 1
+            )
+        except OSError as exc:
+            raise AgentUnavailable(f"cannot connect to {self.path}: {exc}") from exc
+        await self._synchronise()
+
+    async def _synchronise(self) -> None:
+        token = random.randrange(1, 2**31)
+        await self._send(encode_request("guest-sync", {"id": token}))
+        for _ in range(MAX_SYNC_LINES):
+            line = await self._read_line()
+            try:
+                reply = decode_reply(line)
+            except AgentProtocolError:
+                continue  # a stale, partial or garbage line from before this connection: skip it
+            if reply.get("return") == token:
+                return
+        raise AgentProtocolError(f"no guest-sync reply among {MAX_SYNC_LINES} lines")
+
+    async def _call(self, command: str, arguments: Mapping[str, Any] | None) -> Any:
+        await self._ensure_connected()
+        await self._send(encode_request(command, arguments))
+        return reply_value(command, decode_reply(await self._read_line()))
+
+    async def _send(self, data: bytes) -> None:
+        assert self._writer is not None
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def _read_line(self) -> bytes:
+        assert self._reader is not None
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            raise AgentUnavailable(f"agent socket {self.path} closed") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise AgentProtocolError(f"reply line longer than {MAX_REPLY_BYTES} bytes") from exc
+        return line

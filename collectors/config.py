@@ -1,0 +1,42 @@
+"""Settings of one node's collector."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class CollectorConfig(BaseModel):
+    """What a collector polls, how often, and where it publishes. Seconds are floats."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(min_length=1, description="Kafka bootstrap servers, `host:port[,...]`.")
+    libvirt_uris: list[str] = Field(
+        default_factory=lambda: ["qemu:///system"],
+        description="libvirt connections listed every tick (e.g. `qemu:///system`, `test:///path/node.xml`).",
+    )
+    agent_sockets: dict[str, str] = Field(
+        default_factory=dict,
+        description="`namespace/name` → unix socket path: that VMI's guest agent is reached through this "
+        "socket (qemu-ga protocol) instead of through libvirt.",
+    )
+    node_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=253,
+        description="Node name written into every report.",
+    )
+    interval: float = Field(default=10.0, gt=0, description="Seconds between the starts of two ticks.")
+    agent_timeout: float = Field(default=5.0, gt=0, description="Seconds allowed for one agent call.")
+    max_concurrent_agent_calls: int = Field(
+        default=16, ge=1, le=1024, description="VMIs whose agent is polled at the same time."
+    )
+
+    @field_validator("agent_sockets")
+    @classmethod
+    def _keys_are_vmi_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            namespace, sep, name = key.partition("/")
+            if not (namespace and sep and name):
+                raise ValueError(f"agent_sockets key {key!r} is not `namespace/name`")
+        return value

@@ -1,0 +1,52 @@
+"""Golden tests: `data/domains/<case>.xml` → `<case>.json` (the DomainReport, `null`, or `{"error": ...}`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from collectors.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain
+from collectors.errors import DomainXMLError
+from schemas.codec import encode
+
+DATA = Path(__file__).parent / "data" / "domains"
+CASES = sorted(path.stem for path in DATA.glob("*.xml"))
+
+
+def outcome(xml: str) -> Any:
+    try:
+        report = parse_domain(xml, node="node-1", observed_at=1700000000.5, state="running")
+    except DomainXMLError as exc:
+        return {"error": type(exc).__name__, "message_contains": str(exc)}
+    return None if report is None else orjson.loads(encode(report))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_domain_golden(case: str) -> None:
+    expected = orjson.loads((DATA / f"{case}.json").read_bytes())
+    actual = outcome((DATA / f"{case}.xml").read_text())
+    if isinstance(expected, dict) and "error" in expected:
+        assert isinstance(actual, dict) and actual.get("error") == expected["error"]
+        assert expected["message_contains"] in actual["message_contains"]
+    else:
+        assert actual == expected
+
+
+def test_every_case_has_expected_output() -> None:
+    assert CASES
+    assert sorted(path.stem for path in DATA.glob("*.json")) == CASES
+
+
+def test_oversized_xml_is_refused_before_parsing() -> None:
+    xml = "<domain><name>default_vm</name>" + " " * MAX_DOMAIN_XML_BYTES + "</domain>"
+    with pytest.raises(DomainXMLError, match="too large"):
+        parse_domain(xml, node="n", observed_at=0.0, state="running")
+
+
+def test_state_is_passed_through() -> None:
+    xml = (DATA / "channel_without_state.xml").read_text()
+    report = parse_domain(xml, node="n", observed_at=1.0, state="paused")
+    assert report is not None and report.state == "paused"
