@@ -1,0 +1,92 @@
+"""What both sinks share: the consumer of `guestinfo.vmi.v1` and decoding its records."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from schemas.codec import DecodeError, decode
+from schemas.topics import VMI_TOPIC
+from schemas.vmi import VMIRecord
+from sinks.metrics import RECORDS_SKIPPED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VMIChange:
+    """One decoded topic record: `record` None is a tombstone (the VMI went away)."""
+
+    namespace: str
+    name: str
+    record: VMIRecord | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def make_consumer(bootstrap_servers: str, group_id: str) -> AIOKafkaConsumer:
+    """A consumer of the merged topic: manual commits, from the earliest offset for a new group.
+
+    A short session makes group joins quick on Tansu (join waits session/2, broker-notes §1).
+    """
+    return AIOKafkaConsumer(
+        VMI_TOPIC,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+
+
+def _where(msg: ConsumerRecord[bytes, bytes]) -> str:
+    return f"topic={msg.topic} partition={msg.partition} offset={msg.offset}"
+
+
+def _split_key(key: bytes | None) -> tuple[str, str] | None:
+    if not key:
+        return None
+    try:
+        namespace, sep, name = key.decode().partition("/")
+    except UnicodeDecodeError:
+        return None
+    if not sep or not namespace or not name or "/" in name:
+        return None
+    return namespace, name
+
+
+def decode_message(msg: ConsumerRecord[bytes, bytes], sink: str) -> VMIChange | None:
+    """Decode one record of the merged topic; a bad one is logged (where it is) and gives None."""
+    if msg.value is None:
+        ref = _split_key(msg.key)
+        if ref is None:
+            log.warning("%s sink: skipping tombstone with bad key %r at %s", sink, msg.key, _where(msg))
+            RECORDS_SKIPPED.labels(sink, "bad_key").inc()
+            return None
+        return VMIChange(ref[0], ref[1], None)
+    try:
+        record = decode(VMIRecord, msg.value)
+    except DecodeError as exc:
+        reason = str(exc).splitlines()[0][:300]
+        log.warning("%s sink: skipping undecodable record at %s: %s", sink, _where(msg), reason)
+        RECORDS_SKIPPED.labels(sink, "undecodable").inc()
+        return None
+    return VMIChange(record.vmi.namespace, record.vmi.name, record)
+
+
+def decode_batch(
+    batches: dict[object, list[ConsumerRecord[bytes, bytes]]], sink: str
+) -> list[VMIChange]:
+    """All decodable changes of a `getmany` result, in partition order."""
+    changes: list[VMIChange] = []
+    for messages in batches.values():
+        for msg in messages:
+            change = decode_message(msg, sink)
+            if change is not None:
+                changes.append(change)
+    return changes

@@ -1,0 +1,97 @@
+"""`run_serve`: the store sink and the REST API in one process, over one store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from sinks.api import make_app
+from sinks.store import Store, describe_url, open_store
+from sinks.store_sink import run_store_sink
+
+log = logging.getLogger(__name__)
+
+
+class ServeConfig(BaseModel):
+    """Settings of `run_serve`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(description="Kafka bootstrap servers, `host:port[,host:port]`.")
+    store_url: str = Field(
+        description="Store URL: `sqlite:///ABSOLUTE/PATH.db` (embedded) or `postgresql://USER@HOST:PORT/DB`."
+    )
+    listen_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
+    listen_port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of the REST API; 0 picks a free port."
+    )
+    group_id: str = Field(default="guestinfo-store", min_length=1, description="Consumer group of the store sink.")
+
+
+class Listening(asyncio.Event):
+    """A `ready` event that also tells where the API listens: `host`, `port` (the bound one), `url`.
+
+    Pass one as `run_serve(config, ready=Listening())`; both are filled in before it is set, so a
+    `listen_port` of 0 can be resolved to the real port. A plain `asyncio.Event` works too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host = ""
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+async def start_api(store: Store, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start the HTTP server; returns the runner and the bound port."""
+    runner = web.AppRunner(make_app(store), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = port
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            bound = int(address[1])
+            break
+    return runner, bound
+
+
+async def serve_with(store: Store, config: ServeConfig, ready: asyncio.Event | None) -> None:
+    """Run API and store sink on an open store until cancelled (or until the sink fails)."""
+    runner, port = await start_api(store, config.listen_host, config.listen_port)
+    try:
+        log.info("API listening on http://%s:%d", config.listen_host, port)
+        if isinstance(ready, Listening):
+            ready.host, ready.port = config.listen_host, port
+        if ready is not None:
+            ready.set()
+        await run_store_sink(config.bootstrap_servers, config.group_id, store)
+    finally:
+        await runner.cleanup()
+        log.info("API on http://%s:%d stopped", config.listen_host, port)
+
+
+async def run_serve(config: ServeConfig, ready: asyncio.Event | None = None) -> None:
+    """Open the store, then serve the REST API and run the store sink together until cancelled.
+
+    Logs `API listening on http://HOST:PORT` and sets `ready` once listening (see `Listening` for
+    learning the bound port). On cancellation the consumer is stopped, the HTTP server closed and
+    the store closed, in that order. A store that cannot be opened raises `sinks.store.StoreError`.
+    """
+    store = await open_store(config.store_url)
+    log.info("store open: %s", describe_url(config.store_url))
+    try:
+        await serve_with(store, config, ready)
+    finally:
+        await store.close()
+        log.info("store closed")

@@ -1,0 +1,88 @@
+"""The record store behind a URL: `sqlite:///ABS/PATH.db` (embedded default) or `postgresql://...`.
+
+Both backends keep one row per VMI: namespace, name, revision, updated time and the record JSON
+(`schemas.codec.encode`). Writes are idempotent: a record whose revision is lower than the stored
+one for the same VMI is ignored (delivery is at-least-once, re-deliveries are stale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from schemas.vmi import VMIRecord
+
+#: The table every backend writes; created if missing.
+TABLE = "guestinfo_vmi_records"
+
+
+class StoreError(RuntimeError):
+    """The store URL is unusable or the backend failed to open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """The VMI `namespace/name` went away: its row is deleted."""
+
+    namespace: str
+    name: str
+
+
+#: One change of a batch, applied in order.
+Change = VMIRecord | Tombstone
+
+
+class Store(Protocol):
+    """What every backend offers (all coroutines); `close` is idempotent."""
+
+    async def upsert(self, record: VMIRecord) -> bool:
+        """Write `record` unless a higher revision is stored; True when the row was written."""
+        ...
+
+    async def delete(self, namespace: str, name: str) -> bool:
+        """Delete the VMI's row; True when there was one."""
+        ...
+
+    async def get(self, namespace: str, name: str) -> VMIRecord | None:
+        """The stored record, or None."""
+        ...
+
+    async def write_batch(self, changes: Sequence[Change]) -> int:
+        """Apply changes in order in one transaction; returns how many rows changed."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+        ...
+
+
+def describe_url(url: str) -> str:
+    """The URL without a password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+async def open_store(url: str) -> Store:
+    """Open (and create the table of) the store named by `url`.
+
+    `sqlite:///ABS/PATH.db` uses aiosqlite in WAL mode; `postgresql://user@host:port/db` (or
+    `postgres://`) uses an asyncpg pool. Any other scheme is a `StoreError`.
+    """
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from sinks.store_sqlite import open_sqlite
+
+        return await open_sqlite(url)
+    if scheme in ("postgresql", "postgres"):
+        from sinks.store_postgres import open_postgres
+
+        return await open_postgres(url)
+    raise StoreError(
+        f"unsupported store URL {describe_url(url)!r}: "
+        "use sqlite:///ABSOLUTE/PATH.db or postgresql://USER@HOST:PORT/DB"
+    )

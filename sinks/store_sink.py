@@ -1,0 +1,80 @@
+"""The store sink: `guestinfo.vmi.v1` → the store. Writes a fetched batch, then commits its offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from sinks.consuming import VMIChange, decode_batch, make_consumer
+from sinks.metrics import STORE_WRITES
+from sinks.store import Change, Store, Tombstone
+
+log = logging.getLogger(__name__)
+
+#: Records fetched per batch (one store transaction each).
+MAX_BATCH = 500
+
+
+def to_changes(changes: list[VMIChange]) -> list[Change]:
+    """Decoded topic changes → store changes (a tombstone deletes)."""
+    return [c.record if c.record is not None else Tombstone(c.namespace, c.name) for c in changes]
+
+
+async def write_batch(store: Store, changes: list[VMIChange]) -> int:
+    """Write one batch to the store and count it in the metrics."""
+    if not changes:
+        return 0
+    written = await store.write_batch(to_changes(changes))
+    deletes = sum(1 for c in changes if c.record is None)
+    STORE_WRITES.labels("delete").inc(min(deletes, written))
+    STORE_WRITES.labels("upsert").inc(max(written - deletes, 0))
+    return written
+
+
+async def write_until_done(store: Store, changes: list[VMIChange]) -> int:
+    """Write the batch, retrying a failing store with capped backoff (offsets stay uncommitted)."""
+    delay = 0.5
+    attempt = 1
+    while True:
+        try:
+            return await write_batch(store, changes)
+        except Exception as exc:  # any store failure: keep the batch, never crash the loop
+            log.error(
+                "store sink: writing %d changes failed (attempt #%d, retrying in %.1fs): %s",
+                len(changes), attempt, delay, exc,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+        attempt += 1
+
+
+async def consume_into(consumer: AIOKafkaConsumer, store: Store) -> None:
+    """Loop forever (until cancelled): fetch a batch, write it, then commit its offsets."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=1000, max_records=MAX_BATCH)
+        if not batches:
+            continue
+        changes = decode_batch(batches, "store")  # type: ignore[arg-type]
+        written = await write_until_done(store, changes)
+        try:
+            await consumer.commit()
+        except KafkaError as exc:
+            # The batch is written; its records come again after a rebalance (writes are idempotent).
+            log.warning("store sink: offset commit failed, records may be re-delivered: %s", exc)
+        count = sum(len(msgs) for msgs in batches.values())
+        log.debug("store sink: %d records fetched, %d rows changed", count, written)
+
+
+async def run_store_sink(bootstrap_servers: str, group_id: str, store: Store) -> None:
+    """Consume the merged topic into `store` until cancelled; the consumer is stopped on exit."""
+    consumer = make_consumer(bootstrap_servers, group_id)
+    await consumer.start()
+    log.info("store sink consuming as group %s from %s", group_id, bootstrap_servers)
+    try:
+        await consume_into(consumer, store)
+    finally:
+        await consumer.stop()
+        log.info("store sink stopped")

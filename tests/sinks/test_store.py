@@ -1,0 +1,111 @@
+"""The store on SQLite and PostgreSQL: same tests for both backends."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from schemas.events import VMIRef
+from sinks.store import Store, StoreError, Tombstone, open_store
+from tests.sinks.records import empty_record, full_record
+
+
+async def test_get_unknown_is_none(store: Store, unique: str) -> None:
+    assert await store.get(f"ns-{unique}", "nope") is None
+
+
+async def test_upsert_then_get_round_trips(store: Store, unique: str) -> None:
+    record = full_record(f"ns-{unique}", "vm1", revision=3)
+    assert await store.upsert(record) is True
+    assert await store.get(f"ns-{unique}", "vm1") == record
+
+
+async def test_lower_revision_is_ignored_same_or_higher_wins(store: Store, unique: str) -> None:
+    ns = f"ns-{unique}"
+    newer = full_record(ns, "vm1", revision=5)
+    older = empty_record(ns, "vm1", revision=4)
+    assert await store.upsert(newer)
+    assert await store.upsert(older) is False
+    assert await store.get(ns, "vm1") == newer
+    assert await store.upsert(newer) is True  # re-delivery of the same revision is harmless
+    newest = empty_record(ns, "vm1", revision=6)
+    assert await store.upsert(newest)
+    assert await store.get(ns, "vm1") == newest
+
+
+async def test_delete(store: Store, unique: str) -> None:
+    ns = f"ns-{unique}"
+    await store.upsert(full_record(ns, "vm1"))
+    await store.upsert(full_record(ns, "vm2"))
+    assert await store.delete(ns, "vm1") is True
+    assert await store.delete(ns, "vm1") is False
+    assert await store.get(ns, "vm1") is None
+    assert await store.get(ns, "vm2") is not None
+
+
+async def test_batch_applies_in_order(store: Store, unique: str) -> None:
+    ns = f"ns-{unique}"
+    changed = await store.write_batch(
+        [full_record(ns, "a", 1), Tombstone(ns, "a"), full_record(ns, "b", 2), empty_record(ns, "b", 1)]
+    )
+    assert changed == 3
+    assert await store.get(ns, "a") is None
+    record = await store.get(ns, "b")
+    assert record is not None and record.revision == 2
+
+
+async def test_table_survives_reopen(store: Store, store_url: str, unique: str) -> None:
+    first = await open_store(store_url)
+    try:
+        await first.upsert(full_record(f"ns-{unique}", "vm1", revision=2))
+    finally:
+        await first.close()
+    second = await open_store(store_url)
+    try:
+        record = await second.get(f"ns-{unique}", "vm1")
+        assert record is not None and record.vmi == VMIRef(namespace=f"ns-{unique}", name="vm1", uid="uid-1")
+    finally:
+        await second.close()
+
+
+async def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    store = await open_store(f"sqlite://{path}")
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_postgres_row_has_revision_and_time(store: Store, store_url: str, unique: str) -> None:
+    await store.upsert(full_record(f"ns-{unique}", "vm1", revision=7))
+    conn = await asyncpg.connect(store_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT revision, updated_at, record->'vmi'->>'name' AS name FROM guestinfo_vmi_records "
+            "WHERE namespace = $1",
+            f"ns-{unique}",
+        )
+        assert row is not None
+        assert (row["revision"], row["name"]) == (7, "vm1")
+        assert row["updated_at"] is not None
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://root@localhost/db", "unsupported store URL"),
+        ("/tmp/x.db", "unsupported store URL"),
+        ("sqlite://relative.db", "expected sqlite:///ABSOLUTE/PATH.db"),
+        ("sqlite:///no/such/dir/x.db", "does not exist"),
+        ("postgresql://postgres@127.0.0.1:1/test", "cannot connect to PostgreSQL"),
+    ],
+)
+async def test_bad_url_is_a_clear_error(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        await open_store(url)
