@@ -35,6 +35,7 @@ def setup_logging(verbosity: int = 0, log_format: LogFormat = "text", role: str 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Third-party libraries stay at INFO or above even with -v: their debug output is per message.
+    # Libraries say what they do per message or per service start: warnings only, INFO with -v.
+    library_level = logging.INFO if verbosity > 0 else logging.WARNING
     for noisy in ("aiokafka", "faust", "mode", "kafka", "asyncio", "aiohttp.access", "kubernetes_asyncio"):
-        logging.getLogger(noisy).setLevel(max(level, logging.INFO if noisy != "aiohttp.access" else logging.WARNING))
+        logging.getLogger(noisy).setLevel(max(level, library_level))

@@ -42,7 +42,7 @@ def join(args: argparse.Namespace) -> int:
         datadir=(Path(args.state_dir) / "join").absolute(),
         one_record_batches=args.broker_is_tansu,
     )
-    run_join_worker(config, loglevel="warning" if args.quiet else "info")
+    run_join_worker(config)
     return 0
 
 

@@ -70,6 +70,11 @@ def build_app(config: JoinConfig) -> faust.App:
     dead_letters = app.topic(DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes)
     table = app.Table(TABLE_NAME, default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
 
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's stub rejects async receivers
+    async def log_assignment(sender: Any, *_: Any, signal: Any = None, **__: Any) -> None:
+        assigned = sorted(tp.partition for tp in sender.consumer.assignment() if tp.topic == DOMAIN_TOPIC)
+        log.info("join worker %s ready: raw partitions %s", config.app_id, assigned)
+
     @app.agent(raw_topics, concurrency=1)
     async def join(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -89,8 +94,13 @@ def build_app(config: JoinConfig) -> faust.App:
                 table[key] = encode(result.state)
             if result.record is not None:
                 await merged_topic.send(key=key, value=encode(result.record))
+                record = result.record
+                (log.info if record.revision == 1 else log.debug)(
+                    "VMI %s revision %d from node %s", record.vmi.key, record.revision, record.node
+                )
             elif result.tombstone:
                 await merged_topic.send(key=key, value=None)
+                log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
 
     return app
 
@@ -120,9 +130,13 @@ def dead_letter(message: Any, reason: str) -> bytes:
     )
 
 
-def run_join_worker(config: JoinConfig, loglevel: str = "info") -> None:
-    """Run the join worker in this process until SIGINT/SIGTERM; blocks and owns the event loop."""
+def run_join_worker(config: JoinConfig) -> None:
+    """Run the join worker in this process until SIGINT/SIGTERM; blocks and owns the event loop.
+
+    Logging stays as the caller configured it (Faust's own set-up is not applied).
+    """
     app = build_app(config)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
     worker.spinner = None  # the spinner would turn the root logger to DEBUG (broker-notes §2)
+    log.info("join worker %s starting on %s", config.app_id, config.bootstrap_servers)
     worker.execute_from_commandline()

@@ -43,6 +43,8 @@ def get(port: int, path: str) -> tuple[int, bytes, str]:
             return response.status, response.read(), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as error:
         return error.code, error.read(), error.headers.get("Content-Type", "")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, b"", ""  # not listening yet
 
 
 def descendants(pid: int) -> set[int]:
