@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from guestinfo.config import UsageError
@@ -158,19 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from guestinfo import stages  # the stages are imported only by the command that runs them
 
-    if args.command == "run":
-        return stages.run(args)
-    if args.command == "collect":
-        return stages.collect(args)
-    if args.command == "join":
-        return stages.join(args)
-    if args.command == "serve":
-        return stages.serve(args)
-    if args.command == "status":
-        return stages.status(args)
-    if args.command == "broker":
-        return stages.broker(args)
-    raise UsageError(f"unknown command {args.command}")
+    command: Callable[[argparse.Namespace], int] = getattr(stages, args.command)
+    return command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from xml.sax.saxutils import quoteattr
 
+from guestinfo.supervisor import terminate
+
 log = logging.getLogger(__name__)
 
 DEMO_NAMESPACE = "default"
@@ -125,14 +127,8 @@ class Demo:
 
     async def stop(self) -> None:
         agent, self._agent = self._agent, None
-        if agent is None or agent.returncode is not None:
-            return
-        agent.terminate()
-        try:
-            await asyncio.wait_for(agent.wait(), 5)
-        except TimeoutError:
-            agent.kill()
-            await agent.wait()
+        if agent is not None:
+            await terminate(agent, "demo qemu-ga", grace=5.0)
 
     async def __aenter__(self) -> Demo:
         await self.start()

@@ -88,14 +88,19 @@ class Supervisor:
             await self._terminate(child)
 
     async def _terminate(self, child: Child) -> None:
-        process = child.process
-        if process is None or process.returncode is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), self.stop_grace)
-            log.info("stopped %s (exit code %s)", child.spec.name, process.returncode)
-        except TimeoutError:
-            log.warning("%s did not stop within %.0fs; killing it", child.spec.name, self.stop_grace)
-            process.kill()
-            await process.wait()
+        if child.process is not None:
+            await terminate(child.process, child.spec.name, self.stop_grace)
+
+
+async def terminate(process: asyncio.subprocess.Process, name: str, grace: float) -> None:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL; logs how it ended. Idempotent."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+        log.info("stopped %s (exit code %s)", name, process.returncode)
+    except TimeoutError:
+        log.warning("%s did not stop within %.0fs; killing it", name, grace)
+        process.kill()
+        await process.wait()

@@ -9,24 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field
 
-from schemas.kubevirt import FileSystem, GuestAgentCommandInfo, GuestOSInfo, GuestOSUser
+from schemas.kubevirt import FileSystem, GuestAgentCommandInfo, GuestOSInfo, GuestOSUser, camel_case_config
 from schemas.limits import MAX_ADDRESSES, MAX_ITEMS, GuestString
 
 
 class EventModel(BaseModel):
     """Base of the pipeline's own payloads: camelCase JSON, immutable, unknown keys rejected."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        frozen=True,
-        extra="forbid",
-    )
+    model_config = camel_case_config(extra="forbid")
 
 
 class VMIRef(EventModel):

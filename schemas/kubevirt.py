@@ -14,6 +14,18 @@ from pydantic.alias_generators import to_camel
 from schemas.limits import MAX_DISKS, MAX_ITEMS, GuestString
 
 
+def camel_case_config(extra: Literal["ignore", "forbid"]) -> ConfigDict:
+    """The model config of every JSON type here: camelCase names (either spelling accepted), immutable."""
+    return ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+        extra=extra,
+    )
+
+
 def _is_go_empty(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == "" or value == [] or value == {}
 
@@ -21,22 +33,19 @@ def _is_go_empty(value: Any) -> bool:
 class KubeVirtModel(BaseModel):
     """Base of the KubeVirt JSON types: camelCase names, immutable, Go omitempty on output."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        frozen=True,
-        extra="ignore",
-    )
+    model_config = camel_case_config(extra="ignore")
     _omitempty: ClassVar[frozenset[str]] = frozenset()
 
     @model_serializer(mode="wrap")
     def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
+        data = self._go_values(handler(self))
         for key in self._omitempty:
             if key in data and _is_go_empty(data[key]):
                 del data[key]
+        return data
+
+    def _go_values(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Where Go writes a value differently from Python; the default writes it as it is."""
         return data
 
 
@@ -72,16 +81,10 @@ class GuestOSUser(KubeVirtModel):
     domain: GuestString = ""
     login_time: float = Field(default=0.0, ge=0.0, le=1e11, allow_inf_nan=False)
 
-    @model_serializer(mode="wrap")
-    def _go_float(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
+    def _go_values(self, data: dict[str, Any]) -> dict[str, Any]:
         # Go writes a whole float64 without a fraction (1718000000, not 1718000000.0).
-        login = self.login_time
-        if login and login.is_integer():
-            data["loginTime"] = int(login)
-        for key in self._omitempty:
-            if key in data and _is_go_empty(data[key]):
-                del data[key]
+        if self.login_time and self.login_time.is_integer():
+            data["loginTime"] = int(self.login_time)
         return data
 
 
@@ -110,9 +113,7 @@ class FileSystemInfo(KubeVirtModel):
 
     disks: list[FileSystem] | None = None
 
-    @model_serializer(mode="wrap")
-    def _null_when_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
+    def _go_values(self, data: dict[str, Any]) -> dict[str, Any]:
         if not data.get("disks"):
             data["disks"] = None
         return data

@@ -7,7 +7,7 @@ stale re-deliveries (delivery is at-least-once).
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from schemas.events import EventModel, VMIRef
 from schemas.kubevirt import (
@@ -25,7 +25,11 @@ from schemas.kubevirt import (
 class VMIStatusFields(EventModel):
     """The parts of the VMI `.status` this pipeline owns."""
 
-    guest_os_info: GuestOSInfo = Field(default_factory=GuestOSInfo, alias="guestOSInfo")
+    guest_os_info: GuestOSInfo = Field(
+        default_factory=GuestOSInfo,
+        validation_alias=AliasChoices("guestOSInfo", "guest_os_info"),
+        serialization_alias="guestOSInfo",
+    )
     interfaces: list[NetworkInterface] = Field(default_factory=list)
     conditions: list[VMICondition] = Field(default_factory=list)
 
