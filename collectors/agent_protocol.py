@@ -128,11 +128,13 @@ class AgentSocketClient:
 
     @property
     def connected(self) -> bool:
+        """An open connection is held (it may still turn out dead on the next call)."""
         return self._writer is not None
 
     async def sync(self) -> None:
+        """Make sure the agent answers now: connect if needed, then a fresh `guest-sync` round."""
         async with self._lock:
-            await self._guarded(self._ensure_connected())
+            await self._guarded(self._resynchronise())
 
     async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         async with self._lock:
@@ -172,6 +174,12 @@ class AgentSocketClient:
         except (OSError, EOFError) as exc:
             await self.close()
             raise AgentUnavailable(f"agent socket {self.path}: {exc}") from exc
+
+    async def _resynchronise(self) -> None:
+        if self._writer is None:
+            await self._ensure_connected()  # a new connection is synchronised as it opens
+        else:
+            await self._synchronise()
 
     async def _ensure_connected(self) -> None:
         if self._writer is not None:

@@ -6,6 +6,8 @@ import socket
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.events import split_vmi_key
+
 
 class CollectorConfig(BaseModel):
     """What a collector polls, how often, and where it publishes. Seconds are floats."""
@@ -36,7 +38,6 @@ class CollectorConfig(BaseModel):
     @classmethod
     def _keys_are_vmi_keys(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            namespace, sep, name = key.partition("/")
-            if not (namespace and sep and name):
+            if split_vmi_key(key) is None:
                 raise ValueError(f"agent_sockets key {key!r} is not `namespace/name`")
         return value

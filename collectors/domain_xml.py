@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from collectors.errors import DomainXMLError
-from schemas.events import DomainInterface, DomainReport, VMIRef
+from schemas.events import DomainInterface, DomainReport, VMIRef, split_domain_name
 from schemas.kubevirt import GUEST_AGENT_CHANNEL
 from schemas.limits import MAX_ITEMS
 
@@ -67,9 +67,10 @@ def _parse_xml(xml: str) -> ET.Element:
 
 def _vmi_ref(root: ET.Element) -> VMIRef | None:
     name = (root.findtext("name") or "").strip()
-    namespace, sep, vmi_name = name.partition("_")
-    if not sep or not namespace or not vmi_name:
+    identity = split_domain_name(name)
+    if identity is None:
         return None
+    namespace, vmi_name = identity
     uid = (root.findtext(f"metadata/{{{KUBEVIRT_NS}}}kubevirt/{{{KUBEVIRT_NS}}}uid") or "").strip()
     try:
         return VMIRef(namespace=namespace, name=vmi_name, uid=uid)

@@ -12,21 +12,15 @@ class DomainXMLError(CollectorError):
 
 
 class AgentError(CollectorError):
-    """An agent call failed; `temporary` errors mean the agent itself is not reachable right now."""
-
-    temporary: bool = False
+    """An agent call failed."""
 
 
 class AgentUnavailable(AgentError):
     """The agent cannot be reached: no socket, connection refused or closed, channel not connected."""
 
-    temporary = True
-
 
 class AgentTimeout(AgentError):
     """The agent did not answer within the call's timeout."""
-
-    temporary = True
 
 
 class AgentCommandError(AgentError):

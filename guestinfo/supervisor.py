@@ -71,12 +71,6 @@ class Supervisor:
             if not child.stopping:
                 await self._spawn(child)
 
-    def pid(self, name: str) -> int | None:
-        for child in self.children:
-            if child.spec.name == name and child.process is not None:
-                return child.process.pid
-        return None
-
     async def stop(self) -> None:
         """Stop every child, last started first; idempotent."""
         for child in reversed(self.children):

@@ -38,6 +38,22 @@ def vmi_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def split_vmi_key(key: str) -> tuple[str, str] | None:
+    """`namespace/name` → (namespace, name); None when it is not of that form."""
+    namespace, sep, name = key.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        return None
+    return namespace, name
+
+
+def split_domain_name(domain_name: str) -> tuple[str, str] | None:
+    """KubeVirt names a VMI's domain `<namespace>_<name>` (namespaces have no `_`); None otherwise."""
+    namespace, sep, name = domain_name.partition("_")
+    if not sep or not namespace or not name:
+        return None
+    return namespace, name
+
+
 class DomainInterface(EventModel):
     """A network device of the domain: `<interface>` (alias `ua-<name>`) or an SR-IOV `<hostdev>`."""
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from schemas.codec import DecodeError, decode
+from schemas.events import split_vmi_key
 from schemas.topics import VMI_TOPIC
 from schemas.vmi import VMIRecord
 from sinks.metrics import RECORDS_SKIPPED
@@ -52,12 +56,9 @@ def _split_key(key: bytes | None) -> tuple[str, str] | None:
     if not key:
         return None
     try:
-        namespace, sep, name = key.decode().partition("/")
+        return split_vmi_key(key.decode())
     except UnicodeDecodeError:
         return None
-    if not sep or not namespace or not name or "/" in name:
-        return None
-    return namespace, name
 
 
 def decode_message(msg: ConsumerRecord[bytes, bytes], sink: str) -> VMIChange | None:
@@ -79,8 +80,44 @@ def decode_message(msg: ConsumerRecord[bytes, bytes], sink: str) -> VMIChange | 
     return VMIChange(record.vmi.namespace, record.vmi.name, record)
 
 
+#: Records fetched per batch.
+MAX_BATCH = 500
+#: Pause before a batch that was not fully handled is fetched again, growing to the maximum.
+RETRY_PAUSE = 0.5
+RETRY_PAUSE_MAX = 30.0
+
+
+async def consume_batches(
+    consumer: AIOKafkaConsumer, sink: str, handle: Callable[[list[VMIChange]], Awaitable[bool]]
+) -> None:
+    """The loop of every sink, until cancelled: fetch a batch, decode it, hand it to `handle`.
+
+    Offsets are committed only after `handle` says the batch is done. When it says not, the batch's
+    partitions are rewound to where the batch began and it is fetched again after a growing pause:
+    nothing is committed past work that did not happen.
+    """
+    pause = RETRY_PAUSE
+    while True:
+        batches = await consumer.getmany(timeout_ms=1000, max_records=MAX_BATCH)
+        if not batches:
+            continue
+        if not await handle(decode_batch(batches, sink)):
+            for partition, messages in batches.items():
+                consumer.seek(partition, messages[0].offset)
+            log.warning("%s sink: batch not fully applied; fetching it again in %.1fs", sink, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_PAUSE_MAX)
+            continue
+        pause = RETRY_PAUSE
+        try:
+            await consumer.commit()
+        except KafkaError as exc:
+            # The batch is applied; its records come again after a rebalance (sinks are idempotent).
+            log.warning("%s sink: offset commit failed, records may be re-delivered: %s", sink, exc)
+
+
 def decode_batch(
-    batches: dict[object, list[ConsumerRecord[bytes, bytes]]], sink: str
+    batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]], sink: str
 ) -> list[VMIChange]:
     """All decodable changes of a `getmany` result, in partition order."""
     changes: list[VMIChange] = []

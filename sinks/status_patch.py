@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.kubevirt import AGENT_CONNECTED
+from schemas.kubevirt import AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED
 from schemas.vmi import VMIRecord
 
 JsonObject = dict[str, Any]
+#: The conditions this pipeline owns (kubevirt-reference §2); all others are left as they are.
+OWNED_CONDITIONS = (AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED)
 Patch = list[JsonObject]
 
 
@@ -39,19 +41,21 @@ def desired_interfaces(record: VMIRecord, current: list[JsonObject]) -> list[Jso
 
 
 def desired_conditions(record: VMIRecord | None, current: list[JsonObject]) -> list[JsonObject]:
-    """Current conditions minus AgentConnected, plus the record's AgentConnected if it has one.
+    """Current conditions minus the agent conditions we own, plus the record's (none for a tombstone).
 
-    An AgentConnected already present keeps its `lastProbeTime`, so an unchanged state is no write.
+    A condition already present keeps its `lastProbeTime`, so an unchanged state is no write.
     """
-    existing = next((c for c in current if c.get("type") == AGENT_CONNECTED), None)
-    result = [c for c in current if c.get("type") != AGENT_CONNECTED]
+    existing = {c.get("type"): c for c in current if c.get("type") in OWNED_CONDITIONS}
+    result = [c for c in current if c.get("type") not in OWNED_CONDITIONS]
     if record is None:
         return result
-    ours = next((c for c in record.status.conditions if c.type == AGENT_CONNECTED), None)
-    if ours is not None:
+    for ours in record.status.conditions:
+        if ours.type not in OWNED_CONDITIONS:
+            continue
         data: JsonObject = ours.model_dump(mode="json")
-        if existing is not None and "lastProbeTime" in existing:
-            data["lastProbeTime"] = existing["lastProbeTime"]
+        before = existing.get(ours.type)
+        if before is not None and "lastProbeTime" in before:
+            data["lastProbeTime"] = before["lastProbeTime"]
         result.append(data)
     return result
 
@@ -62,10 +66,15 @@ def _set(status: JsonObject, field: str, value: Any) -> JsonObject:
 
 
 def _with_test(vmi: JsonObject, ops: Patch) -> Patch:
-    version = vmi.get("metadata", {}).get("resourceVersion")
-    if not ops or version is None:
-        return ops
-    return [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *ops]
+    """Guard the ops: the object must still be the version read, and the same VMI (uid), not a new
+    one created under the same name since."""
+    metadata = vmi.get("metadata", {})
+    tests = [
+        {"op": "test", "path": f"/metadata/{field}", "value": metadata[field]}
+        for field in ("uid", "resourceVersion")
+        if metadata.get(field) is not None
+    ]
+    return [*tests, *ops] if ops else ops
 
 
 def _patch(vmi: JsonObject, desired: JsonObject) -> Patch:
@@ -85,9 +94,12 @@ def status_patch(vmi: JsonObject, record: VMIRecord | None) -> Patch:
     assert isinstance(status, dict)
     conditions = _as_list(status.get("conditions"))
     if record is None:
-        if not any(c.get("type") == AGENT_CONNECTED for c in conditions):
+        if not any(c.get("type") in OWNED_CONDITIONS for c in conditions):
             return []
         return _patch(vmi, {"conditions": desired_conditions(None, conditions)})
+    uid = vmi.get("metadata", {}).get("uid")
+    if record.vmi.uid and uid and record.vmi.uid != uid:
+        return []  # the record is of an earlier VMI with this name
     desired: JsonObject = {
         "guestOSInfo": record.status.guest_os_info.model_dump(mode="json"),
         "interfaces": desired_interfaces(record, _as_list(status.get("interfaces"))),

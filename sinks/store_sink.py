@@ -5,18 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-
-from sinks.consuming import VMIChange, decode_batch, make_consumer
+from sinks.consuming import VMIChange, consume_batches, make_consumer
 from sinks.metrics import STORE_WRITES
 from sinks.store import Change, Store, Tombstone
 
 log = logging.getLogger(__name__)
-
-#: Records fetched per batch (one store transaction each).
-MAX_BATCH = 500
-
 
 def to_changes(changes: list[VMIChange]) -> list[Change]:
     """Decoded topic changes → store changes (a tombstone deletes)."""
@@ -51,30 +44,18 @@ async def write_until_done(store: Store, changes: list[VMIChange]) -> int:
         attempt += 1
 
 
-async def consume_into(consumer: AIOKafkaConsumer, store: Store) -> None:
-    """Loop forever (until cancelled): fetch a batch, write it, then commit its offsets."""
-    while True:
-        batches = await consumer.getmany(timeout_ms=1000, max_records=MAX_BATCH)
-        if not batches:
-            continue
-        changes = decode_batch(batches, "store")  # type: ignore[arg-type]
-        written = await write_until_done(store, changes)
-        try:
-            await consumer.commit()
-        except KafkaError as exc:
-            # The batch is written; its records come again after a rebalance (writes are idempotent).
-            log.warning("store sink: offset commit failed, records may be re-delivered: %s", exc)
-        count = sum(len(msgs) for msgs in batches.values())
-        log.debug("store sink: %d records fetched, %d rows changed", count, written)
-
-
 async def run_store_sink(bootstrap_servers: str, group_id: str, store: Store) -> None:
     """Consume the merged topic into `store` until cancelled; the consumer is stopped on exit."""
     consumer = make_consumer(bootstrap_servers, group_id)
     await consumer.start()
     log.info("store sink consuming as group %s from %s", group_id, bootstrap_servers)
+    async def write(changes: list[VMIChange]) -> bool:
+        written = await write_until_done(store, changes)
+        log.debug("store sink: %d changes, %d rows changed", len(changes), written)
+        return True
+
     try:
-        await consume_into(consumer, store)
+        await consume_batches(consumer, "store", write)
     finally:
         await consumer.stop()
         log.info("store sink stopped")

@@ -1,12 +1,14 @@
 """The Kubernetes status sink: `guestinfo.vmi.v1` → the VMI's `.status` (guestOSInfo, interfaces,
-AgentConnected).
+AgentConnected, AgentVersionNotSupported).
 
 Per record: GET the VMI, compute the JSON patch (`sinks.status_patch`), and if anything changes send
 it to the MAIN resource with `application/json-patch+json` (the VMI CRD has no /status subresource;
 kubernetes-reference §0). A conflict (409, or 422 from the failed resourceVersion `test`) re-reads
 and retries with capped, jittered backoff; 404 means the VMI is gone. Offsets are committed after a
-batch is processed. Note: on a real cluster with virt-handler running, virt-handler owns these
-fields and rewrites them; this sink is for clusters where nothing else writes them.
+batch is applied; a VMI still failing after its retries makes the whole batch be fetched again.
+
+Note: on a real cluster with virt-handler running, virt-handler owns these fields and rewrites them;
+this sink is for clusters where nothing else writes them.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ import logging
 import random
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 
-from sinks.consuming import VMIChange, decode_batch, make_consumer
+from sinks.consuming import VMIChange, consume_batches, make_consumer
 from sinks.metrics import STATUS_PATCHES
 from sinks.status_patch import JsonObject, status_patch
 
@@ -61,7 +61,17 @@ class Outcome:
     PATCHED = "patched"
     UNCHANGED = "unchanged"
     GONE = "gone"
+    #: Still failing after the retries (API down, conflicts): the batch is fetched again later.
     FAILED = "failed"
+    #: The API refused the write for good (4xx other than 404/409/422/429): skipped, never retried.
+    REJECTED = "rejected"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: transport errors, conflicts (409, or 422 from the resourceVersion test), 429, 5xx."""
+    if isinstance(exc, ApiException):
+        return exc.status in (409, 422, 429) or (exc.status or 0) >= 500
+    return True
 
 
 async def make_api_client(cfg: StatusConfig) -> client.ApiClient:
@@ -120,6 +130,10 @@ async def sync_vmi(api: client.CustomObjectsApi, change: VMIChange, cfg: StatusC
             if exc.status == 404:
                 log.info("status sink: VMI %s is gone (404), skipping", change.key)
                 return Outcome.GONE
+            if not is_transient(exc):
+                log.error("status sink: the API refused the status of VMI %s: %s", change.key, _describe(exc))
+                STATUS_PATCHES.labels(Outcome.REJECTED).inc()
+                return Outcome.REJECTED
             error: BaseException = exc
             conflict = exc.status in (409, 422)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -132,7 +146,8 @@ async def sync_vmi(api: client.CustomObjectsApi, change: VMIChange, cfg: StatusC
         attempt += 1
         if attempt > cfg.max_retries:
             log.error(
-                "status sink: giving up on VMI %s after %d attempts: %s", change.key, attempt, _describe(error)
+                "status sink: VMI %s still failing after %d attempts, its batch will be fetched again: %s",
+                change.key, attempt, _describe(error),
             )
             STATUS_PATCHES.labels(Outcome.FAILED).inc()
             return Outcome.FAILED
@@ -170,17 +185,9 @@ async def process_batch(api: client.CustomObjectsApi, changes: list[VMIChange], 
     return list(await asyncio.gather(*(guarded(c) for c in latest_per_vmi(changes))))
 
 
-async def consume_status(consumer: AIOKafkaConsumer, api: client.CustomObjectsApi, cfg: StatusConfig) -> None:
-    """Loop until cancelled: fetch a batch, sync the VMIs, then commit the offsets."""
-    while True:
-        batches = await consumer.getmany(timeout_ms=1000, max_records=500)
-        if not batches:
-            continue
-        await process_batch(api, decode_batch(batches, "status"), cfg)  # type: ignore[arg-type]
-        try:
-            await consumer.commit()
-        except KafkaError as exc:
-            log.warning("status sink: offset commit failed, records may be re-delivered: %s", exc)
+def batch_done(outcomes: list[str]) -> bool:
+    """A batch is done unless a VMI still failed after its retries."""
+    return Outcome.FAILED not in outcomes
 
 
 async def run_status_sink(config: StatusConfig) -> None:
@@ -192,8 +199,11 @@ async def run_status_sink(config: StatusConfig) -> None:
         await consumer.start()
         target = api_client.configuration.host
         log.info("status sink consuming as group %s, writing VMI status to %s", config.group_id, target)
+        async def apply(changes: list[VMIChange]) -> bool:
+            return batch_done(await process_batch(api, changes, config))
+
         try:
-            await consume_status(consumer, api, config)
+            await consume_batches(consumer, "status", apply)
         finally:
             await consumer.stop()
             log.info("status sink stopped")

@@ -23,6 +23,7 @@ from streams.join import JoinResult, VMIState, apply_agent, apply_domain
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "vmi-state"
+MAX_RECORD_BYTES = 8 * 1024 * 1024
 
 
 class JoinConfig(BaseModel):
@@ -54,6 +55,8 @@ def build_app(config: JoinConfig) -> faust.App:
         "broker_session_timeout": config.session_timeout,
         "broker_heartbeat_interval": 1.0,
         "producer_linger": 0.05,
+        # A record or state may be as large as the collector publishes (8 MiB) without killing the agent.
+        "producer_max_request_size": MAX_RECORD_BYTES,
         "table_standby_replicas": 0,
         "key_serializer": "raw",
         "value_serializer": "raw",
@@ -109,12 +112,24 @@ def fold(stored: bytes | None, topic: str, value: bytes | None) -> JoinResult:
     """Apply one raw event to a VMI's stored state."""
     if value is None:
         raise DecodeError("raw event without a value")
-    state = decode(VMIState, stored) if stored is not None else VMIState()
+    state = load_state(stored)
     if topic == DOMAIN_TOPIC:
         return apply_domain(state, decode(DomainReport, value))
     if topic == AGENT_TOPIC:
         return apply_agent(state, decode(AgentReport, value))
     raise DecodeError(f"unexpected topic {topic}")
+
+
+def load_state(stored: bytes | None) -> VMIState:
+    """A VMI's stored state; one that no longer decodes is replaced by a fresh state (and logged),
+    so that the VMI is rebuilt from its next events instead of being stuck."""
+    if stored is None:
+        return VMIState()
+    try:
+        return decode(VMIState, stored)
+    except DecodeError as exc:
+        log.error("stored join state does not decode, starting it afresh: %s", exc)
+        return VMIState()
 
 
 def dead_letter(message: Any, reason: str) -> bytes:

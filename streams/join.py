@@ -4,7 +4,9 @@ Pure functions, no I/O: the Faust agent (streams.app) feeds them and sends what 
 
 Rules:
 - A report older (`observedAt`) than the last one applied from the same side is ignored, so a
-  re-delivered or reordered event never moves a VMI backwards.
+  reordered event never moves a VMI backwards. A report as old as the last one is a re-delivery:
+  the current record is sent again with its revision unchanged (consumers drop it as a duplicate),
+  so a crash between the state write and the send never loses a record.
 - An agent report replaces only the fields it carries; a null field keeps the previous answer, so
   a failed command or a disconnect never blanks data that was valid before.
 - A VMI is emitted once its domain is known. A record is emitted only when its content changed;
@@ -44,10 +46,6 @@ class JoinResult:
     record: VMIRecord | None = None
     tombstone: bool = False
 
-    @property
-    def emits(self) -> bool:
-        return self.record is not None or self.tombstone
-
 
 def merge_agent(previous: AgentReport | None, report: AgentReport) -> AgentReport:
     """The latest agent answers: fields the new report left null keep their previous value."""
@@ -62,8 +60,8 @@ def merge_agent(previous: AgentReport | None, report: AgentReport) -> AgentRepor
 
 
 def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
-    if state.domain is not None and report.observed_at < state.domain.observed_at:
-        return JoinResult(state)
+    if state.domain is not None and report.observed_at <= state.domain.observed_at:
+        return _redelivered(state) if report.observed_at == state.domain.observed_at else JoinResult(state)
     if report.removed:
         return JoinResult(None, tombstone=state.revision > 0)
     connected_since = None
@@ -73,9 +71,17 @@ def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
 
 
 def apply_agent(state: VMIState, report: AgentReport) -> JoinResult:
-    if state.agent is not None and report.observed_at < state.agent.observed_at:
-        return JoinResult(state)
+    if state.agent is not None and report.observed_at <= state.agent.observed_at:
+        return _redelivered(state) if report.observed_at == state.agent.observed_at else JoinResult(state)
     return _emit(state.model_copy(update={"agent": merge_agent(state.agent, report)}))
+
+
+def _redelivered(state: VMIState) -> JoinResult:
+    """The event was applied before (at-least-once re-delivery, e.g. after a crash between the state
+    write and the send): send the current record again, same revision, so it cannot be lost."""
+    if state.domain is None or state.revision == 0:
+        return JoinResult(state)
+    return JoinResult(state, record=build_record(state, state.revision))
 
 
 def _judge_agent_version(state: VMIState) -> VMIState:

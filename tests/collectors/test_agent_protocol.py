@@ -251,3 +251,16 @@ async def test_real_qemu_ga_full_poll(qemu_ga: Path) -> None:
     assert report.fs_freeze_status == "thawed"
     assert report.users is not None and report.filesystems is not None
     assert report.interfaces is not None and any(i.name == "lo" for i in report.interfaces)
+
+
+async def test_sync_on_an_open_connection_asks_the_agent_again(sock: Path) -> None:
+    """A hung agent on a connection that is already open must not count as answering."""
+    async with fake_agent(sock, replying(guest_ping=answer({}))) as agent:
+        client = AgentSocketClient(str(sock), timeout=0.5)
+        try:
+            await client.sync()
+            await client.sync()
+            assert agent.connections == 1
+            assert [r["execute"] for r in agent.requests].count("guest-sync") == 2
+        finally:
+            await client.close()

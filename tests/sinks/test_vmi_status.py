@@ -13,6 +13,7 @@ import pytest
 from kmock import Request
 from kubernetes_asyncio import client
 
+from schemas.kubevirt import VMICondition
 from sinks.consuming import VMIChange
 from sinks.status_patch import status_patch
 from sinks.vmi_status import Outcome, StatusConfig, make_api_client, run_status_sink, sync_vmi
@@ -163,7 +164,7 @@ async def test_gone_vmi_is_skipped(kmock: StrictKubernetesEmulator, api: client.
     assert kmock.patches() == []
 
 
-async def test_unreachable_api_gives_up_after_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
+async def test_unreachable_api_fails_after_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
     config = CONFIG.model_copy(update={"kube_api": "http://127.0.0.1:1", "max_retries": 2})
     api_client = await make_api_client(config)
     try:
@@ -171,7 +172,7 @@ async def test_unreachable_api_gives_up_after_bounded_retries(caplog: pytest.Log
         assert await sync_vmi(api, change_for("vm1"), config) == Outcome.FAILED
     finally:
         await api_client.close()
-    assert "giving up on VMI default/vm1 after 3 attempts" in caplog.text
+    assert "VMI default/vm1 still failing after 3 attempts, its batch will be fetched again" in caplog.text
     assert not any(r.exc_info for r in caplog.records)
 
 
@@ -207,30 +208,61 @@ async def test_run_status_sink_end_to_end(
     kmock.seed_vmi(ns, "vm2", status=EXISTING_STATUS)
     await produce(
         broker.bootstrap_servers,
-        [full_record(ns, "vm1"), (f"{ns}/bad", b"[]"), full_record(ns, "vm2"), (ns, "vm2"), full_record(ns, "gone")],
+        [full_record(ns, "vm1"), (f"{ns}/bad", b"[]"), full_record(ns, "vm2"), full_record(ns, "gone")],
     )
     config = StatusConfig(
         bootstrap_servers=broker.bootstrap_servers, kube_api=str(kmock.url), group_id=f"status-{unique}"
     )
     task = asyncio.create_task(run_status_sink(config))
 
-    async def agent_condition_set() -> bool:
-        conditions = kmock.vmi(ns, "vm1").get("status", {}).get("conditions", [])
-        return AGENT in conditions
+    def has_agent_condition(name: str) -> bool:
+        return AGENT in kmock.vmi(ns, name).get("status", {}).get("conditions", [])
+
+    async def both_connected() -> bool:
+        return has_agent_condition("vm1") and has_agent_condition("vm2")
+
+    async def vm2_cleared() -> bool:
+        return not has_agent_condition("vm2")
 
     try:
-        await eventually(agent_condition_set, what="AgentConnected on vm1")
-
-        async def vm2_settled() -> bool:
-            return AGENT not in kmock.vmi(ns, "vm2").get("status", {}).get("conditions", [])
-
-        await eventually(vm2_settled, what="no AgentConnected on vm2")
-        await asyncio.sleep(0.3)
+        await eventually(both_connected, what="AgentConnected on vm1 and vm2")
+        await produce(broker.bootstrap_servers, [(ns, "vm2")])  # vm2 goes away, in a batch of its own
+        await eventually(vm2_cleared, what="AgentConnected removed from vm2 by its tombstone")
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    # vm2's tombstone came after its record: our condition is gone again, the others' stay.
+    # The tombstone removed our condition; the others' stay, and vm1 keeps its own.
     assert kmock.vmi(ns, "vm2")["status"]["conditions"] == [READY]
+    assert has_agent_condition("vm1")
     for request in kmock.patches():
         assert_json_patch_on_main_resource(request, request.name or "", ns)
+
+
+def test_patch_guards_the_uid_and_skips_an_earlier_vmi_with_the_same_name() -> None:
+    record = full_record(NS, "vm1")  # uid-1
+    same = {"metadata": {"resourceVersion": "7", "uid": "uid-1"}, "status": {}}
+    ops = status_patch(same, record)
+    assert ops[:2] == [
+        {"op": "test", "path": "/metadata/uid", "value": "uid-1"},
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+    ]
+    newer = {"metadata": {"resourceVersion": "7", "uid": "uid-2"}, "status": {}}
+    assert status_patch(newer, record) == []
+
+
+def test_agent_version_not_supported_is_written_and_keeps_its_probe_time() -> None:
+    unsupported = VMICondition(
+        type="AgentVersionNotSupported", status="True", last_probe_time="2026-11-27T10:00:00Z",
+        reason="This guest agent doesn't support required basic commands",
+    )
+    record = full_record(NS, "vm1")
+    record = record.model_copy(
+        update={"status": record.status.model_copy(update={"conditions": [*record.status.conditions, unsupported]})}
+    )
+    earlier = {**unsupported.model_dump(mode="json"), "lastProbeTime": "2026-11-27T09:00:00Z"}
+    vmi = {"metadata": {"resourceVersion": "1"}, "status": {"conditions": [READY, earlier]}}
+    [*_, conditions] = [op for op in status_patch(vmi, record) if op["path"] == "/status/conditions"]
+    assert conditions["value"] == [READY, AGENT, earlier]
+    gone = status_patch({"metadata": {"resourceVersion": "2"}, "status": {"conditions": [READY, earlier]}}, None)
+    assert gone[-1] == {"op": "replace", "path": "/status/conditions", "value": [READY]}

@@ -56,3 +56,11 @@ def test_state_round_trips_through_the_changelog_encoding() -> None:
     result = fold(None, DOMAIN_TOPIC, encode(DomainReport.model_validate(case["steps"][1]["domain"])))
     assert result.state is not None
     assert VMIState.model_validate_json(encode(result.state)) == result.state
+
+
+def test_unreadable_stored_state_starts_afresh() -> None:
+    """A state that no longer decodes must not wedge the VMI: the next event rebuilds it."""
+    case = json.loads((Path(__file__).parent / "data" / "timelines" / "domain_then_agent.json").read_text())
+    domain = encode(DomainReport.model_validate(case["steps"][1]["domain"]))
+    result = fold(b'{"revision": "garbage"}', DOMAIN_TOPIC, domain)
+    assert result.record is not None and result.record.revision == 1
