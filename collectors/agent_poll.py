@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from collectors.agent_protocol import AgentTransport
 from collectors.agent_replies import CONVERTERS, convert
+from collectors.budget import fit_report
 from collectors.errors import AgentError, AgentTimeout, AgentUnavailable
+from collectors.metrics import AGENT_CALL_DURATION, AGENT_ERRORS, error_kind
 from schemas.events import AgentReport, VMIRef
 from schemas.limits import MAX_STRING
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The commands polled every tick, in order (kubevirt-reference §3, the raw-command set).
 POLLED_COMMANDS: tuple[str, ...] = tuple(CONVERTERS)
@@ -35,18 +40,32 @@ class AgentPoll:
     fields: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
-    def report(self, vmi: VMIRef, *, node: str, observed_at: float) -> AgentReport:
+    def report(self, vmi: VMIRef, *, node: str, observed_at: float, session: str = "") -> AgentReport:
+        """The report of this poll, within the byte budget of one report (`collectors.budget`)."""
         try:
-            return AgentReport(
-                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced,
+            report = AgentReport(
+                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced, session=session,
                 errors=self.errors, **self.fields,
             )
         except ValidationError as exc:  # a converter bug, never guest data: report no data at all
             log.error("agent report of %s does not validate: %s", vmi.key, exc)
             return AgentReport(
-                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced,
+                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced, session=session,
                 errors={"report": short_reason(exc)},
             )
+        return fit_report(report)
+
+
+async def _measured(command: str, call: Awaitable[T]) -> T:
+    """Await one agent call, counting its time and, when it fails, its error."""
+    started = time.monotonic()
+    try:
+        return await call
+    except AgentError as exc:
+        AGENT_ERRORS.labels(command, error_kind(exc)).inc()
+        raise
+    finally:
+        AGENT_CALL_DURATION.labels(command).observe(time.monotonic() - started)
 
 
 async def poll_into(
@@ -57,7 +76,7 @@ async def poll_into(
     An unreachable or silent agent ends the poll: the remaining commands are not tried this tick.
     """
     try:
-        await transport.sync()
+        await _measured(SYNC, transport.sync())
     except AgentError as exc:
         poll.errors[SYNC] = short_reason(exc)
         return
@@ -65,12 +84,16 @@ async def poll_into(
     for command in commands:
         field_name = CONVERTERS[command][0]
         try:
-            poll.fields[field_name] = convert(command, await transport.execute(command))
+            poll.fields[field_name] = await _measured(command, _converted(transport, command))
         except (AgentUnavailable, AgentTimeout) as exc:
             poll.errors[command] = short_reason(exc)
             return
         except AgentError as exc:
             poll.errors[command] = short_reason(exc)
+
+
+async def _converted(transport: AgentTransport, command: str) -> Any:
+    return convert(command, await transport.execute(command))
 
 
 async def poll_agent(

@@ -1,5 +1,11 @@
 """The QEMU guest agent JSON protocol: one request line, one reply line, over a unix socket.
 
+Every request carries an `"id"`, which qemu-ga echoes in its reply (`{"return": ..., "id": ...}`).
+Lines that answer no request of ours (unsolicited output, replies to another id, garbage, partial
+lines left from before) are skipped, up to `MAX_STRAY_LINES` per reply. A reply without any id is
+taken only from an agent whose `guest-sync` reply on this connection did not echo the id either
+(an agent too old to echo ids); from one that does, it is stray too.
+
 Every reply is guest-written: it is bounded in size and depth before it is looked at, and anything
 unexpected is an `AgentProtocolError`, never a crash.
 """
@@ -7,8 +13,10 @@ unexpected is an `AgentProtocolError`, never a crash.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
+import secrets
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -21,6 +29,7 @@ from collectors.errors import (
     AgentTimeout,
     AgentUnavailable,
 )
+from collectors.metrics import AGENT_STRAY_LINES
 from schemas.limits import MAX_REPLY_BYTES, MAX_REPLY_DEPTH
 
 log = logging.getLogger(__name__)
@@ -28,8 +37,8 @@ T = TypeVar("T")
 
 #: Default seconds allowed for one agent call (libvirt's QEMU_AGENT_WAIT_TIME is 5 s too).
 DEFAULT_TIMEOUT = 5.0
-#: Lines read while looking for the `guest-sync` reply before giving up.
-MAX_SYNC_LINES = 32
+#: Stray lines skipped while waiting for one reply (the `guest-sync` reply included) before giving up.
+MAX_STRAY_LINES = 32
 _MAX_ERROR_TEXT = 512
 
 
@@ -49,11 +58,15 @@ class AgentTransport(Protocol):
         ...
 
 
-def encode_request(command: str, arguments: Mapping[str, Any] | None = None) -> bytes:
-    """One request line of the agent protocol."""
+def encode_request(
+    command: str, arguments: Mapping[str, Any] | None = None, *, request_id: str | None = None
+) -> bytes:
+    """One request line of the agent protocol; with `request_id`, the agent echoes it in the reply."""
     request: dict[str, Any] = {"execute": command}
     if arguments is not None:
         request["arguments"] = dict(arguments)
+    if request_id is not None:
+        request["id"] = request_id
     return orjson.dumps(request) + b"\n"
 
 
@@ -88,9 +101,13 @@ def decode_reply(line: bytes | str) -> dict[str, Any]:
         raise AgentProtocolError(f"reply is not JSON: {exc}") from exc
     if not isinstance(reply, dict):
         raise AgentProtocolError(f"reply is a JSON {type(reply).__name__}, not an object")
+    check_depth(reply)
+    return reply
+
+
+def check_depth(reply: dict[str, Any]) -> None:
     if json_depth(reply) > MAX_REPLY_DEPTH:
         raise AgentProtocolError(f"reply nested deeper than {MAX_REPLY_DEPTH}")
-    return reply
 
 
 def reply_value(command: str, reply: Mapping[str, Any]) -> Any:
@@ -116,20 +133,33 @@ class AgentSocketClient:
 
     Calls are serialised (the agent handles one request at a time and accepts one client). A new
     connection is synchronised with `guest-sync` before use; any transport or protocol failure drops
-    the connection so that the next call reconnects and re-synchronises.
+    the connection so that the next call reconnects and re-synchronises. `sync` on a held connection
+    that the agent closed in the meantime (it was restarted) reconnects once at once, and counts it in
+    `reconnects`; a connection this client dropped itself (timeout, bad reply) is not counted.
     """
 
     def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = path
         self.timeout = timeout
+        #: Times a held connection was found closed by the agent and replaced (the agent restarted).
+        self.reconnects = 0
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        #: Whether this connection's agent echoed the id of our `guest-sync`.
+        self._echoes_ids = True
         self._lock = asyncio.Lock()
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
 
     @property
     def connected(self) -> bool:
         """An open connection is held (it may still turn out dead on the next call)."""
         return self._writer is not None
+
+    @property
+    def echoes_ids(self) -> bool:
+        """The agent echoed our request id in its last `guest-sync` reply (true until known)."""
+        return self._echoes_ids
 
     async def sync(self) -> None:
         """Make sure the agent answers now: connect if needed, then a fresh `guest-sync` round."""
@@ -178,8 +208,15 @@ class AgentSocketClient:
     async def _resynchronise(self) -> None:
         if self._writer is None:
             await self._ensure_connected()  # a new connection is synchronised as it opens
-        else:
+            return
+        try:
             await self._synchronise()
+        except (AgentUnavailable, OSError) as exc:
+            # The agent closed the held connection since the last call (it was restarted): one new try.
+            log.debug("agent socket %s: held connection lost (%s), reconnecting", self.path, exc)
+            self._drop()
+            await self._ensure_connected()
+            self.reconnects += 1
 
     async def _ensure_connected(self) -> None:
         if self._writer is not None:
@@ -190,25 +227,55 @@ class AgentSocketClient:
             )
         except OSError as exc:
             raise AgentUnavailable(f"cannot connect to {self.path}: {exc}") from exc
+        self._echoes_ids = True
         await self._synchronise()
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     async def _synchronise(self) -> None:
         token = random.randrange(1, 2**31)
-        await self._send(encode_request("guest-sync", {"id": token}))
-        for _ in range(MAX_SYNC_LINES):
+        request_id = self._next_id()
+        await self._send(encode_request("guest-sync", {"id": token}, request_id=request_id))
+        for _ in range(MAX_STRAY_LINES + 1):
             line = await self._read_line()
-            try:
-                reply = decode_reply(line)
-            except AgentProtocolError:
-                continue  # a stale, partial or garbage line from before this connection: skip it
-            if reply.get("return") == token:
+            reply = _json_object(line)
+            if reply is None:
+                self._stray("not_json", line)
+                continue
+            if reply.get("return") == token and reply.get("id", request_id) == request_id:
+                self._echoes_ids = "id" in reply
                 return
-        raise AgentProtocolError(f"no guest-sync reply among {MAX_SYNC_LINES} lines")
+            if "id" in reply and reply["id"] == request_id:
+                answer = reply["error"] if "error" in reply else reply.get("return")
+                raise AgentProtocolError(f"guest-sync answered {str(answer)[:120]!r}, not {token}")
+            self._stray("other_id" if "id" in reply else "stale_sync", line)
+        raise AgentProtocolError(f"no guest-sync reply among {MAX_STRAY_LINES} stray lines")
 
     async def _call(self, command: str, arguments: Mapping[str, Any] | None) -> Any:
         await self._ensure_connected()
-        await self._send(encode_request(command, arguments))
-        return reply_value(command, decode_reply(await self._read_line()))
+        request_id = self._next_id()
+        await self._send(encode_request(command, arguments, request_id=request_id))
+        return reply_value(command, await self._read_reply(command, request_id))
+
+    async def _read_reply(self, command: str, request_id: str) -> dict[str, Any]:
+        for _ in range(MAX_STRAY_LINES + 1):
+            line = await self._read_line()
+            reply = _json_object(line)
+            if reply is None:
+                self._stray("not_json", line)
+            elif "id" in reply and reply["id"] != request_id:
+                self._stray("other_id", line)
+            elif "id" not in reply and self._echoes_ids:
+                self._stray("no_id", line)
+            else:
+                check_depth(reply)
+                return reply
+        raise AgentProtocolError(f"{command}: no reply among {MAX_STRAY_LINES} stray lines")
+
+    def _stray(self, reason: str, line: bytes) -> None:
+        AGENT_STRAY_LINES.labels(reason).inc()
+        log.debug("agent socket %s: stray line skipped (%s): %.120r", self.path, reason, line[:120])
 
     async def _send(self, data: bytes) -> None:
         assert self._writer is not None
@@ -224,3 +291,13 @@ class AgentSocketClient:
         except asyncio.LimitOverrunError as exc:
             raise AgentProtocolError(f"reply line longer than {MAX_REPLY_BYTES} bytes") from exc
         return line
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    """The JSON object of one line, or None when the line is not one (invalid JSON or UTF-8, NaN,
+    a partial line, an array or scalar)."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -2,18 +2,49 @@
 
 The XML comes from libvirt, but parts of it (aliases, metadata) derive from tenant-written specs, so it
 is parsed defensively: bounded size, no DTD, no entities.
+
+guestinfo's own domain metadata
+-------------------------------
+KubeVirt's `<kubevirt:kubevirt>` metadata cannot say which binding an interface uses or which access
+credentials the VMI propagates through the agent (its `<kubevirt:accessCredential>` only carries
+`succeeded`/`message`). guestinfo therefore defines a metadata element of its own, beside KubeVirt's
+(libvirt keeps one metadata element per namespace, so it never collides with KubeVirt's)::
+
+    <metadata>
+      <kubevirt:kubevirt xmlns:kubevirt="http://kubevirt.io">...</kubevirt:kubevirt>
+      <guestinfo:vmi xmlns:guestinfo="http://guestinfo.kubevirt.io/v1">
+        <guestinfo:interface name="default" binding="masquerade"/>
+        <guestinfo:interface name="blue" binding="bridge"/>
+        <guestinfo:accessCredentials sshPublicKeys="true" userPassword="false"/>
+      </guestinfo:vmi>
+    </metadata>
+
+- `<guestinfo:interface name binding>`: the VMI spec's binding of the interface `name` (the name of the
+  domain interface: its alias without `ua-`, or the SR-IOV network). A binding is a KubeVirt binding
+  (`masquerade`, `bridge`, `sriov`, ...) or a network binding plugin's name: letters, digits, `.`, `_`,
+  `-`, at most 64 characters. The first element of a name wins; names matching no domain interface
+  are ignored.
+- `<guestinfo:accessCredentials sshPublicKeys userPassword>`: whether the VMI has access credentials
+  propagated through the guest agent, of each kind; `true`/`false` (or `1`/`0`), absent meaning false.
+
+Whoever writes the element (a hook sidecar or the domain's author) is trusted no more than the rest of
+the XML: a bad value is ignored with a log line, and only the first `MAX_ITEMS` interface elements
+are read. Without the element, an `<interface type='user'>` with `<backend type='passt'/>` has the
+binding `passt`; any other interface's binding is `""` (unknown).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import ValidationError
 
 from collectors.errors import DomainXMLError
-from schemas.events import DomainInterface, DomainReport, VMIRef, split_domain_name
+from schemas.events import AccessCredentialNeeds, DomainInterface, DomainReport, VMIRef, split_domain_name
 from schemas.kubevirt import GUEST_AGENT_CHANNEL
 from schemas.limits import MAX_ITEMS
 
@@ -22,10 +53,15 @@ log = logging.getLogger(__name__)
 #: Largest domain XML accepted (a KubeVirt domain is a few tens of kilobytes).
 MAX_DOMAIN_XML_BYTES = 4 * 1024 * 1024
 KUBEVIRT_NS = "http://kubevirt.io"
+GUESTINFO_NS = "http://guestinfo.kubevirt.io/v1"
 USER_ALIAS_PREFIX = "ua-"
 SRIOV_ALIAS_PREFIX = "sriov-"
 
 DomainState = Literal["running", "paused", "shutoff", "other"]
+
+_BINDING = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+_PASST_BINDING = "passt"
 
 
 def parse_domain(xml: str, *, node: str, observed_at: float, state: DomainState) -> DomainReport | None:
@@ -37,14 +73,21 @@ def parse_domain(xml: str, *, node: str, observed_at: float, state: DomainState)
     vmi = _vmi_ref(root)
     if vmi is None:
         return None
+    metadata = _guestinfo_metadata(root, vmi.key)
+    interfaces = _interfaces(root, vmi.key, metadata.bindings)
+    unmatched = metadata.bindings.keys() - {interface.name for interface in interfaces}
+    if unmatched:
+        log.info("domain %s: <guestinfo:interface> names matching no interface ignored: %.300s",
+                 vmi.key, ", ".join(sorted(unmatched)))
     try:
         return DomainReport(
             vmi=vmi,
             node=node,
             observed_at=observed_at,
             state=state,
-            interfaces=_interfaces(root, vmi.key),
+            interfaces=interfaces,
             agent_connected=_agent_connected(root),
+            access_credentials=metadata.access_credentials,
         )
     except ValidationError as exc:
         raise DomainXMLError(f"domain {vmi.key}: {exc}") from exc
@@ -79,7 +122,57 @@ def _vmi_ref(root: ET.Element) -> VMIRef | None:
         return None
 
 
-def _interfaces(root: ET.Element, key: str) -> list[DomainInterface]:
+@dataclass
+class _GuestinfoMetadata:
+    """What guestinfo's own `<guestinfo:vmi>` metadata element says (see the module docstring)."""
+
+    bindings: dict[str, str] = field(default_factory=dict)
+    access_credentials: AccessCredentialNeeds = field(default_factory=AccessCredentialNeeds)
+
+
+def _guestinfo_metadata(root: ET.Element, key: str) -> _GuestinfoMetadata:
+    metadata = _GuestinfoMetadata()
+    elements = root.findall(f"metadata/{{{GUESTINFO_NS}}}vmi")
+    if not elements:
+        return metadata
+    if len(elements) > 1:
+        log.warning("domain %s: %d <guestinfo:vmi> metadata elements, reading the first", key, len(elements))
+    element = elements[0]
+    interfaces = element.findall(f"{{{GUESTINFO_NS}}}interface")
+    if len(interfaces) > MAX_ITEMS:
+        log.warning("domain %s: %d <guestinfo:interface> elements, reading the first %d", key,
+                    len(interfaces), MAX_ITEMS)
+    for interface in interfaces[:MAX_ITEMS]:
+        name, binding = interface.get("name", ""), interface.get("binding", "")
+        if not name or len(name) > 253:
+            log.warning("domain %s: <guestinfo:interface> without a valid name ignored", key)
+        elif not _BINDING.fullmatch(binding):
+            log.warning("domain %s: interface %.253s: binding %.80r ignored", key, name, binding)
+        elif name in metadata.bindings:
+            log.warning("domain %s: interface %.253s named twice in <guestinfo:vmi>, keeping the first", key, name)
+        else:
+            metadata.bindings[name] = binding
+    credentials = element.find(f"{{{GUESTINFO_NS}}}accessCredentials")
+    if credentials is not None:
+        metadata.access_credentials = AccessCredentialNeeds(
+            ssh_public_keys=_boolean(credentials, "sshPublicKeys", key),
+            user_password=_boolean(credentials, "userPassword", key),
+        )
+    return metadata
+
+
+def _boolean(element: ET.Element, attribute: str, key: str) -> bool:
+    raw = element.get(attribute)
+    if raw is None:
+        return False
+    value = _BOOLEANS.get(raw.strip())
+    if value is None:
+        log.warning("domain %s: <guestinfo:accessCredentials %s=%.80r> ignored", key, attribute, raw)
+        return False
+    return value
+
+
+def _interfaces(root: ET.Element, key: str, bindings: dict[str, str]) -> list[DomainInterface]:
     devices = root.find("devices")
     if devices is None:
         return []
@@ -87,9 +180,9 @@ def _interfaces(root: ET.Element, key: str) -> list[DomainInterface]:
     for element in devices:
         try:
             if element.tag == "interface":
-                found.append(_interface(element))
+                found.append(_interface(element, bindings))
             elif element.tag == "hostdev":
-                sriov = _sriov_hostdev(element)
+                sriov = _sriov_hostdev(element, bindings)
                 if sriov is not None:
                     found.append(sriov)
         except ValidationError as exc:
@@ -115,12 +208,25 @@ def _mac(element: ET.Element) -> str:
     return "" if mac is None else mac.get("address", "")
 
 
-def _interface(element: ET.Element) -> DomainInterface:
+def _interface(element: ET.Element, bindings: dict[str, str]) -> DomainInterface:
     alias = _alias(element)
     name = alias.removeprefix(USER_ALIAS_PREFIX) if alias.startswith(USER_ALIAS_PREFIX) else ""
     link = element.find("link")
     link_state: Literal["up", "down"] = "down" if link is not None and link.get("state") == "down" else "up"
-    return DomainInterface(name=name, mac=_mac(element), queue_count=_queues(element), link_state=link_state)
+    binding = bindings.get(name) if name else None
+    if binding is None:
+        binding = _binding_from_devices(element)
+    return DomainInterface(
+        name=name, mac=_mac(element), queue_count=_queues(element), link_state=link_state, binding=binding
+    )
+
+
+def _binding_from_devices(element: ET.Element) -> str:
+    """The binding told by the device itself: only passt's user-mode backend says which it is."""
+    backend = element.find("backend")
+    if element.get("type") == "user" and backend is not None and backend.get("type") == _PASST_BINDING:
+        return _PASST_BINDING
+    return ""
 
 
 def _queues(element: ET.Element) -> int:
@@ -133,12 +239,13 @@ def _queues(element: ET.Element) -> int:
     return min(max(queues, 1), 1024)
 
 
-def _sriov_hostdev(element: ET.Element) -> DomainInterface | None:
+def _sriov_hostdev(element: ET.Element, bindings: dict[str, str]) -> DomainInterface | None:
     # KubeVirt names SR-IOV host devices `ua-sriov-<network>`; older releases used `sriov-<network>`.
     alias = _alias(element).removeprefix(USER_ALIAS_PREFIX)
     if not alias.startswith(SRIOV_ALIAS_PREFIX) or alias == SRIOV_ALIAS_PREFIX:
         return None
-    return DomainInterface(name=alias.removeprefix(SRIOV_ALIAS_PREFIX), mac=_mac(element), sriov=True)
+    name = alias.removeprefix(SRIOV_ALIAS_PREFIX)
+    return DomainInterface(name=name, mac=_mac(element), sriov=True, binding=bindings.get(name, ""))
 
 
 def _agent_connected(root: ET.Element) -> bool:

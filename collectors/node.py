@@ -1,14 +1,29 @@
 """The collector of one node: every tick, list the libvirt domains, poll their agents, publish.
 
-`NodeCollector.collect_once()` is one tick (used by the loop and by tests); `run_collector(config)`
-is the long-running loop.
+`NodeCollector.tick(emit)` starts one tick: the reports known at once (removals, domain reports of
+VMIs whose agent is reached through libvirt, agent reports of VMIs with no agent to ask) go to `emit`
+right away, and each VMI's agent poll runs as a task of its own that hands its reports to `emit` when
+it ends, so one slow or hostile agent delays nobody else. A VMI whose previous poll still runs is not
+polled again. A VMI with a socket override has its domain report sent with its agent report, since
+its `agent_connected` is what the poll found.
+
+`NodeCollector.collect_once()` is one tick that waits for its polls (for tests); `run_collector(config)`
+is the long-running loop, which never waits for a poll.
+
+Every VMI has an agent session token (`AgentReport.session`), renewed when the agent answers again
+after a poll in which it did not, when the libvirt domain id changes (the domain was restarted), and
+when the agent closed its socket between two polls (it was restarted). A connection the collector
+dropped itself (a timeout, a bad reply) or that the agent closed in the middle of a poll is opened
+again without a new session: what the agent said before in this session stays valid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +34,12 @@ from aiokafka.errors import KafkaError
 from collectors.agent_libvirt import LibvirtAgentTransport
 from collectors.agent_poll import poll_agent, short_reason
 from collectors.agent_protocol import AgentSocketClient, AgentTransport
+from collectors.budget import REPORT_ERROR
 from collectors.config import CollectorConfig
 from collectors.domain_xml import DomainState, parse_domain
 from collectors.errors import DomainXMLError
-from collectors.publisher import make_producer, publish
+from collectors.metrics import POLLS_SKIPPED, VMIS_TRACKED
+from collectors.publisher import ReportPublisher, make_producer
 from collectors.ratelimit import RateLimitedLog
 from schemas.events import AgentReport, DomainReport, VMIRef, split_domain_name, vmi_key
 
@@ -44,10 +61,41 @@ def domain_state(code: int) -> DomainState:
 
 @dataclass
 class TickReports:
-    """The reports of one tick: one `DomainReport` per VMI (plus removals) and one `AgentReport` per VMI."""
+    """Reports of one tick, or of a part of it: `DomainReport`s (removals among them) and `AgentReport`s."""
 
     domains: list[DomainReport] = field(default_factory=list)
     agents: list[AgentReport] = field(default_factory=list)
+
+
+#: Where a tick hands its reports: once for the reports known at tick time, once per finished poll.
+Emit = Callable[[TickReports], Awaitable[None]]
+
+
+def new_session() -> str:
+    """A fresh agent session token: 12 random hex characters."""
+    return secrets.token_hex(6)
+
+
+@dataclass
+class _VMIState:
+    """What the collector keeps of one VMI between ticks."""
+
+    session: str = field(default_factory=new_session)
+    #: libvirt's domain id in the last tick (-1 while the domain is not running).
+    domain_id: int | None = None
+    #: Whether the agent answered in the last poll; None before the first.
+    answered: bool | None = None
+    #: The socket client's reconnect count after the last poll.
+    reconnects: int = 0
+    #: The poll in flight, if any.
+    poll: asyncio.Task[None] | None = None
+
+    def renew(self) -> None:
+        self.session = new_session()
+
+    @property
+    def busy(self) -> bool:
+        return self.poll is not None and not self.poll.done()
 
 
 @dataclass
@@ -58,6 +106,7 @@ class _Listed:
     domain: libvirt.virDomain
     xml: str
     state: DomainState
+    id: int = -1
 
 
 @dataclass
@@ -85,7 +134,7 @@ class NodeCollector:
         self._connections: dict[str, libvirt.virConnect] = {}
         self._seen: dict[str, dict[str, VMIRef]] = {uri: {} for uri in config.libvirt_uris}
         self._sockets: dict[str, AgentSocketClient] = {}
-        self._gone_sockets: list[AgentSocketClient] = []
+        self._vmis: dict[str, _VMIState] = {}
         self._logs = RateLimitedLog(log)
 
     async def connection(self, uri: str) -> libvirt.virConnect:
@@ -98,26 +147,50 @@ class NodeCollector:
         return conn
 
     async def collect_once(self) -> TickReports:
-        """One tick: the domain and agent reports of every KubeVirt domain on every URI, and removals."""
+        """One tick, waiting for the agent polls it started: all of its reports, those known at tick
+        time first, then each poll's as it ended."""
+        collected = TickReports()
+
+        async def keep(reports: TickReports) -> None:
+            collected.domains.extend(reports.domains)
+            collected.agents.extend(reports.agents)
+
+        polls = await self.tick(keep)
+        if polls:
+            await asyncio.wait(polls)
+        return collected
+
+    async def tick(self, emit: Emit) -> list[asyncio.Task[None]]:
+        """Start one tick: hand the reports known now to `emit` (awaited), start the agent polls, each
+        of which hands its reports to `emit` when it ends. Returns the polls started."""
         observed_at = time.time()
         listings = await asyncio.gather(*(self._list(uri) for uri in self.config.libvirt_uris))
-        tick = TickReports()
-        polls: list[tuple[DomainReport, _Listed]] = []
+        now = TickReports()
+        found: list[tuple[DomainReport, _Listed]] = []
         for uri, listing in zip(self.config.libvirt_uris, listings, strict=True):
             if listing is None:
                 continue  # libvirt unreachable: nothing is known, so nothing is reported removed
-            polls.extend(self._domain_reports(uri, listing, observed_at, tick))
-        results = await asyncio.gather(*(self._agent(report, listed, observed_at) for report, listed in polls))
-        for domain_report, agent_report in results:
-            tick.domains.append(domain_report)
-            tick.agents.append(agent_report)
-        gone, self._gone_sockets = self._gone_sockets, []
-        for client in gone:
-            await client.close()
-        return tick
+            found.extend(self._domain_reports(uri, listing, observed_at, now.domains))
+        for removal in now.domains:
+            await self._forget(removal.vmi.key)
+        polls: list[asyncio.Task[None]] = []
+        for report, listed in found:
+            poll = await self._start(report, listed, observed_at, now, emit)
+            if poll is not None:
+                polls.append(poll)
+        VMIS_TRACKED.set(sum(len(seen) for seen in self._seen.values()))
+        if now.domains or now.agents:
+            await self._emit(emit, now)
+        return polls
 
     async def close(self) -> None:
-        """Close agent sockets and libvirt connections; the collector can be used again afterwards."""
+        """Stop the polls in flight, close agent sockets and libvirt connections; the collector can be
+        used again afterwards."""
+        polls = [state.poll for state in self._vmis.values() if state.poll is not None and not state.poll.done()]
+        for poll in polls:
+            poll.cancel()
+        if polls:
+            await asyncio.wait(polls)
         sockets, self._sockets = self._sockets, {}
         for client in sockets.values():
             await client.close()
@@ -152,7 +225,7 @@ class NodeCollector:
         return listing
 
     def _domain_reports(
-        self, uri: str, listing: _Listing, observed_at: float, tick: TickReports
+        self, uri: str, listing: _Listing, observed_at: float, removals: list[DomainReport]
     ) -> list[tuple[DomainReport, _Listed]]:
         node = self.config.node_name
         previous = self._seen.get(uri, {})
@@ -180,12 +253,9 @@ class NodeCollector:
         for key, vmi in previous.items():
             if key not in current:
                 log.info("domain %s is gone from %s", key, uri)
-                tick.domains.append(
+                removals.append(
                     DomainReport(vmi=vmi, node=node, observed_at=observed_at, removed=True, state="shutoff")
                 )
-                client = self._sockets.pop(key, None)
-                if client is not None:
-                    self._gone_sockets.append(client)
         self._seen[uri] = current
         return found
 
@@ -202,16 +272,69 @@ class NodeCollector:
             return LibvirtAgentTransport(listed.domain, timeout=self.config.agent_timeout, executor=self._executor)
         return None
 
-    async def _agent(
-        self, report: DomainReport, listed: _Listed, observed_at: float
-    ) -> tuple[DomainReport, AgentReport]:
-        vmi, node = report.vmi, self.config.node_name
-        override = vmi.key in self.config.agent_sockets
+    async def _forget(self, key: str) -> None:
+        """A VMI is gone: its poll in flight is void (its reports must not follow the removal)."""
+        state = self._vmis.pop(key, None)
+        if state is not None and state.poll is not None and not state.poll.done():
+            state.poll.cancel()
+            await asyncio.wait([state.poll])
+        client = self._sockets.pop(key, None)
+        if client is not None:
+            await client.close()
+
+    async def _start(
+        self, report: DomainReport, listed: _Listed, observed_at: float, now: TickReports, emit: Emit
+    ) -> asyncio.Task[None] | None:
+        """The tick-time part of one VMI: its reports known now go to `now`; its poll, if any, is started."""
+        key = report.vmi.key
+        state = self._vmis.get(key)
+        if state is None:
+            state = self._vmis[key] = _VMIState(domain_id=listed.id)
+        if listed.id != state.domain_id:
+            log.info("domain %s: id %s → %s (restarted), new agent session", key, state.domain_id, listed.id)
+            state.domain_id = listed.id
+            state.renew()
+            if state.poll is not None and not state.poll.done():
+                state.poll.cancel()  # it asked the agent of a domain that is no more
+                await asyncio.wait([state.poll])
+        override = key in self.config.agent_sockets
+        if state.busy:
+            POLLS_SKIPPED.inc()
+            log.debug("agent of %s: previous poll still running, not polled this tick", key)
+            if not override:
+                now.domains.append(report)
+            return None
         transport = self._transport(report, listed) if report.state == "running" else None
         if transport is None:
+            state.answered = False
             if override:
                 report = report.model_copy(update={"agent_connected": False})
-            return report, AgentReport(vmi=vmi, node=node, observed_at=observed_at, connected=False)
+            now.domains.append(report)
+            now.agents.append(
+                AgentReport(
+                    vmi=report.vmi, node=self.config.node_name, observed_at=observed_at, connected=False,
+                    session=state.session,
+                )
+            )
+            return None
+        if not override:
+            now.domains.append(report)
+        state.poll = asyncio.create_task(
+            self._poll(report, transport, state, observed_at, emit, override), name=f"agent poll of {key}"
+        )
+        return state.poll
+
+    async def _poll(
+        self,
+        report: DomainReport,
+        transport: AgentTransport,
+        state: _VMIState,
+        observed_at: float,
+        emit: Emit,
+        override: bool,
+    ) -> None:
+        """One VMI's agent poll; its reports go to `emit` when it ends."""
+        vmi, node = report.vmi, self.config.node_name
         try:
             async with self._semaphore:
                 agent_report, synced = await poll_agent(
@@ -225,10 +348,32 @@ class NodeCollector:
                 errors={"poll": short_reason(exc)},
             )
             synced = False
-        if override:
-            report = report.model_copy(update={"agent_connected": synced})
+        self._follow_session(vmi.key, state, transport, synced)
+        agent_report = agent_report.model_copy(update={"session": state.session})
         self._log_agent(vmi.key, agent_report)
-        return report, agent_report
+        reports = TickReports(agents=[agent_report])
+        if override:
+            reports.domains.append(report.model_copy(update={"agent_connected": synced}))
+        await self._emit(emit, reports)
+
+    def _follow_session(self, key: str, state: _VMIState, transport: AgentTransport, synced: bool) -> None:
+        """Renew the session when the agent answers again, or closed its socket since the last poll."""
+        reasons: list[str] = []
+        if synced and state.answered is False:
+            reasons.append("the agent answers again")
+        if isinstance(transport, AgentSocketClient) and transport.reconnects != state.reconnects:
+            state.reconnects = transport.reconnects
+            reasons.append("it closed its socket since the last poll")
+        state.answered = synced
+        if reasons:
+            state.renew()
+            log.info("agent of %s: new session (%s)", key, ", ".join(reasons))
+
+    async def _emit(self, emit: Emit, reports: TickReports) -> None:
+        try:
+            await emit(reports)
+        except Exception:  # a publishing failure is the publisher's to retry; the tick goes on
+            log.exception("handing over %d report(s) failed", len(reports.domains) + len(reports.agents))
 
     def _log_agent(self, key: str, report: AgentReport) -> None:
         if not report.connected:
@@ -236,7 +381,10 @@ class NodeCollector:
             return
         self._logs.recovered(("agent", key), "agent of %s answers again", key)
         for command, reason in report.errors.items():
-            self._logs.warning(("command", key, command), "agent of %s: %s failed: %s", key, command, reason)
+            if command == REPORT_ERROR:
+                self._logs.warning(("report", key), "agent report of %s: %s", key, reason)
+            else:
+                self._logs.warning(("command", key, command), "agent of %s: %s failed: %s", key, command, reason)
 
 
 def _list_domains(conn: libvirt.virConnect) -> _Listing:
@@ -248,11 +396,12 @@ def _list_domains(conn: libvirt.virConnect) -> _Listing:
             name = domain.name()
             xml = domain.XMLDesc(0)
             state = domain_state(domain.state()[0])
+            domain_id = domain.ID()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 listing.unreadable.append(name)
             continue
-        listing.domains.append(_Listed(name=name, domain=domain, xml=xml, state=state))
+        listing.domains.append(_Listed(name=name, domain=domain, xml=xml, state=state, id=domain_id))
     return listing
 
 
@@ -262,6 +411,11 @@ async def run_collector(config: CollectorConfig) -> None:
     producer = None
     try:
         producer = await _started_producer(config.bootstrap_servers)
+        publisher = ReportPublisher(producer)
+
+        async def send(reports: TickReports) -> None:
+            await publisher.send(reports.domains, reports.agents)
+
         log.info(
             "collector of node %s running: %d libvirt URI(s), %d agent socket(s), every %g s",
             config.node_name, len(config.libvirt_uris), len(config.agent_sockets), config.interval,
@@ -270,8 +424,7 @@ async def run_collector(config: CollectorConfig) -> None:
         while True:
             started = loop.time()
             try:
-                tick = await collector.collect_once()
-                await publish(producer, tick.domains, tick.agents)
+                await collector.tick(send)  # the agent polls it starts run on; their reports follow
             except Exception:  # a failed tick is logged; the next one starts on time
                 log.exception("collector tick failed")
             await asyncio.sleep(max(0.0, config.interval - (loop.time() - started)))

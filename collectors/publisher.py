@@ -1,4 +1,4 @@
-"""Publishing the reports of a tick to the raw topics, keyed by `namespace/name`."""
+"""Publishing reports to the raw topics, keyed by `namespace/name`."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel
 
+from collectors.metrics import REPORTS_PUBLISHED, REPORTS_UNPUBLISHED
 from schemas.codec import encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
 
 log = logging.getLogger(__name__)
 
-#: Largest record sent; agent replies are bounded to 1 MiB per command, reports stay well below this.
+#: Largest record sent; an agent report is held to `collectors.budget.AGENT_REPORT_BUDGET`.
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+Report = DomainReport | AgentReport
 
 
 def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
@@ -35,25 +37,67 @@ def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
 
 async def publish(
     producer: AIOKafkaProducer, domains: Iterable[DomainReport], agents: Iterable[AgentReport]
-) -> int:
-    """Send every report and wait for delivery; returns how many were delivered (failures are logged)."""
-    records: list[tuple[str, str, BaseModel]] = [(DOMAIN_TOPIC, r.vmi.key, r) for r in domains]
-    records += [(AGENT_TOPIC, r.vmi.key, r) for r in agents]
-    pending: list[tuple[str, str, asyncio.Future[object]]] = []
-    failed = 0
-    for topic, key, report in records:
+) -> list[Report]:
+    """Send every report and wait for delivery; returns the reports not delivered (each is logged)."""
+    records: list[tuple[str, Report]] = [(DOMAIN_TOPIC, r) for r in domains]
+    records += [(AGENT_TOPIC, r) for r in agents]
+    pending: list[tuple[str, Report, asyncio.Future[object]]] = []
+    failed: list[Report] = []
+    for topic, report in records:
         try:
-            future = await producer.send(topic, encode(report), key=key.encode())
+            future = await producer.send(topic, encode(report), key=report.vmi.key.encode())
         except KafkaError as exc:
-            failed += 1
-            log.warning("not published to %s for %s: %s", topic, key, exc)
+            failed.append(report)
+            REPORTS_UNPUBLISHED.labels(topic).inc()
+            log.warning("not published to %s for %s: %s", topic, report.vmi.key, exc)
             continue
-        pending.append((topic, key, future))
+        pending.append((topic, report, future))
     results = await asyncio.gather(*(future for _, _, future in pending), return_exceptions=True)
-    for (topic, key, _), result in zip(pending, results, strict=True):
+    for (topic, report, _), result in zip(pending, results, strict=True):
         if isinstance(result, BaseException):
-            failed += 1
-            log.warning("delivery to %s for %s failed: %s", topic, key, result)
-    delivered = len(records) - failed
-    log.debug("published %d of %d reports", delivered, len(records))
-    return delivered
+            failed.append(report)
+            REPORTS_UNPUBLISHED.labels(topic).inc()
+            log.warning("delivery to %s for %s failed: %s", topic, report.vmi.key, result)
+        else:
+            REPORTS_PUBLISHED.labels(topic).inc()
+    log.debug("published %d of %d reports", len(records) - len(failed), len(records))
+    return failed
+
+
+class ReportPublisher:
+    """Publishes reports as they come. A removal that is not delivered is kept and sent again with the
+    next reports, until it is delivered or the domain is reported alive again."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._removals: dict[str, DomainReport] = {}
+        #: observed_at of the latest live domain report of each key (a removal older than it is void).
+        self._alive_at: dict[str, float] = {}
+
+    @property
+    def pending_removals(self) -> list[DomainReport]:
+        return list(self._removals.values())
+
+    async def send(self, domains: Iterable[DomainReport], agents: Iterable[AgentReport]) -> None:
+        live: list[DomainReport] = []
+        for report in domains:
+            key = report.vmi.key
+            if report.removed:
+                self._removals[key] = report
+            else:
+                self._removals.pop(key, None)
+                self._alive_at[key] = max(self._alive_at.get(key, 0.0), report.observed_at)
+                live.append(report)
+        removals, self._removals = list(self._removals.values()), {}
+        failed = await publish(self._producer, [*live, *removals], agents)
+        undelivered = {id(report) for report in failed}
+        for report in removals:
+            key = report.vmi.key
+            if id(report) not in undelivered:
+                if self._alive_at.get(key, 0.0) <= report.observed_at:
+                    self._alive_at.pop(key, None)
+            elif self._alive_at.get(key, 0.0) <= report.observed_at and key not in self._removals:
+                self._removals[key] = report
+        if self._removals:
+            log.warning("%d removal report(s) not published yet; sent again with the next reports",
+                        len(self._removals))

@@ -59,6 +59,10 @@ def _add_collector_options(parser: argparse.ArgumentParser) -> None:
         "--interval", type=float, default=10.0, metavar="SECONDS",
         help="seconds between two collections of every VMI (default 10)",
     )
+    parser.add_argument(
+        "--agent-timeout", type=float, default=5.0, metavar="SECONDS",
+        help="seconds one guest-agent command may take (default 5, as libvirt)",
+    )
 
 
 def _add_sink_options(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +80,13 @@ def _add_kube_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--kube-api", metavar="URL", help="Kubernetes API server URL; turns the VMI status sink on")
     group.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file; turns the VMI status sink on")
+
+
+def _add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect = commands.add_parser("collect", help="node collector: libvirt + guest agents -> raw topics")
     _add_bootstrap(collect, required=True)
     _add_collector_options(collect)
-    collect.add_argument("--agent-timeout", type=float, default=5.0, metavar="SECONDS", help="per agent command")
+    _add_metrics_option(collect)
 
     join = commands.add_parser("join", help="join worker (Faust): raw topics -> merged topic guestinfo.vmi.v1")
     _add_bootstrap(join, required=True)
@@ -122,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-is-tansu", action=argparse.BooleanOptionalAction, default=True,
         help="send one record per batch, which Tansu needs for correct table recovery (default on)",
     )
+    _add_metrics_option(join)
 
     serve = commands.add_parser("serve", help="store sink + REST API at the KubeVirt subresource paths")
     _add_bootstrap(serve, required=True)

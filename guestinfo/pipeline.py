@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import EmbeddedBroker, ensure_topics, free_port
 from guestinfo.config import (
     Listen,
     UsageError,
@@ -47,8 +47,15 @@ class Pipeline:
     kubeconfig: str | None
     node_name: str
     interval: float
+    agent_timeout: float
     demo: bool
     global_args: list[str] = field(default_factory=list)
+    #: Where the collector and the join worker serve /metrics (free ports on the API's host).
+    metrics: dict[str, Listen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        host = self.api.host
+        self.metrics = {role: Listen(host=host, port=free_port(host)) for role in ("collect", "join")}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pipeline:
@@ -65,6 +72,7 @@ class Pipeline:
             kubeconfig=args.kubeconfig,
             node_name=args.node_name,
             interval=args.interval,
+            agent_timeout=args.agent_timeout,
             demo=args.demo,
             global_args=global_args,
         )
@@ -72,7 +80,7 @@ class Pipeline:
     def children(self, bootstrap: str) -> list[ChildSpec]:
         kafka = ["--bootstrap-servers", bootstrap]
         specs = [
-            ChildSpec("join", [*self.global_args, "join", *kafka]),
+            ChildSpec("join", [*self.global_args, "join", *kafka, "--metrics-listen", str(self.metrics["join"])]),
             ChildSpec(
                 "serve",
                 [*self.global_args, "serve", *kafka, "--store", self.store_url or store_url_for(self.state_dir),
@@ -84,7 +92,8 @@ class Pipeline:
             specs.append(ChildSpec("status", [*self.global_args, "status", *kafka, *kube]))
         if self.libvirt_uris:
             collect = [*self.global_args, "collect", *kafka, "--node-name", self.node_name,
-                       "--interval", str(self.interval)]
+                       "--interval", str(self.interval), "--agent-timeout", str(self.agent_timeout),
+                       "--metrics-listen", str(self.metrics["collect"])]
             for uri in self.libvirt_uris:
                 collect += ["--libvirt-uri", uri]
             for key, path in self.agent_sockets.items():
@@ -121,6 +130,9 @@ class Pipeline:
             f"  REST API    {base}{SUBRESOURCES}/namespaces/{{namespace}}/virtualmachineinstances/{{name}}/"
             "{guestosinfo,userlist,filesystemlist}",
         ]
+        metrics = [f"http://{self.api.host}:{self.api.port}/metrics (serve)"]
+        metrics += [f"http://{listen}/metrics ({role})" for role, listen in self.metrics.items()]
+        lines.append(f"  metrics     {', '.join(metrics)}")
         if self.demo:
             demo_path = f"{SUBRESOURCES}/namespaces/default/virtualmachineinstances/demo/guestosinfo"
             lines.append(f"  try         curl {base}{demo_path}")

@@ -16,9 +16,21 @@ from guestinfo.lifecycle import run_until_signalled
 log = logging.getLogger(__name__)
 
 
+def serve_metrics(value: str | None) -> None:
+    """Serve this process's Prometheus metrics (default registry) from a background thread."""
+    if value is None:
+        return
+    import prometheus_client
+
+    listen = parse_listen(value)
+    prometheus_client.start_http_server(listen.port, addr=listen.host)
+    log.info("metrics on http://%s/metrics", listen)
+
+
 def collect(args: argparse.Namespace) -> int:
     from collectors import CollectorConfig, run_collector
 
+    serve_metrics(args.metrics_listen)
     if not args.libvirt_uri:
         log.warning("no --libvirt-uri given: nothing to collect until one is")
     config = CollectorConfig(
@@ -36,6 +48,7 @@ def collect(args: argparse.Namespace) -> int:
 def join(args: argparse.Namespace) -> int:
     from streams.app import JoinConfig, run_join_worker
 
+    serve_metrics(args.metrics_listen)
     config = JoinConfig(
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
         app_id=args.app_id,

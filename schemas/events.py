@@ -62,6 +62,16 @@ class DomainInterface(EventModel):
     queue_count: int = Field(default=1, ge=1, le=1024)
     link_state: Literal["up", "down"] = "up"
     sriov: bool = False
+    #: The VMI spec's binding of this interface ("masquerade", "bridge", "passt", ...), "" when unknown.
+    #: Link-local guest addresses are dropped for "masquerade" (reference §5.4).
+    binding: str = Field(default="", max_length=64)
+
+
+class AccessCredentialNeeds(EventModel):
+    """Access credentials the VMI propagates through the guest agent (they add required commands)."""
+
+    ssh_public_keys: bool = False
+    user_password: bool = False
 
 
 class DomainReport(EventModel):
@@ -76,6 +86,7 @@ class DomainReport(EventModel):
     #: The `org.qemu.guest_agent.0` channel is connected (live XML `state="connected"`,
     #: or, for an agent reached through a direct socket, that socket answered `guest-sync`).
     agent_connected: bool = False
+    access_credentials: AccessCredentialNeeds = Field(default_factory=AccessCredentialNeeds)
 
 
 class GuestIPAddress(EventModel):
@@ -111,6 +122,9 @@ class AgentReport(EventModel):
     node: str = Field(max_length=253)
     observed_at: float = Field(ge=0)
     connected: bool
+    #: Identifies one agent session as the collector saw it: a new value after the agent was lost
+    #: and found again, or the domain was restarted or rebooted. What an earlier session said is void.
+    session: str = Field(default="", max_length=64)
     info: AgentVersionInfo | None = None
     os: GuestOSInfo | None = None
     hostname: GuestString | None = None

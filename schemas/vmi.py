@@ -48,6 +48,10 @@ class VMIRecord(EventModel):
     #: Full lists, served by `userlist` and `filesystemlist`.
     users: list[GuestOSUser] = Field(default_factory=list)
     filesystems: list[FileSystem] = Field(default_factory=list)
+    #: When each part shown was observed (epoch seconds): "domain", and per agent answer "info", "os",
+    #: "hostname", "timezone", "users", "filesystems", "interfaces", "fsFreezeStatus". A re-report of
+    #: an unchanged value keeps the time the value was first reported.
+    observed: dict[str, float] = Field(default_factory=dict)
 
     def user_list(self) -> GuestOSUserList:
         return GuestOSUserList(items=self.users)

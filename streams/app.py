@@ -8,6 +8,7 @@ stream. Faust's settings follow shared/broker-notes.md for the Tansu broker.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from schemas.codec import DecodeError, decode, encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, PARTITIONS, VMI_TOPIC
 from streams.join import JoinResult, VMIState, apply_agent, apply_domain
+from streams.metrics import DEAD_LETTERS, EMITTED, EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -78,32 +80,53 @@ def build_app(config: JoinConfig) -> faust.App:
         assigned = sorted(tp.partition for tp in sender.consumer.assignment() if tp.topic == DOMAIN_TOPIC)
         log.info("join worker %s ready: raw partitions %s", config.app_id, assigned)
 
-    @app.agent(raw_topics, concurrency=1)
-    async def join(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            key = message.key
-            try:
-                result = fold(table.get(key), message.topic, message.value)
-            except DecodeError as exc:
-                log.warning(
-                    "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc
-                )
-                await dead_letters.send(key=key, value=dead_letter(message, str(exc)))
-                continue
-            if result.state is None:
-                table.pop(key, None)
-            else:
-                table[key] = encode(result.state)
+    dead_letter_log = OncePerMinute(log)
+
+    async def send_dead_letter(message: Any, kind: str, reason: str) -> None:
+        DEAD_LETTERS.labels(kind).inc()
+        dead_letter_log.warning(
+            kind, "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
+        )
+        await dead_letters.send(key=message.key, value=dead_letter(message, reason))
+
+    async def process(message: Any) -> None:
+        """One raw event: fold it, send what it produced, then keep the new state.
+
+        The state is written only after the send was accepted, so a failed send leaves the state as
+        it was and the next event of that VMI produces the record again.
+        """
+        key = message.key
+        EVENTS.labels(message.topic).inc()
+        try:
+            result = fold(table.get(key), message.topic, message.value)
+        except DecodeError as exc:
+            await send_dead_letter(message, "undecodable", str(exc))
+            return
+        except Exception as exc:  # a bug on one event must not stop the stream for every VMI
+            log.exception("join failed on %s[%d]@%d", message.topic, message.partition, message.offset)
+            await send_dead_letter(message, "internal", f"internal error: {type(exc).__name__}: {exc}")
+            return
+        try:
             if result.record is not None:
                 await merged_topic.send(key=key, value=encode(result.record))
+                EMITTED.labels("record").inc()
                 record = result.record
                 (log.info if record.revision == 1 else log.debug)(
                     "VMI %s revision %d from node %s", record.vmi.key, record.revision, record.node
                 )
             elif result.tombstone:
                 await merged_topic.send(key=key, value=None)
+                EMITTED.labels("tombstone").inc()
                 log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
+        except Exception as exc:
+            await send_dead_letter(message, "unsendable", f"merged output not sent: {type(exc).__name__}: {exc}")
+            return
+        table[key] = encode(result.state)
+
+    @app.agent(raw_topics, concurrency=1)
+    async def join(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await process(event.message)
 
     return app
 
@@ -112,12 +135,31 @@ def fold(stored: bytes | None, topic: str, value: bytes | None) -> JoinResult:
     """Apply one raw event to a VMI's stored state."""
     if value is None:
         raise DecodeError("raw event without a value")
+    if len(value) > MAX_RECORD_BYTES:
+        raise DecodeError(f"raw event of {len(value)} bytes is over the {MAX_RECORD_BYTES} byte limit")
     state = load_state(stored)
     if topic == DOMAIN_TOPIC:
         return apply_domain(state, decode(DomainReport, value))
     if topic == AGENT_TOPIC:
         return apply_agent(state, decode(AgentReport, value))
     raise DecodeError(f"unexpected topic {topic}")
+
+
+class OncePerMinute:
+    """Logs a warning at most once a minute per kind; the rest go to DEBUG (the metric counts all)."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0) -> None:
+        self._logger = logger
+        self._every = every
+        self._last: dict[str, float] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self._every) >= self._every:
+            self._last[kind] = now
+            self._logger.warning(message + " (more of this kind within a minute go to debug)", *args)
+        else:
+            self._logger.debug(message, *args)
 
 
 def load_state(stored: bytes | None) -> VMIState:

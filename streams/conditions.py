@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from schemas.events import AgentVersionInfo
+from schemas.events import AccessCredentialNeeds, AgentVersionInfo
 from schemas.kubevirt import AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED, VMICondition
 
 REQUIRED_BASIC_COMMANDS = (
@@ -32,7 +32,17 @@ REQUIRED_BASIC_COMMANDS = (
 #: KubeVirt's deprecated `supportedGuestAgentVersions` default, used when no command list is known.
 SUPPORTED_VERSION_PATTERNS = ("2.*", "3.*", "4.*", "5.*")
 
+#: With SSH keys propagated through the agent: all of one of these sets.
+SSH_KEY_COMMANDS = (
+    ("guest-ssh-get-authorized-keys", "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"),
+    ("guest-exec-status", "guest-exec", "guest-file-open", "guest-file-close", "guest-file-read", "guest-file-write"),
+)
+#: With a user password propagated through the agent.
+PASSWORD_COMMANDS = ("guest-set-user-password",)
+
 REASON_BASIC = "This guest agent doesn't support required basic commands"
+REASON_PUBLIC_KEY = "This guest agent doesn't support required public key commands"
+REASON_PASSWORD = "This guest agent doesn't support required password commands"
 
 
 def probe_time(timestamp: float) -> str:
@@ -44,12 +54,19 @@ def agent_connected_condition(since: float) -> VMICondition:
     return VMICondition(type=AGENT_CONNECTED, status="True", last_probe_time=probe_time(since))
 
 
-def unsupported_reason(info: AgentVersionInfo) -> str | None:
-    """Why this agent is not supported, as upstream words it; None when it is supported."""
+def unsupported_reason(info: AgentVersionInfo, needs: AccessCredentialNeeds | None = None) -> str | None:
+    """Why this agent is not supported, as upstream words it; None when it is supported.
+
+    A command counts only when listed with `enabled: true` (a blocked command is missing).
+    """
     if info.supported_commands:
         enabled = {c.name for c in info.supported_commands if c.enabled}
-        if not all(command in enabled for command in REQUIRED_BASIC_COMMANDS):
+        if not enabled.issuperset(REQUIRED_BASIC_COMMANDS):
             return REASON_BASIC
+        if needs is not None and needs.ssh_public_keys and not any(enabled.issuperset(s) for s in SSH_KEY_COMMANDS):
+            return REASON_PUBLIC_KEY
+        if needs is not None and needs.user_password and not enabled.issuperset(PASSWORD_COMMANDS):
+            return REASON_PASSWORD
         return None
     # Go's regexp.MatchString finds the pattern anywhere in the version string.
     if any(re.search(pattern, info.version) for pattern in SUPPORTED_VERSION_PATTERNS):

@@ -8,13 +8,16 @@ Rules, in order:
    agent order; `ipAddress` is the first) and the `guest-agent` info source.
 3. Unmatched guest interfaces are appended in agent order, at most 10, with no `name` and
    `infoSource: "guest-agent"`.
-4. Guest interfaces that share a MAC (legacy aliases like `eth0:1`) are one interface: the first
+4. For an interface bound with masquerade, link-local (fe80::/10, 169.254/16) and unparsable
+   addresses are dropped (upstream v1.8).
+5. Guest interfaces that share a MAC (legacy aliases like `eth0:1`) are one interface: the first
    one's name, all their addresses. Upstream lets the alias overwrite eth0 (kubevirt#9600).
 The output depends only on the input, so an unchanged input never yields a different list.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 from schemas.events import DomainInterface, GuestInterface
@@ -26,6 +29,7 @@ SOURCE_GUEST_AGENT = "guest-agent"
 SOURCE_MULTUS = "multus-status"
 _SOURCE_ORDER = (SOURCE_DOMAIN, SOURCE_GUEST_AGENT, SOURCE_MULTUS)
 LOOPBACK = "lo"
+MASQUERADE = "masquerade"
 
 
 def add_info_source(info_source: str, token: str) -> str:
@@ -63,6 +67,14 @@ def group_by_mac(guest: Sequence[GuestInterface]) -> list[list[GuestInterface]]:
     return groups
 
 
+def is_link_local_or_invalid(address: str) -> bool:
+    """fe80::/10 and 169.254/16 (Go's netip IsLinkLocalUnicast), or not an address at all."""
+    try:
+        return ipaddress.ip_address(address).is_link_local
+    except ValueError:
+        return True
+
+
 def domain_interfaces(domain: Sequence[DomainInterface]) -> list[NetworkInterface]:
     """Step 1: the domain's interfaces, then its SR-IOV host devices."""
     plain = [i for i in domain if not i.sriov]
@@ -81,6 +93,7 @@ def merge_interfaces(
     """The full `status.interfaces` list for one VMI."""
     merged = domain_interfaces(domain)
     by_mac = {entry.mac: index for index, entry in enumerate(merged) if entry.mac}
+    masquerade = {i.mac for i in domain if i.binding == MASQUERADE and i.mac}
     guest_only: list[NetworkInterface] = []
     for group in group_by_mac(guest or ()):
         first = group[0]
@@ -88,6 +101,8 @@ def merge_interfaces(
         index = by_mac.get(first.mac) if first.mac else None
         if index is not None:
             entry = merged[index]
+            if first.mac in masquerade:
+                addresses = [a for a in addresses if not is_link_local_or_invalid(a)]
             info_source = entry.info_source
             if first.name:
                 info_source = add_info_source(info_source, SOURCE_GUEST_AGENT)

@@ -2,21 +2,38 @@
 
 Pure functions, no I/O: the Faust agent (streams.app) feeds them and sends what they return.
 
-Rules:
+Ordering (at-least-once delivery, two topics read in no fixed order between them):
 - A report older (`observedAt`) than the last one applied from the same side is ignored, so a
   reordered event never moves a VMI backwards. A report as old as the last one is a re-delivery:
   the current record is sent again with its revision unchanged (consumers drop it as a duplicate),
   so a crash between the state write and the send never loses a record.
-- An agent report replaces only the fields it carries; a null field keeps the previous answer, so
-  a failed command or a disconnect never blanks data that was valid before.
-- A VMI is emitted once its domain is known. A record is emitted only when its content changed;
-  each emission carries the next `revision`. A removed domain emits a tombstone and drops the state.
+- A removed VMI leaves a small marker (when, which uid, the last revision): reports observed before
+  the removal are stale and ignored, so a late event cannot bring a ghost back.
+- A report of another uid under the same name is a new VMI: newer, it replaces the old state;
+  older, it is ignored. Revisions keep growing across incarnations of a name.
+
+Ownership (live migration: two nodes report the same VMI):
+- The node whose domain report was applied owns the VMI. Another node's report is remembered as the
+  incoming side and otherwise ignored; its agent reports are ignored.
+- Ownership moves when the incoming node reports the domain running while the owner's is not (the
+  switch-over), or when the owner's domain goes away while another node has it. Only when no other
+  node has the domain does a removal tombstone the VMI.
+
+Freshness:
+- Within one agent session a report replaces only the fields it carries; a null field keeps the
+  previous answer, so a failed command or a disconnect never blanks data that was valid before.
+- A new agent session (the agent was lost and found again, the domain restarted or rebooted: the
+  collector's `session` token changes) voids everything the earlier session said: the new report
+  replaces the agent data whole.
+- Every part of a record carries when the value shown was observed (`observed`); re-reporting an
+  unchanged value keeps its time, so an unchanged input never produces a different record.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.codec import encode
 from schemas.events import AgentReport, DomainReport, EventModel
@@ -25,55 +42,155 @@ from streams.conditions import conditions, unsupported_reason
 from streams.guestosinfo import guest_agent_info
 from streams.interfaces import merge_interfaces
 
+#: The agent answers, by `AgentReport` field, with the key each has in `VMIRecord.observed`.
+AGENT_FIELDS = {
+    "info": "info",
+    "os": "os",
+    "hostname": "hostname",
+    "timezone": "timezone",
+    "users": "users",
+    "filesystems": "filesystems",
+    "interfaces": "interfaces",
+    "fs_freeze_status": "fsFreezeStatus",
+}
+#: Domain report fields that are bookkeeping, not content (a change of these alone is no change).
+_DOMAIN_BOOKKEEPING = {"observed_at"}
+
 
 class VMIState(EventModel):
     """What the join keeps per VMI in its changelog-backed table."""
 
     domain: DomainReport | None = None
+    #: The latest report of a node that has the domain but does not own the VMI (migration target).
+    incoming: DomainReport | None = None
     agent: AgentReport | None = None
     connected_since: float | None = None
     unsupported_reason: str | None = None
     unsupported_since: float | None = None
     revision: int = 0
     emitted_digest: str = ""
+    #: When each part's current value was first reported (see `VMIRecord.observed`).
+    observed: dict[str, float] = {}
+    #: Set when the VMI was removed: reports observed up to then are stale.
+    removed_at: float | None = None
+    removed_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class JoinResult:
-    """The new state (None: forget the VMI) and what to send (`record`, or a tombstone)."""
+    """The new state and what to send: `record`, or a tombstone."""
 
-    state: VMIState | None
+    state: VMIState
     record: VMIRecord | None = None
     tombstone: bool = False
 
 
-def merge_agent(previous: AgentReport | None, report: AgentReport) -> AgentReport:
-    """The latest agent answers: fields the new report left null keep their previous value."""
-    if previous is None:
-        return report
-    carried = {
-        name: getattr(previous, name)
-        for name in ("info", "os", "hostname", "timezone", "users", "filesystems", "interfaces", "fs_freeze_status")
-        if getattr(report, name) is None
-    }
-    return report.model_copy(update=carried)
+# ---------------------------------------------------------------------------------------------- domain
 
 
 def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
-    if state.domain is not None and report.observed_at <= state.domain.observed_at:
-        return _redelivered(state) if report.observed_at == state.domain.observed_at else JoinResult(state)
+    if state.removed_at is not None:
+        if report.observed_at <= state.removed_at or report.removed:
+            return JoinResult(state)
+        state = VMIState(revision=state.revision)  # the name is back: a new incarnation
+    owner = state.domain
+    if owner is None:
+        return JoinResult(state) if report.removed else _take(state, report)
+    if _other_vmi(owner, report):
+        if report.observed_at <= owner.observed_at:
+            return JoinResult(state)
+        return JoinResult(state) if report.removed else _take(VMIState(revision=state.revision), report)
+    if report.node != owner.node:
+        return _from_other_node(state, report)
+    if report.observed_at <= owner.observed_at:
+        return _redelivered(state) if report.observed_at == owner.observed_at else JoinResult(state)
     if report.removed:
-        return JoinResult(None, tombstone=state.revision > 0)
+        return _owner_gone(state, report)
+    if state.incoming is not None and _switch_over(report, state.incoming):
+        return _take(state.model_copy(update={"incoming": None}), state.incoming)
+    return _take(state, report)
+
+
+def _other_vmi(owner: DomainReport, report: DomainReport) -> bool:
+    """Another VMI under the same name: both uids known and different."""
+    return bool(owner.vmi.uid and report.vmi.uid and owner.vmi.uid != report.vmi.uid)
+
+
+def _switch_over(owner: DomainReport, incoming: DomainReport) -> bool:
+    """The incoming node runs the domain and the owner does not: the migration switched over."""
+    return incoming.state == "running" and owner.state != "running" and not incoming.removed
+
+
+def _from_other_node(state: VMIState, report: DomainReport) -> JoinResult:
+    incoming = state.incoming
+    if incoming is not None and incoming.node == report.node and report.observed_at < incoming.observed_at:
+        return JoinResult(state)
+    if report.removed:
+        if incoming is not None and incoming.node == report.node:
+            return JoinResult(state.model_copy(update={"incoming": None}))
+        return JoinResult(state)
+    assert state.domain is not None
+    if _switch_over(state.domain, report):
+        return _take(state.model_copy(update={"incoming": None}), report)
+    return JoinResult(state.model_copy(update={"incoming": report}))
+
+
+def _owner_gone(state: VMIState, report: DomainReport) -> JoinResult:
+    """The owner's domain went away: hand over to the incoming node, or tombstone the VMI."""
+    if state.incoming is not None:
+        return _take(state.model_copy(update={"incoming": None}), state.incoming)
+    marker = VMIState(revision=state.revision, removed_at=report.observed_at, removed_uid=report.vmi.uid)
+    return JoinResult(marker, tombstone=state.revision > 0)
+
+
+def _take(state: VMIState, report: DomainReport) -> JoinResult:
+    """Apply `report` as the owner's domain."""
+    moved = state.domain is not None and state.domain.node != report.node
     connected_since = None
     if report.agent_connected:
-        connected_since = state.connected_since if state.connected_since is not None else report.observed_at
-    return _emit(state.model_copy(update={"domain": report, "connected_since": connected_since}))
+        keep = state.connected_since is not None and not moved
+        connected_since = state.connected_since if keep else report.observed_at
+    observed = dict(state.observed)
+    if state.domain is None or _domain_content(state.domain) != _domain_content(report):
+        observed["domain"] = report.observed_at
+    update: dict[str, Any] = {"domain": report, "connected_since": connected_since, "observed": observed}
+    return _emit(state.model_copy(update=update))
+
+
+def _domain_content(report: DomainReport) -> dict[str, Any]:
+    return report.model_dump(exclude=_DOMAIN_BOOKKEEPING)
+
+
+# ----------------------------------------------------------------------------------------------- agent
 
 
 def apply_agent(state: VMIState, report: AgentReport) -> JoinResult:
-    if state.agent is not None and report.observed_at <= state.agent.observed_at:
-        return _redelivered(state) if report.observed_at == state.agent.observed_at else JoinResult(state)
-    return _emit(state.model_copy(update={"agent": merge_agent(state.agent, report)}))
+    if state.removed_at is not None and report.observed_at <= state.removed_at:
+        return JoinResult(state)
+    if state.domain is not None and report.node != state.domain.node:
+        return JoinResult(state)  # only the owner node's agent counts
+    previous = state.agent
+    if previous is not None and report.observed_at <= previous.observed_at:
+        return _redelivered(state) if report.observed_at == previous.observed_at else JoinResult(state)
+    new_session = previous is None or report.session != previous.session or report.node != previous.node
+    agent = report if previous is None or new_session else merge_agent(previous, report)
+    observed = {k: v for k, v in state.observed.items() if k not in AGENT_FIELDS.values()}
+    for name, key in AGENT_FIELDS.items():
+        value = getattr(agent, name)
+        if value is None:
+            continue
+        unchanged = not new_session and previous is not None and getattr(previous, name) == value
+        observed[key] = state.observed[key] if unchanged and key in state.observed else report.observed_at
+    return _emit(state.model_copy(update={"agent": agent, "observed": observed}))
+
+
+def merge_agent(previous: AgentReport, report: AgentReport) -> AgentReport:
+    """The latest answers of one session: fields the new report left null keep their previous value."""
+    carried = {name: getattr(previous, name) for name in AGENT_FIELDS if getattr(report, name) is None}
+    return report.model_copy(update=carried)
+
+
+# ---------------------------------------------------------------------------------------------- output
 
 
 def _redelivered(state: VMIState) -> JoinResult:
@@ -86,9 +203,9 @@ def _redelivered(state: VMIState) -> JoinResult:
 
 def _judge_agent_version(state: VMIState) -> VMIState:
     """AgentVersionNotSupported: judged only while connected and once guest-info is known."""
-    if state.connected_since is None or state.agent is None or state.agent.info is None:
+    if state.connected_since is None or state.agent is None or state.agent.info is None or state.domain is None:
         return state
-    reason = unsupported_reason(state.agent.info)
+    reason = unsupported_reason(state.agent.info, state.domain.access_credentials)
     if reason is None:
         return state.model_copy(update={"unsupported_reason": None, "unsupported_since": None})
     if state.unsupported_reason is None:
@@ -120,6 +237,7 @@ def build_record(state: VMIState, revision: int) -> VMIRecord:
         guest_agent_info=info,
         users=(agent.users or []) if agent else [],
         filesystems=(agent.filesystems or []) if agent else [],
+        observed=state.observed,
     )
 
 

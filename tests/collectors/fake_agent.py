@@ -6,17 +6,33 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 
-#: Given a request, the raw lines to write back (each should end with "\n"); None: stay silent;
-#: "close": drop the connection.
-Script = Callable[[dict[str, Any]], "list[bytes] | str | None"]
+#: Given a request, the raw lines to write back (each should end with "\n", or not, to cut a line);
+#: None: stay silent; "close" (alone or as the last item of the list): drop the connection.
+Answer: TypeAlias = list[bytes | str] | str | None
+Script = Callable[[dict[str, Any]], Answer]
 
 
-def sync_reply(request: dict[str, Any]) -> list[bytes]:
-    return [orjson.dumps({"return": request["arguments"]["id"]}) + b"\n"]
+def line(value: Any) -> bytes:
+    return orjson.dumps(value) + b"\n"
+
+
+def returning(request: dict[str, Any], value: Any) -> list[bytes | str]:
+    """The reply line qemu-ga writes: the return value and the request's id, when it had one."""
+    reply: dict[str, Any] = {"return": value}
+    if "id" in request:
+        reply["id"] = request["id"]
+    return [line(reply)]
+
+
+def sync_reply(request: dict[str, Any], *, echo_id: bool = True) -> list[bytes | str]:
+    reply: dict[str, Any] = {"return": request["arguments"]["id"]}
+    if echo_id and "id" in request:
+        reply["id"] = request["id"]
+    return [line(reply)]
 
 
 class FakeAgent:
@@ -24,32 +40,46 @@ class FakeAgent:
         self.script = script
         self.connections = 0
         self.requests: list[dict[str, Any]] = []
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         try:
-            while line := await reader.readline():
-                request = orjson.loads(line)
+            while request_line := await reader.readline():
+                request = orjson.loads(request_line)
                 self.requests.append(request)
                 answer = self.script(request)
                 if answer == "close":
                     break
                 if isinstance(answer, list):
                     for chunk in answer:
+                        if isinstance(chunk, str):
+                            break
                         writer.write(chunk)
                     await writer.drain()
+                    if answer and answer[-1] == "close":
+                        break
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def drop_connections(self) -> None:
+        """Close every open connection, as an agent that exits does."""
+        for writer in list(self._writers):
             writer.close()
 
 
 @asynccontextmanager
 async def fake_agent(path: Path, script: Script) -> AsyncIterator[FakeAgent]:
+    """Serve `script` on `path` until the block ends; then stop listening and close every connection."""
     agent = FakeAgent(script)
     server = await asyncio.start_unix_server(agent.handle, path=str(path), limit=2**24)
     try:
         yield agent
     finally:
         server.close()
+        agent.drop_connections()
         await server.wait_closed()

@@ -4,33 +4,61 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from collectors.agent_poll import poll_agent
-from collectors.agent_protocol import AgentSocketClient, decode_reply, json_depth
+from collectors.agent_protocol import MAX_STRAY_LINES, AgentSocketClient, decode_reply, json_depth
 from collectors.errors import AgentCommandError, AgentProtocolError, AgentTimeout, AgentUnavailable
 from schemas.events import VMIRef
 from schemas.limits import MAX_REPLY_BYTES, MAX_REPLY_DEPTH
-from tests.collectors.fake_agent import fake_agent, sync_reply
+from tests.collectors.fake_agent import Answer, Script, fake_agent, returning, sync_reply
+
+Reply = Callable[[dict[str, Any]], Answer]
 
 
-def answer(value: Any) -> list[bytes]:
-    return [orjson.dumps({"return": value}) + b"\n"]
+def ok(value: Any) -> Reply:
+    """The command's reply: `value`, with the request's id."""
+    return lambda request: returning(request, value)
 
 
-def replying(**commands: list[bytes] | str | None) -> Any:
-    """A script: guest-sync answered properly, each command (dashes as underscores) as given."""
+def raw(*lines: bytes | str) -> Reply:
+    """These exact lines, whatever the request; `@ID` in a line is replaced by the request's id."""
+    return lambda request: [
+        item.replace(b"@ID", orjson.dumps(request["id"])) if isinstance(item, bytes) else item for item in lines
+    ]
 
-    def script(request: dict[str, Any]) -> list[bytes] | str | None:
+
+def replying(*, echo_ids: bool = True, **commands: Reply) -> Script:
+    """A script: guest-sync answered properly, each command (dashes as underscores) as given, others
+    not at all."""
+
+    def script(request: dict[str, Any]) -> Answer:
         if request["execute"] == "guest-sync":
-            return sync_reply(request)
-        return commands.get(request["execute"].replace("-", "_"))
+            return sync_reply(request, echo_id=echo_ids)
+        reply = commands.get(request["execute"].replace("-", "_"))
+        return None if reply is None else reply(request)
 
     return script
+
+
+def agent_errors(command: str, kind: str) -> float:
+    labels = {"command": command, "kind": kind}
+    return REGISTRY.get_sample_value("guestinfo_collector_agent_errors_total", labels) or 0.0
+
+
+def agent_calls(command: str) -> float:
+    labels = {"command": command}
+    return REGISTRY.get_sample_value("guestinfo_collector_agent_call_duration_seconds_count", labels) or 0.0
+
+
+def stray_count(reason: str) -> float:
+    return REGISTRY.get_sample_value("guestinfo_collector_agent_stray_lines_total", {"reason": reason}) or 0.0
 
 
 @pytest.fixture
@@ -38,12 +66,25 @@ def sock(tmp_path: Path) -> Path:
     return tmp_path / "agent.sock"
 
 
+async def test_every_request_carries_a_unique_id(sock: Path) -> None:
+    async with fake_agent(sock, replying(guest_ping=ok({}))) as agent:
+        client = AgentSocketClient(str(sock), timeout=2)
+        try:
+            await client.sync()
+            await client.execute("guest-ping")
+            await client.execute("guest-ping")
+        finally:
+            await client.close()
+    ids = [request["id"] for request in agent.requests]
+    assert len(ids) == 3 and len(set(ids)) == 3 and all(isinstance(i, str) for i in ids)
+
+
 async def test_stale_and_garbage_lines_before_the_sync_reply_are_discarded(sock: Path) -> None:
-    def script(request: dict[str, Any]) -> list[bytes] | None:
+    def script(request: dict[str, Any]) -> Answer:
         if request["execute"] == "guest-sync":
             return [b'{"return": {"host-name": "stale"}}\n', b"\xff\xff garbage\n", b'{"return": 12}\n',
                     *sync_reply(request)]
-        return answer({"host-name": "fresh"})
+        return returning(request, {"host-name": "fresh"})
 
     async with fake_agent(sock, script):
         client = AgentSocketClient(str(sock), timeout=2)
@@ -62,8 +103,9 @@ async def test_sync_without_matching_reply_is_a_protocol_error(sock: Path) -> No
 
 
 async def test_error_reply_keeps_the_connection(sock: Path) -> None:
-    error = [b'{"error": {"class": "CommandNotFound", "desc": "The command guest-x has not been found"}}\n']
-    async with fake_agent(sock, replying(guest_x=error, guest_ping=answer({}))) as agent:
+    error = raw(b'{"error": {"class": "CommandNotFound", "desc": "The command guest-x has not been found"}, '
+                b'"id": @ID}\n')
+    async with fake_agent(sock, replying(guest_x=error, guest_ping=ok({}))) as agent:
         client = AgentSocketClient(str(sock), timeout=2)
         try:
             with pytest.raises(AgentCommandError) as caught:
@@ -76,29 +118,31 @@ async def test_error_reply_keeps_the_connection(sock: Path) -> None:
             await client.close()
 
 
+DEEP = b"[" * (MAX_REPLY_DEPTH + 1) + b"]" * (MAX_REPLY_DEPTH + 1)
+
+
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        ([b"this is not json\n"], "not JSON"),
-        ([b"[1, 2, 3]\n"], "not an object"),
-        ([b'{"neither": 1}\n'], "neither"),
-        ([b'{"error": "flat"}\n'], "not an object"),
-        ([b'{"return": ' + b"[" * (MAX_REPLY_DEPTH + 1) + b"]" * (MAX_REPLY_DEPTH + 1) + b"}\n"], "deeper"),
-        ([b'{"return": "' + b"x" * MAX_REPLY_BYTES + b'"}\n'], "longer than"),
+        (raw(b'{"neither": 1, "id": @ID}\n'), "neither"),
+        (raw(b'{"error": "flat", "id": @ID}\n'), "not an object"),
+        (raw(b'{"return": ' + DEEP + b', "id": @ID}\n'), "deeper"),
+        (raw(b'{"return": "' + b"x" * MAX_REPLY_BYTES + b'"}\n'), "longer than"),
+        (raw(*[b'{"event": "unsolicited"}\n'] * (MAX_STRAY_LINES + 1)), "stray lines"),
     ],
-    ids=["garbage", "array", "no-return", "flat-error", "too-deep", "too-large"],
+    ids=["no-return", "flat-error", "too-deep", "too-large", "flood"],
 )
 async def test_bad_replies_are_protocol_errors_and_the_client_reconnects(
-    sock: Path, reply: list[bytes], message: str
+    sock: Path, reply: Reply, message: str
 ) -> None:
     calls = 0
 
-    def script(request: dict[str, Any]) -> list[bytes] | None:
+    def script(request: dict[str, Any]) -> Answer:
         nonlocal calls
         if request["execute"] == "guest-sync":
             return sync_reply(request)
         calls += 1
-        return reply if calls == 1 else answer("thawed")
+        return reply(request) if calls == 1 else returning(request, "thawed")
 
     async with fake_agent(sock, script) as agent:
         client = AgentSocketClient(str(sock), timeout=2)
@@ -111,15 +155,80 @@ async def test_bad_replies_are_protocol_errors_and_the_client_reconnects(
             await client.close()
 
 
+GOOD = b'{"return": "thawed", "id": @ID}\n'
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ([b'{"return": "frozen", "id": "someone-else-1"}\n'], "other_id"),
+        ([b'{"return": "frozen", "id": 7}\n', b'{"return": "frozen", "id": null}\n'], "other_id"),
+        ([b'{"return": "frozen"}\n'], "no_id"),
+        ([b'{"event": "unsolicited", "data": {}}\n'] * MAX_STRAY_LINES, "no_id"),
+        ([b'{"return": "\xff\xfe", "id": @ID}\n'], "not_json"),
+        ([b'{"return": NaN, "id": @ID}\n', b'{"return": -Infinity, "id": @ID}\n'], "not_json"),
+        ([b'{"return": 1e999, "id": @ID}\n'], "not_json"),
+        ([b'[1, 2]\n', b'"thawed"\n', b"\n", b'{"return": "fro\n'], "not_json"),
+    ],
+    ids=["other-id", "other-id-types", "id-less-from-echoing-agent", "flood-within-bound", "invalid-utf8",
+         "nan-infinity", "number-overflow", "not-objects-and-partial"],
+)
+async def test_stray_lines_before_the_reply_are_skipped_and_counted(
+    sock: Path, lines: list[bytes], reason: str
+) -> None:
+    before = stray_count(reason)
+    async with fake_agent(sock, replying(guest_fsfreeze_status=raw(*lines, GOOD))) as agent:
+        client = AgentSocketClient(str(sock), timeout=2)
+        try:
+            assert await client.execute("guest-fsfreeze-status") == "thawed"
+            assert agent.connections == 1
+        finally:
+            await client.close()
+    assert stray_count(reason) - before == len(lines)
+
+
+async def test_agent_that_does_not_echo_ids_is_answered_by_id_less_replies(sock: Path) -> None:
+    script = replying(
+        echo_ids=False,
+        guest_get_host_name=raw(b'{"return": {"host-name": "old"}}\n'),
+        guest_fsfreeze_status=raw(b'{"return": "frozen", "id": "someone-else"}\n', b'{"return": "thawed"}\n'),
+    )
+    async with fake_agent(sock, script):
+        client = AgentSocketClient(str(sock), timeout=2)
+        try:
+            assert await client.execute("guest-get-host-name") == {"host-name": "old"}
+            assert await client.execute("guest-fsfreeze-status") == "thawed"
+        finally:
+            await client.close()
+
+
+async def test_reply_cut_mid_line_then_closed_is_unavailable(sock: Path) -> None:
+    async with fake_agent(sock, replying(guest_info=raw(b'{"return": {"version": "9', "close"))):
+        client = AgentSocketClient(str(sock), timeout=2)
+        with pytest.raises(AgentUnavailable, match="closed"):
+            await client.execute("guest-info")
+        assert not client.connected
+
+
+async def test_reply_cut_mid_line_then_silent_times_out(sock: Path) -> None:
+    async with fake_agent(sock, replying(guest_info=raw(b'{"return": {"version": "9'))):
+        client = AgentSocketClient(str(sock), timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(AgentTimeout):
+            await client.execute("guest-info")
+        assert time.monotonic() - started < 1.5
+        assert not client.connected
+
+
 async def test_silent_agent_times_out_and_a_late_reply_is_not_taken_for_the_next(sock: Path) -> None:
     calls = 0
 
-    def script(request: dict[str, Any]) -> list[bytes] | None:
+    def script(request: dict[str, Any]) -> Answer:
         nonlocal calls
         if request["execute"] == "guest-sync":
             return sync_reply(request)
         calls += 1
-        return None if calls == 1 else answer(calls)
+        return None if calls == 1 else returning(request, calls)
 
     async with fake_agent(sock, script):
         client = AgentSocketClient(str(sock), timeout=0.3)
@@ -136,12 +245,12 @@ async def test_silent_agent_times_out_and_a_late_reply_is_not_taken_for_the_next
 async def test_closed_connection_is_unavailable_then_reconnects(sock: Path) -> None:
     calls = 0
 
-    def script(request: dict[str, Any]) -> list[bytes] | str | None:
+    def script(request: dict[str, Any]) -> Answer:
         nonlocal calls
         if request["execute"] == "guest-sync":
             return sync_reply(request)
         calls += 1
-        return "close" if calls == 1 else answer("ok")
+        return "close" if calls == 1 else returning(request, "ok")
 
     async with fake_agent(sock, script) as agent:
         client = AgentSocketClient(str(sock), timeout=2)
@@ -150,6 +259,24 @@ async def test_closed_connection_is_unavailable_then_reconnects(sock: Path) -> N
                 await client.execute("guest-ping")
             assert await client.execute("guest-ping") == "ok"
             assert agent.connections == 2
+            assert client.reconnects == 0, "closed in the middle of a call: not an agent restart"
+        finally:
+            await client.close()
+
+
+async def test_sync_on_a_connection_the_agent_dropped_reconnects_at_once(sock: Path) -> None:
+    async with fake_agent(sock, replying()):
+        client = AgentSocketClient(str(sock), timeout=2)
+        try:
+            await client.sync()
+            assert client.reconnects == 0
+        finally:
+            pass
+    async with fake_agent(sock, replying()) as restarted:
+        try:
+            await client.sync()
+            assert restarted.connections == 1
+            assert client.reconnects == 1
         finally:
             await client.close()
 
@@ -171,15 +298,18 @@ def test_depth_and_size_limits_of_decode_reply() -> None:
 
 async def test_poll_records_bad_replies_and_keeps_going(sock: Path) -> None:
     script = replying(
-        guest_info=answer({"version": "9.9", "supported_commands": []}),
-        guest_get_osinfo=[b"garbage\n"],
-        guest_get_host_name=answer({"host-name": 5}),
-        guest_get_timezone=answer({"zone": "CET", "offset": 3600}),
-        guest_get_users=[b'{"error": {"class": "GenericError", "desc": "no utmpx"}}\n'],
-        guest_get_fsinfo=answer([]),
-        guest_network_get_interfaces=answer([]),
-        guest_fsfreeze_status=answer("frozen"),
+        guest_info=ok({"version": "9.9", "supported_commands": []}),
+        guest_get_osinfo=raw(b'{"id": @ID, "return": [1, 2]}\n'),
+        guest_get_host_name=ok({"host-name": 5}),
+        guest_get_timezone=ok({"zone": "CET", "offset": 3600}),
+        guest_get_users=raw(b'{"error": {"class": "GenericError", "desc": "no utmpx"}, "id": @ID}\n'),
+        guest_get_fsinfo=ok([]),
+        guest_network_get_interfaces=ok([]),
+        guest_fsfreeze_status=ok("frozen"),
     )
+    kinds = [("guest-get-osinfo", "reply"), ("guest-get-host-name", "reply"), ("guest-get-users", "command")]
+    before = [agent_errors(command, kind) for command, kind in kinds]
+    calls_before = agent_calls("guest-get-timezone")
     async with fake_agent(sock, script):
         client = AgentSocketClient(str(sock), timeout=1)
         try:
@@ -188,6 +318,8 @@ async def test_poll_records_bad_replies_and_keeps_going(sock: Path) -> None:
             )
         finally:
             await client.close()
+    assert [agent_errors(command, kind) - b for (command, kind), b in zip(kinds, before, strict=True)] == [1, 1, 1]
+    assert agent_calls("guest-get-timezone") == calls_before + 1
     assert synced and report.connected
     assert report.info is not None and report.info.version == "9.9"
     assert report.os is None and report.hostname is None and report.users is None
@@ -198,6 +330,7 @@ async def test_poll_records_bad_replies_and_keeps_going(sock: Path) -> None:
 
 
 async def test_poll_of_a_silent_agent_stops_after_the_first_timeout(sock: Path) -> None:
+    timeouts = agent_errors("guest-info", "timeout")
     async with fake_agent(sock, replying()) as agent:
         client = AgentSocketClient(str(sock), timeout=0.2)
         try:
@@ -209,6 +342,7 @@ async def test_poll_of_a_silent_agent_stops_after_the_first_timeout(sock: Path) 
     assert synced
     assert list(report.errors) == ["guest-info"]
     assert [r["execute"] for r in agent.requests] == ["guest-sync", "guest-info"]
+    assert agent_errors("guest-info", "timeout") == timeouts + 1
 
 
 def os_release_name() -> str:
@@ -223,6 +357,7 @@ async def test_real_qemu_ga(qemu_ga: Path) -> None:
     client = AgentSocketClient(str(qemu_ga), timeout=5)
     try:
         await client.sync()
+        assert client.echoes_ids, "qemu-ga echoes the request id"
         osinfo = await client.execute("guest-get-osinfo")
         assert osinfo["name"] == os_release_name()
         assert (await client.execute("guest-get-host-name"))["host-name"] == socket.gethostname()
@@ -255,7 +390,7 @@ async def test_real_qemu_ga_full_poll(qemu_ga: Path) -> None:
 
 async def test_sync_on_an_open_connection_asks_the_agent_again(sock: Path) -> None:
     """A hung agent on a connection that is already open must not count as answering."""
-    async with fake_agent(sock, replying(guest_ping=answer({}))) as agent:
+    async with fake_agent(sock, replying(guest_ping=ok({}))) as agent:
         client = AgentSocketClient(str(sock), timeout=0.5)
         try:
             await client.sync()

@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from collectors.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain
+from collectors.domain_xml import GUESTINFO_NS, MAX_DOMAIN_XML_BYTES, parse_domain
 from collectors.errors import DomainXMLError
 from schemas.codec import encode
+from schemas.limits import MAX_ITEMS
 
 DATA = Path(__file__).parent / "data" / "domains"
 CASES = sorted(path.stem for path in DATA.glob("*.xml"))
@@ -50,3 +51,26 @@ def test_state_is_passed_through() -> None:
     xml = (DATA / "channel_without_state.xml").read_text()
     report = parse_domain(xml, node="n", observed_at=1.0, state="paused")
     assert report is not None and report.state == "paused"
+
+
+def test_guestinfo_interface_elements_beyond_the_limit_are_not_read(caplog: pytest.LogCaptureFixture) -> None:
+    names = [f"n{i}" for i in range(MAX_ITEMS + 10)]
+    metadata = "".join(f'<g:interface name="{name}" binding="bridge"/>' for name in names)
+    devices = "".join(f"<interface type='ethernet'><alias name='ua-{name}'/></interface>" for name in names[-20:])
+    xml = (
+        f'<domain><name>default_vm</name><metadata><g:vmi xmlns:g="{GUESTINFO_NS}">{metadata}</g:vmi>'
+        f"</metadata><devices>{devices}</devices></domain>"
+    )
+    report = parse_domain(xml, node="n", observed_at=0.0, state="running")
+    assert report is not None
+    bindings = {i.name: i.binding for i in report.interfaces}
+    assert bindings[f"n{MAX_ITEMS - 1}"] == "bridge"
+    assert bindings[f"n{MAX_ITEMS}"] == ""
+    assert "reading the first" in caplog.text
+
+
+def test_bad_metadata_values_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    parse_domain((DATA / "metadata_bad_values_ignored.xml").read_text(), node="n", observed_at=0.0, state="running")
+    assert "binding 'masquerade; rm -rf /' ignored" in caplog.text
+    assert "sshPublicKeys='yes'> ignored" in caplog.text
+    assert "named twice" in caplog.text

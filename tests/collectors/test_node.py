@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import REGISTRY
 
-from collectors import CollectorConfig, NodeCollector, run_collector
+from collectors import CollectorConfig, NodeCollector, TickReports, run_collector
 from guestinfo.broker import EmbeddedBroker
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
+from tests.collectors.conftest import QemuGA
+from tests.collectors.fake_agent import Answer, fake_agent, returning, sync_reply
 
 UID = "5e1d3f8a-0c6b-4a77-9d1e-7f00c0ffee01"
 
@@ -99,6 +104,7 @@ async def test_collector_publishes_domain_and_agent_reports(
         node_name=node,
         interval=0.5,
     )
+    published = metric("guestinfo_collector_reports_published_total", {"topic": AGENT_TOPIC})
     task = asyncio.create_task(run_collector(config))
     try:
         domains, agents = await read_reports(broker.bootstrap_servers, node, want_domains=2, want_agents=2)
@@ -122,6 +128,8 @@ async def test_collector_publishes_domain_and_agent_reports(
     guest_macs = {i.mac for i in agent.interfaces}
     assert mac in guest_macs, "the guest's NIC matches the domain interface by MAC"
     assert agent.fs_freeze_status == "thawed"
+    assert SESSION.fullmatch(agent.session) and {a.session for a in agents} == {agent.session}
+    assert metric("guestinfo_collector_reports_published_total", {"topic": AGENT_TOPIC}) >= published + 2
 
 
 @pytest.mark.integration
@@ -180,3 +188,213 @@ async def test_libvirt_channel_without_socket_override_uses_libvirt(tmp_path: Pa
     finally:
         await collector.close()
         collector.shutdown()
+
+
+SESSION = re.compile(r"[0-9a-f]{12}")
+
+
+def write_domains(path: Path, names: list[str]) -> str:
+    """A test-driver node with one running KubeVirt domain `default_<name>` per name."""
+    domains = "".join(f"""
+  <domain type='test'>
+    <name>default_{name}</name>
+    <memory>1048576</memory>
+    <os><type>hvm</type></os>
+    <devices><interface type='ethernet'><alias name='ua-default'/></interface></devices>
+  </domain>""" for name in names)
+    path.write_text(f"<node>{domains}\n</node>\n")
+    return f"test://{path}"
+
+
+def collector_of(uri: str, sockets: dict[str, Path], *, agent_timeout: float = 2.0) -> NodeCollector:
+    return NodeCollector(CollectorConfig(
+        bootstrap_servers="127.0.0.1:1", libvirt_uris=[uri], node_name="n", agent_timeout=agent_timeout,
+        agent_sockets={key: str(path) for key, path in sockets.items()},
+    ))
+
+
+def one_agent(tick: TickReports) -> AgentReport:
+    (agent,) = tick.agents
+    return agent
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.mark.integration
+async def test_session_is_kept_while_the_agent_answers_and_renewed_when_it_restarts(
+    restartable_qemu_ga: QemuGA, tmp_path: Path
+) -> None:
+    uri = write_node(tmp_path / "node.xml", "02:00:00:00:00:03")
+    collector = collector_of(uri, {"default/demo": restartable_qemu_ga.socket})
+    try:
+        first = one_agent(await collector.collect_once())
+        second = one_agent(await collector.collect_once())
+        assert first.connected and second.connected
+        assert SESSION.fullmatch(first.session) and second.session == first.session
+
+        restartable_qemu_ga.restart()
+        restarted = one_agent(await collector.collect_once())
+        assert restarted.connected, "the dead connection is replaced within the same poll"
+        assert restarted.session != first.session
+        assert one_agent(await collector.collect_once()).session == restarted.session
+    finally:
+        await collector.close()
+        collector.shutdown()
+
+
+@pytest.mark.integration
+async def test_session_is_renewed_when_the_domain_restarts(qemu_ga: Path, tmp_path: Path) -> None:
+    uri = write_node(tmp_path / "node.xml", "02:00:00:00:00:04")
+    collector = collector_of(uri, {"default/demo": qemu_ga})
+    try:
+        before = one_agent(await collector.collect_once())
+        domain = (await collector.connection(uri)).lookupByName("default_demo")
+        domain.destroy()
+        domain.create()
+        after = one_agent(await collector.collect_once())
+        assert before.connected and after.connected
+        assert after.session != before.session
+    finally:
+        await collector.close()
+        collector.shutdown()
+
+
+async def test_session_is_renewed_when_the_agent_answers_again(tmp_path: Path) -> None:
+    silent = True
+
+    def script(request: dict[str, Any]) -> Answer:
+        if request["execute"] == "guest-sync":
+            return None if silent else sync_reply(request)
+        return returning(request, {})
+
+    uri = write_domains(tmp_path / "node.xml", ["vm"])
+    sock = tmp_path / "agent.sock"
+    async with fake_agent(sock, script):
+        collector = collector_of(uri, {"default/vm": sock}, agent_timeout=0.2)
+        try:
+            lost = one_agent(await collector.collect_once())
+            silent = False
+            found = one_agent(await collector.collect_once())
+            kept = one_agent(await collector.collect_once())
+        finally:
+            await collector.close()
+            collector.shutdown()
+    assert not lost.connected and found.connected and kept.connected
+    assert SESSION.fullmatch(lost.session)
+    assert found.session != lost.session and kept.session == found.session
+
+
+async def test_session_is_renewed_when_the_agent_closed_its_socket_between_polls(tmp_path: Path) -> None:
+    infos = 0
+
+    def script(request: dict[str, Any]) -> Answer:
+        nonlocal infos
+        if request["execute"] == "guest-sync":
+            return sync_reply(request)
+        if request["execute"] == "guest-info":
+            infos += 1
+            if infos == 1:
+                return "close"  # a connection lost in the middle of a poll
+        return returning(request, {})
+
+    uri = write_domains(tmp_path / "node.xml", ["vm"])
+    sock = tmp_path / "agent.sock"
+    collector = collector_of(uri, {"default/vm": sock})
+    try:
+        async with fake_agent(sock, script) as agent:
+            cut = one_agent(await collector.collect_once())
+            again = one_agent(await collector.collect_once())
+            assert agent.connections == 2
+        async with fake_agent(sock, script) as restarted:
+            renewed = one_agent(await collector.collect_once())
+            kept = one_agent(await collector.collect_once())
+            assert restarted.connections == 1
+    finally:
+        await collector.close()
+        collector.shutdown()
+    assert cut.connected and "guest-info" in cut.errors
+    assert again.connected and "guest-info" not in again.errors
+    assert again.session == cut.session, "a connection lost within a poll is not a new session"
+    assert renewed.connected and renewed.session != again.session and kept.session == renewed.session
+
+
+def slow_script(request: dict[str, Any]) -> Answer:
+    """Answers guest-sync, then never anything else: each poll lasts one agent timeout."""
+    return sync_reply(request) if request["execute"] == "guest-sync" else None
+
+
+def quick_script(request: dict[str, Any]) -> Answer:
+    if request["execute"] == "guest-sync":
+        return sync_reply(request)
+    return returning(request, "thawed" if request["execute"] == "guest-fsfreeze-status" else {})
+
+
+async def test_a_slow_agent_delays_nobody_and_is_not_polled_twice_at_once(tmp_path: Path) -> None:
+    uri = write_domains(tmp_path / "node.xml", ["slow", "quick", "plain"])
+    slow_sock, quick_sock = tmp_path / "slow.sock", tmp_path / "quick.sock"
+    emitted: list[tuple[float, TickReports]] = []
+
+    async def emit(reports: TickReports) -> None:
+        emitted.append((time.monotonic(), reports))
+
+    def keys(reports: TickReports) -> tuple[set[str], set[str]]:
+        return {d.vmi.key for d in reports.domains}, {a.vmi.key for a in reports.agents}
+
+    skipped = metric("guestinfo_collector_polls_skipped_total")
+    async with fake_agent(slow_sock, slow_script), fake_agent(quick_sock, quick_script):
+        collector = collector_of(uri, {"default/slow": slow_sock, "default/quick": quick_sock}, agent_timeout=1.0)
+        try:
+            started = time.monotonic()
+            polls = await collector.tick(emit)
+            assert len(polls) == 2
+            assert metric("guestinfo_collector_vmis_tracked") == 3
+            # At tick time: the VMI without a socket override, domain and (no agent to ask) agent report.
+            assert keys(emitted[0][1]) == ({"default/plain"}, {"default/plain"})
+
+            done, _ = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)
+            assert len(done) == 1 and time.monotonic() - started < 0.5
+            assert keys(emitted[1][1]) == ({"default/quick"}, {"default/quick"})
+            assert emitted[1][1].domains[0].agent_connected
+
+            second = await collector.tick(emit)
+            assert len(second) == 1, "the slow VMI's poll still runs: it is skipped"
+            assert metric("guestinfo_collector_polls_skipped_total") == skipped + 1
+            assert keys(emitted[2][1]) == ({"default/plain"}, {"default/plain"})
+            await asyncio.wait([*polls, *second])
+            assert time.monotonic() - started < 1.8
+        finally:
+            await collector.close()
+            collector.shutdown()
+    slow = [reports for _, reports in emitted if keys(reports)[1] == {"default/slow"}]
+    assert len(slow) == 1
+    (domain,), (agent,) = slow[0].domains, slow[0].agents
+    assert domain.agent_connected and agent.connected and set(agent.errors) == {"guest-info"}
+    assert len(emitted) == 5
+
+
+async def test_a_removed_domain_cancels_its_poll_and_nothing_follows_the_removal(tmp_path: Path) -> None:
+    uri = write_domains(tmp_path / "node.xml", ["slow"])
+    sock = tmp_path / "slow.sock"
+    emitted: list[TickReports] = []
+
+    async def emit(reports: TickReports) -> None:
+        emitted.append(reports)
+
+    async with fake_agent(sock, slow_script):
+        collector = collector_of(uri, {"default/slow": sock}, agent_timeout=1.0)
+        try:
+            (poll,) = await collector.tick(emit)
+            await asyncio.sleep(0.1)
+            domain = (await collector.connection(uri)).lookupByName("default_slow")
+            domain.destroy()
+            domain.undefine()
+            assert await collector.tick(emit) == []
+            assert poll.cancelled()
+            await asyncio.sleep(0.1)
+        finally:
+            await collector.close()
+            collector.shutdown()
+    assert [[(d.vmi.key, d.removed) for d in reports.domains] for reports in emitted] == [[("default/slow", True)]]
+    assert all(not reports.agents for reports in emitted)

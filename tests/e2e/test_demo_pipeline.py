@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -157,6 +158,16 @@ def test_demo_serves_this_machine_and_stops_cleanly(
                 break
         else:
             pytest.fail(f"kubectl get --raw {sub} never printed the API's body: {out.stdout[:500]!r}")
+
+    # Every stage says what it did in its metrics; `run` prints where they are.
+    log_text = (tmp_path / "guestinfo.log").read_text()
+    announced = {role: url for url, role in re.findall(r"(http://\S+/metrics) \((\w+)\)", log_text)}
+    assert set(announced) == {"serve", "collect", "join"}
+    for role, series in (("join", "guestinfo_join_events_total{topic=\"guestinfo.agent.v1\"}"),
+                         ("collect", "guestinfo_collector_reports_published_total"),
+                         ("serve", "guestinfo_")):
+        with urllib.request.urlopen(announced[role], timeout=5) as response:
+            assert series in response.read().decode(), f"{role} metrics lack {series}"
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0

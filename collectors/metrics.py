@@ -1,0 +1,71 @@
+"""Prometheus metrics of the collectors stage, on prometheus_client's default registry.
+
+Names follow `guestinfo_collector_<noun>_<unit>` (counters get prometheus_client's `_total`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from collectors.errors import (
+    AgentCommandError,
+    AgentProtocolError,
+    AgentReplyError,
+    AgentTimeout,
+    AgentUnavailable,
+)
+
+AGENT_ERRORS = Counter(
+    "guestinfo_collector_agent_errors",
+    "Failed guest-agent calls, by command and kind (timeout, unavailable, command, protocol, reply).",
+    ["command", "kind"],
+)
+AGENT_STRAY_LINES = Counter(
+    "guestinfo_collector_agent_stray_lines",
+    "Lines read from an agent socket that answered no request of ours, by reason "
+    "(not_json: not a JSON object; other_id; no_id; stale_sync: an earlier guest-sync's reply).",
+    ["reason"],
+)
+AGENT_CALL_DURATION = Histogram(
+    "guestinfo_collector_agent_call_duration_seconds",
+    "Time of one guest-agent call (guest-sync included), successful or not, by command.",
+    ["command"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+REPORTS_PUBLISHED = Counter(
+    "guestinfo_collector_reports_published",
+    "Reports delivered to Kafka, by topic.",
+    ["topic"],
+)
+REPORTS_UNPUBLISHED = Counter(
+    "guestinfo_collector_reports_unpublished",
+    "Reports that could not be delivered to Kafka, by topic (removals are retried next tick).",
+    ["topic"],
+)
+REPORTS_TRIMMED = Counter(
+    "guestinfo_collector_reports_trimmed",
+    "Agent reports whose lists were cut to fit the byte budget of one report.",
+)
+POLLS_SKIPPED = Counter(
+    "guestinfo_collector_polls_skipped",
+    "Agent polls not started because the VMI's previous poll was still running.",
+)
+VMIS_TRACKED = Gauge(
+    "guestinfo_collector_vmis_tracked",
+    "KubeVirt domains seen on this node in the last tick.",
+)
+
+
+def error_kind(exc: BaseException) -> str:
+    """The `kind` label of an agent error."""
+    if isinstance(exc, AgentTimeout):
+        return "timeout"
+    if isinstance(exc, AgentUnavailable):
+        return "unavailable"
+    if isinstance(exc, AgentCommandError):
+        return "command"
+    if isinstance(exc, AgentReplyError):
+        return "reply"
+    if isinstance(exc, AgentProtocolError):
+        return "protocol"
+    return "other"

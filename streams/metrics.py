@@ -1,0 +1,11 @@
+"""Prometheus metrics of the join worker (default registry; served by `guestinfo join --metrics-listen`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+EVENTS = Counter("guestinfo_join_events_total", "Raw events read by the join, by topic.", ["topic"])
+EMITTED = Counter("guestinfo_join_emitted_total", "Merged outputs sent, by kind (record, tombstone).", ["kind"])
+DEAD_LETTERS = Counter(
+    "guestinfo_join_dead_letters_total", "Raw events sent to the dead-letter topic, by reason kind.", ["reason"]
+)

@@ -1,0 +1,115 @@
+"""A guest agent for the hostile corpus: speaks the QGA protocol on a unix socket, answers like a
+healthy agent for the first ticks, then follows the case's script (tests/e2e/hostile/*.json).
+
+Script actions per command (or "*" for all): `reply` (a JSON value), `generate` (users: N,
+hostnameLength: N), `raw` (a line as text), `rawRepeat` (prefix + item * count + suffix), `rawHex`
+(bytes), `silent`, `close` (after what was written), `flood` (N junk lines first), `delay` (seconds),
+`id` (answer with another request id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HOSTILE = Path(__file__).parent / "hostile"
+HEALTHY: dict[str, Any] = orjson.loads((HOSTILE / "healthy_agent.json").read_bytes())["replies"]
+
+
+def healthy_reply(command: str, mac: str) -> Any:
+    reply = HEALTHY.get(command)
+    if command == "guest-network-get-interfaces":
+        return orjson.loads(orjson.dumps(reply).replace(b'"MAC"', orjson.dumps(mac)))
+    return reply
+
+
+def generated(spec: dict[str, int]) -> Any:
+    if "users" in spec:
+        return [{"user": f"user{i:05d}", "login-time": 1718000000 + i} for i in range(spec["users"])]
+    return {"host-name": "h" * spec["hostnameLength"]}
+
+
+def body_line(action: dict[str, Any], request_id: Any) -> bytes:
+    """The reply line an action asks for (without flood or delay)."""
+    if "raw" in action:
+        return str(action["raw"]).encode() + (b"" if action.get("close") else b"\n")
+    if "rawRepeat" in action:
+        spec = action["rawRepeat"]
+        text = spec["prefix"] + spec["separator"].join([spec["item"]] * spec["count"]) + spec["suffix"]
+        return text.encode() + b"\n"
+    if "rawHex" in action:
+        return bytes.fromhex(action["rawHex"]) + b"\n"
+    value = generated(action["generate"]) if "generate" in action else action["reply"]
+    answer: dict[str, Any] = {"return": value}
+    answer["id"] = action.get("id", request_id)
+    return orjson.dumps(answer) + b"\n"
+
+
+class ScriptedAgent:
+    """One VMI's agent. `pulse`: the hostname changes every tick (`pulse-<tick>`), to watch freshness."""
+
+    def __init__(self, mac: str, case: dict[str, Any] | None = None, pulse: bool = False) -> None:
+        self.mac = mac
+        self.case = case
+        self.pulse = pulse
+        self.ticks = 0
+
+    def action(self, command: str) -> dict[str, Any] | None:
+        if self.case is None or self.ticks <= self.case["healthyTicks"]:
+            return None
+        script = self.case["script"]
+        return script.get(command) or script.get("*")
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            while line := await reader.readline():
+                request = orjson.loads(line)
+                command, request_id = request.get("execute"), request.get("id")
+                if command == "guest-sync":
+                    self.ticks += 1
+                    reply: dict[str, Any] = {"return": request["arguments"]["id"]}
+                    if request_id is not None:
+                        reply["id"] = request_id
+                    writer.write(orjson.dumps(reply) + b"\n")
+                    await writer.drain()
+                    continue
+                if not await self.answer(writer, command, request_id):
+                    break
+        writer.close()
+
+    async def answer(self, writer: asyncio.StreamWriter, command: str, request_id: Any) -> bool:
+        """Write the answer to one command; False when the connection is to be closed."""
+        action = self.action(command)
+        if action is None or set(action) <= {"flood", "delay"}:
+            value = healthy_reply(command, self.mac)
+            if self.pulse and command == "guest-get-host-name":
+                value = {"host-name": f"pulse-{self.ticks}"}
+            line = orjson.dumps({"return": value, "id": request_id}) + b"\n"
+        else:
+            line = b"" if action.get("silent") else body_line(action, request_id)
+        if action is not None:
+            if action.get("delay"):
+                await asyncio.sleep(action["delay"])
+            for number in range(action.get("flood", 0)):
+                if writer.is_closing():
+                    return False
+                writer.write(b'{"event": "unsolicited", "n": %d}\n' % number)
+        writer.write(line)
+        await writer.drain()
+        return not (action is not None and action.get("close"))
+
+
+@contextlib.asynccontextmanager
+async def serve_agent(path: Path, agent: ScriptedAgent) -> AsyncIterator[ScriptedAgent]:
+    server = await asyncio.start_unix_server(agent.handle, path=str(path), limit=2**20)
+    try:
+        yield agent
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
