@@ -39,6 +39,8 @@ class JoinConfig(BaseModel):
     datadir: Path = Field(default=Path("/tmp/guestinfo-join"), description="Faust's local data folder")
     web_port: int | None = Field(default=None, description="Faust web port; None disables Faust's web server")
     session_timeout: float = Field(default=6.0, description="Consumer session timeout, seconds")
+    batch_size: int = Field(default=1000, ge=1, description="Raw events taken from the stream at once")
+    batch_wait: float = Field(default=0.05, gt=0, description="Seconds to wait for a batch to fill")
     one_record_batches: bool = Field(
         default=True,
         description="Send one record per produce batch: needed on Tansu, whose ListOffsets(LATEST) is "
@@ -73,7 +75,12 @@ def build_app(config: JoinConfig) -> faust.App:
     raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
     merged_topic = app.topic(VMI_TOPIC, key_type=bytes, value_type=bytes, partitions=config.partitions)
     dead_letters = app.topic(DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes)
-    table = app.Table(TABLE_NAME, default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
+    # Writes happen per key after a batch: the changelog partition comes from the key (the same
+    # partitioner as the raw topics), not from the batch's last event (broker-notes §3).
+    table = app.Table(
+        TABLE_NAME, default=None, partitions=config.partitions, key_type=bytes, value_type=bytes,
+        use_partitioner=True,
+    )
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's stub rejects async receivers
     async def log_assignment(sender: Any, *_: Any, signal: Any = None, **__: Any) -> None:
@@ -89,60 +96,90 @@ def build_app(config: JoinConfig) -> faust.App:
         )
         await dead_letters.send(key=message.key, value=dead_letter(message, reason))
 
-    async def process(message: Any) -> None:
-        """One raw event: fold it, send what it produced, then keep the new state.
+    async def send_output(key: bytes, result: JoinResult) -> None:
+        if result.record is not None:
+            await merged_topic.send(key=key, value=encode(result.record))
+            EMITTED.labels("record").inc()
+            record = result.record
+            (log.info if record.revision == 1 else log.debug)(
+                "VMI %s revision %d from node %s", record.vmi.key, record.revision, record.node
+            )
+        elif result.tombstone:
+            await merged_topic.send(key=key, value=None)
+            EMITTED.labels("tombstone").inc()
+            log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
 
-        The state is written only after the send was accepted, so a failed send leaves the state as
-        it was and the next event of that VMI produces the record again.
+    async def process_key(key: bytes, messages: list[Any]) -> None:
+        """All events of one VMI in a batch, in order: one table write and at most one send.
+
+        Only the last output matters (records carry revisions; the merged topic is compacted), so a
+        batch coalesces them. The state is written only after the send was accepted, so a failed send
+        leaves the state as it was and the next event of that VMI produces the record again.
         """
-        key = message.key
-        EVENTS.labels(message.topic).inc()
+        stored = table.get(key)
+        state = load_state(stored)
+        output: JoinResult | None = None
+        for message in messages:
+            EVENTS.labels(message.topic).inc()
+            try:
+                result = apply_event(state, message.topic, message.value, key)
+            except DecodeError as exc:
+                await send_dead_letter(message, "undecodable", str(exc))
+                continue
+            except Exception as exc:  # a bug on one event must not stop the stream for every VMI
+                log.exception("join failed on %s[%d]@%d", message.topic, message.partition, message.offset)
+                await send_dead_letter(message, "internal", f"internal error: {type(exc).__name__}: {exc}")
+                continue
+            state = result.state
+            if result.record is not None or result.tombstone:
+                output = result
         try:
-            result = fold(table.get(key), message.topic, message.value)
-        except DecodeError as exc:
-            await send_dead_letter(message, "undecodable", str(exc))
-            return
-        except Exception as exc:  # a bug on one event must not stop the stream for every VMI
-            log.exception("join failed on %s[%d]@%d", message.topic, message.partition, message.offset)
-            await send_dead_letter(message, "internal", f"internal error: {type(exc).__name__}: {exc}")
-            return
-        try:
-            if result.record is not None:
-                await merged_topic.send(key=key, value=encode(result.record))
-                EMITTED.labels("record").inc()
-                record = result.record
-                (log.info if record.revision == 1 else log.debug)(
-                    "VMI %s revision %d from node %s", record.vmi.key, record.revision, record.node
-                )
-            elif result.tombstone:
-                await merged_topic.send(key=key, value=None)
-                EMITTED.labels("tombstone").inc()
-                log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
+            if output is not None:
+                await send_output(key, output)
         except Exception as exc:
-            await send_dead_letter(message, "unsendable", f"merged output not sent: {type(exc).__name__}: {exc}")
+            for message in messages:
+                await send_dead_letter(message, "unsendable", f"merged output not sent: {type(exc).__name__}: {exc}")
             return
-        table[key] = encode(result.state)
+        encoded = encode(state)
+        if encoded != stored:
+            table[key] = encoded
 
     @app.agent(raw_topics, concurrency=1)
     async def join(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await process(event.message)
+        batches = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
+        async for events in batches:
+            by_key: dict[bytes, list[Any]] = {}
+            for event in events:
+                by_key.setdefault(event.message.key or b"", []).append(event.message)
+            for key, messages in by_key.items():
+                await process_key(key, messages)
 
     return app
 
 
 def fold(stored: bytes | None, topic: str, value: bytes | None) -> JoinResult:
-    """Apply one raw event to a VMI's stored state."""
+    """Apply one raw event to a VMI's stored (encoded) state."""
+    return apply_event(load_state(stored), topic, value)
+
+
+def apply_event(state: VMIState, topic: str, value: bytes | None, key: bytes | None = None) -> JoinResult:
+    """Apply one raw event to a VMI's state; with `key`, the report must be of that VMI."""
     if value is None:
         raise DecodeError("raw event without a value")
     if len(value) > MAX_RECORD_BYTES:
         raise DecodeError(f"raw event of {len(value)} bytes is over the {MAX_RECORD_BYTES} byte limit")
-    state = load_state(stored)
+    report: DomainReport | AgentReport
     if topic == DOMAIN_TOPIC:
-        return apply_domain(state, decode(DomainReport, value))
-    if topic == AGENT_TOPIC:
-        return apply_agent(state, decode(AgentReport, value))
-    raise DecodeError(f"unexpected topic {topic}")
+        report = decode(DomainReport, value)
+    elif topic == AGENT_TOPIC:
+        report = decode(AgentReport, value)
+    else:
+        raise DecodeError(f"unexpected topic {topic}")
+    if key is not None and key != report.vmi.key.encode():
+        raise DecodeError(f"key {key[:300]!r} is not the report's VMI {report.vmi.key!r}")
+    if isinstance(report, DomainReport):
+        return apply_domain(state, report)
+    return apply_agent(state, report)
 
 
 class OncePerMinute:

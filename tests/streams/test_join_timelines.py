@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import encode
+from schemas.codec import DecodeError, encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
-from streams.app import fold
+from streams.app import apply_event, fold
 from streams.join import VMIState
 
 CASES = sorted((Path(__file__).parent / "data" / "timelines").glob("*.json"))
@@ -64,3 +64,12 @@ def test_unreadable_stored_state_starts_afresh() -> None:
     domain = encode(DomainReport.model_validate(case["steps"][1]["domain"]))
     result = fold(b'{"revision": "garbage"}', DOMAIN_TOPIC, domain)
     assert result.record is not None and result.record.revision == 1
+
+
+def test_a_report_under_another_vmis_key_is_refused() -> None:
+    """The key routes the event to a VMI's state: a report of another VMI must not land there."""
+    case = json.loads((Path(__file__).parent / "data" / "timelines" / "domain_then_agent.json").read_text())
+    domain = encode(DomainReport.model_validate(case["steps"][1]["domain"]))
+    with pytest.raises(DecodeError, match="is not the report's VMI"):
+        apply_event(VMIState(), DOMAIN_TOPIC, domain, key=b"other/vmi")
+    assert apply_event(VMIState(), DOMAIN_TOPIC, domain, key=b"ns1/vm1").record is not None
