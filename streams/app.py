@@ -7,6 +7,7 @@ stream. Faust's settings follow shared/broker-notes.md for the Tansu broker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -109,6 +110,20 @@ def build_app(config: JoinConfig) -> faust.App:
             EMITTED.labels("tombstone").inc()
             log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
 
+    async def send_with_retries(key: bytes, output: JoinResult, attempts: int = 3) -> bool:
+        """Hand the output to the producer; a refusal is retried (a lost tombstone would never come
+        again: a removed VMI sends no more events)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                await send_output(key, output)
+                return True
+            except Exception as exc:
+                log.warning(
+                    "sending the merged output of %r failed (attempt #%d/%d): %s", key[:300], attempt, attempts, exc
+                )
+                await asyncio.sleep(0.1 * attempt)
+        return False
+
     async def process_key(key: bytes, messages: list[Any]) -> None:
         """All events of one VMI in a batch, in order: one table write and at most one send.
 
@@ -127,18 +142,15 @@ def build_app(config: JoinConfig) -> faust.App:
                 await send_dead_letter(message, "undecodable", str(exc))
                 continue
             except Exception as exc:  # a bug on one event must not stop the stream for every VMI
-                log.exception("join failed on %s[%d]@%d", message.topic, message.partition, message.offset)
+                log.debug("join failed on %s[%d]@%d", message.topic, message.partition, message.offset, exc_info=True)
                 await send_dead_letter(message, "internal", f"internal error: {type(exc).__name__}: {exc}")
                 continue
             state = result.state
             if result.record is not None or result.tombstone:
                 output = result
-        try:
-            if output is not None:
-                await send_output(key, output)
-        except Exception as exc:
+        if output is not None and not await send_with_retries(key, output):
             for message in messages:
-                await send_dead_letter(message, "unsendable", f"merged output not sent: {type(exc).__name__}: {exc}")
+                await send_dead_letter(message, "unsendable", "merged output not sent after retries")
             return
         encoded = encode(state)
         if encoded != stored:

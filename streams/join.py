@@ -42,16 +42,10 @@ from streams.conditions import conditions, unsupported_reason
 from streams.guestosinfo import guest_agent_info
 from streams.interfaces import merge_interfaces
 
-#: The agent answers, by `AgentReport` field, with the key each has in `VMIRecord.observed`.
+#: The agent answers, by `AgentReport` field, with their key in `VMIRecord.observed` (the JSON name).
 AGENT_FIELDS = {
-    "info": "info",
-    "os": "os",
-    "hostname": "hostname",
-    "timezone": "timezone",
-    "users": "users",
-    "filesystems": "filesystems",
-    "interfaces": "interfaces",
-    "fs_freeze_status": "fsFreezeStatus",
+    name: AgentReport.model_fields[name].alias or name
+    for name in ("info", "os", "hostname", "timezone", "users", "filesystems", "interfaces", "fs_freeze_status")
 }
 #: Domain report fields that are bookkeeping, not content (a change of these alone is no change).
 _DOMAIN_BOOKKEEPING = {"observed_at"}
@@ -71,9 +65,12 @@ class VMIState(EventModel):
     emitted_digest: str = ""
     #: When each part's current value was first reported (see `VMIRecord.observed`).
     observed: dict[str, float] = {}
-    #: Set when the VMI was removed: reports observed up to then are stale.
+    #: The node ownership moved away from (a live migration's source): its later reports are late.
+    left_node: str | None = None
+    #: Set when the VMI was removed: that node's reports observed up to then are stale.
     removed_at: float | None = None
     removed_uid: str = ""
+    removed_node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +87,14 @@ class JoinResult:
 
 def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
     if state.removed_at is not None:
-        if report.observed_at <= state.removed_at or report.removed:
-            return JoinResult(state)
-        state = VMIState(revision=state.revision)  # the name is back: a new incarnation
+        return _after_removal(state, report)
     owner = state.domain
     if owner is None:
         return JoinResult(state) if report.removed else _take(state, report)
-    if _other_vmi(owner, report):
-        if report.observed_at <= owner.observed_at:
+    if _other_vmi(owner.vmi.uid, report.vmi.uid):
+        if report.observed_at <= owner.observed_at or report.removed:
             return JoinResult(state)
-        return JoinResult(state) if report.removed else _take(VMIState(revision=state.revision), report)
+        return _take(VMIState(revision=state.revision), report)  # re-created under the same name
     if report.node != owner.node:
         return _from_other_node(state, report)
     if report.observed_at <= owner.observed_at:
@@ -107,13 +102,27 @@ def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
     if report.removed:
         return _owner_gone(state, report)
     if state.incoming is not None and _switch_over(report, state.incoming):
-        return _take(state.model_copy(update={"incoming": None}), state.incoming)
+        return _move(state, state.incoming)
     return _take(state, report)
 
 
-def _other_vmi(owner: DomainReport, report: DomainReport) -> bool:
+def _other_vmi(uid: str, other_uid: str) -> bool:
     """Another VMI under the same name: both uids known and different."""
-    return bool(owner.vmi.uid and report.vmi.uid and owner.vmi.uid != report.vmi.uid)
+    return bool(uid and other_uid and uid != other_uid)
+
+
+def _after_removal(state: VMIState, report: DomainReport) -> JoinResult:
+    """The VMI was removed: a report of the removing node from before that is stale; a report of
+    another uid, or of another node (the migration target we had not heard of yet), or a later one
+    brings the name back as a new incarnation (revisions keep growing)."""
+    if report.removed:
+        return JoinResult(state)
+    same_vmi = not _other_vmi(state.removed_uid, report.vmi.uid)
+    if same_vmi and report.node == state.removed_node and report.observed_at <= (state.removed_at or 0.0):
+        return JoinResult(state)
+    if same_vmi and report.node == state.left_node:
+        return JoinResult(state)  # the source of the last migration, late
+    return _take(VMIState(revision=state.revision), report)
 
 
 def _switch_over(owner: DomainReport, incoming: DomainReport) -> bool:
@@ -122,6 +131,13 @@ def _switch_over(owner: DomainReport, incoming: DomainReport) -> bool:
 
 
 def _from_other_node(state: VMIState, report: DomainReport) -> JoinResult:
+    assert state.domain is not None
+    if report.node == state.left_node:
+        # The source of a finished migration: its late reports change nothing (its removal ends that),
+        # unless it runs the VMI while the owner does not: a migration back.
+        if report.removed:
+            return JoinResult(state.model_copy(update={"left_node": None}))
+        return _move(state, report) if _switch_over(state.domain, report) else JoinResult(state)
     incoming = state.incoming
     if incoming is not None and incoming.node == report.node and report.observed_at < incoming.observed_at:
         return JoinResult(state)
@@ -129,31 +145,51 @@ def _from_other_node(state: VMIState, report: DomainReport) -> JoinResult:
         if incoming is not None and incoming.node == report.node:
             return JoinResult(state.model_copy(update={"incoming": None}))
         return JoinResult(state)
-    assert state.domain is not None
     if _switch_over(state.domain, report):
-        return _take(state.model_copy(update={"incoming": None}), report)
+        return _move(state, report)
     return JoinResult(state.model_copy(update={"incoming": report}))
 
 
 def _owner_gone(state: VMIState, report: DomainReport) -> JoinResult:
-    """The owner's domain went away: hand over to the incoming node, or tombstone the VMI."""
-    if state.incoming is not None:
-        return _take(state.model_copy(update={"incoming": None}), state.incoming)
-    marker = VMIState(revision=state.revision, removed_at=report.observed_at, removed_uid=report.vmi.uid)
+    """The owner's domain went away: hand over to a node that runs it, or tombstone the VMI."""
+    incoming = state.incoming
+    if incoming is not None and incoming.state == "running":
+        return _move(state, incoming)
+    marker = VMIState(
+        revision=state.revision,
+        removed_at=report.observed_at,
+        removed_uid=report.vmi.uid,
+        removed_node=report.node,
+        left_node=state.left_node,
+    )
     return JoinResult(marker, tombstone=state.revision > 0)
 
 
+def _move(state: VMIState, report: DomainReport) -> JoinResult:
+    """Ownership moves to `report`'s node; the node it leaves is remembered as the source."""
+    assert state.domain is not None
+    left = state.domain.node
+    return _take(state.model_copy(update={"incoming": None, "left_node": left}), report)
+
+
 def _take(state: VMIState, report: DomainReport) -> JoinResult:
-    """Apply `report` as the owner's domain."""
+    """Apply `report` as the owner's domain. Agent answers that are not of this VMI on this node
+    (an earlier uid, or a node that does not own it) are dropped."""
     moved = state.domain is not None and state.domain.node != report.node
+    agent = state.agent
+    observed = dict(state.observed)
+    if agent is not None and (_other_vmi(report.vmi.uid, agent.vmi.uid) or (agent.node != report.node and not moved)):
+        agent = None
+        observed = {k: v for k, v in observed.items() if k not in AGENT_FIELDS.values()}
     connected_since = None
     if report.agent_connected:
         keep = state.connected_since is not None and not moved
         connected_since = state.connected_since if keep else report.observed_at
-    observed = dict(state.observed)
     if state.domain is None or _domain_content(state.domain) != _domain_content(report):
         observed["domain"] = report.observed_at
-    update: dict[str, Any] = {"domain": report, "connected_since": connected_since, "observed": observed}
+    update: dict[str, Any] = {
+        "domain": report, "agent": agent, "connected_since": connected_since, "observed": observed
+    }
     return _emit(state.model_copy(update=update))
 
 
@@ -165,14 +201,16 @@ def _domain_content(report: DomainReport) -> dict[str, Any]:
 
 
 def apply_agent(state: VMIState, report: AgentReport) -> JoinResult:
-    if state.removed_at is not None and report.observed_at <= state.removed_at:
-        return JoinResult(state)
-    if state.domain is not None and report.node != state.domain.node:
-        return JoinResult(state)  # only the owner node's agent counts
+    if state.removed_at is not None:
+        return JoinResult(state)  # a removed VMI takes agent answers again once its domain is back
+    owner = state.domain
+    if owner is not None and (report.node != owner.node or _other_vmi(owner.vmi.uid, report.vmi.uid)):
+        return JoinResult(state)  # only the owner node's agent of this very VMI counts
     previous = state.agent
-    if previous is not None and report.observed_at <= previous.observed_at:
+    same_source = previous is not None and previous.node == report.node
+    if previous is not None and same_source and report.observed_at <= previous.observed_at:
         return _redelivered(state) if report.observed_at == previous.observed_at else JoinResult(state)
-    new_session = previous is None or report.session != previous.session or report.node != previous.node
+    new_session = previous is None or not same_source or report.session != previous.session
     agent = report if previous is None or new_session else merge_agent(previous, report)
     observed = {k: v for k, v in state.observed.items() if k not in AGENT_FIELDS.values()}
     for name, key in AGENT_FIELDS.items():

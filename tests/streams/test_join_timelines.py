@@ -2,7 +2,8 @@
 
 Each file under data/timelines/ is one rule: `steps` of `{"domain"|"agent": report, "expect": ...}`.
 `expect.emit` is `record`, `tombstone` or `none`; `expect.record` lists fields the emitted record must
-have (objects are matched key by key, lists and scalars exactly).
+have (objects are matched key by key, lists and scalars exactly; the value "<absent>" means the key
+must not be there, e.g. an omitted empty hostname).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
 from streams.app import apply_event, fold
 from streams.join import VMIState
 
+ABSENT = "<absent>"
 CASES = sorted((Path(__file__).parent / "data" / "timelines").glob("*.json"))
 
 
@@ -26,6 +28,9 @@ def assert_contains(actual: Any, expected: Any, path: str = "record") -> None:
     if isinstance(expected, dict):
         assert isinstance(actual, dict), f"{path}: expected an object, got {actual!r}"
         for key, value in expected.items():
+            if value == ABSENT:
+                assert key not in actual, f"{path}.{key} should be absent, is {actual.get(key)!r}"
+                continue
             assert key in actual, f"{path}.{key} is missing in {actual!r}"
             assert_contains(actual[key], value, f"{path}.{key}")
     else:
