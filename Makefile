@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent
+DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent libvirt-daemon libvirt-clients
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 
-.PHONY: run test setup postgres clean
+.PHONY: run test bench setup postgres clean
 
 run: setup
 	$(BIN)/guestinfo run --demo
@@ -17,6 +17,10 @@ test: setup postgres
 	$(BIN)/lint-imports
 	$(BIN)/mypy schemas collectors streams sinks guestinfo
 	$(BIN)/pytest -ra
+
+# The benchmark (full size, a few minutes): prints one table; see README "Performance".
+bench: setup
+	$(BIN)/guestinfo bench
 
 setup: $(STAMPS)/deb $(STAMPS)/venv
 

@@ -1,18 +1,24 @@
-"""One tick of one VMI's guest agent: sync, run the polled commands, build its `AgentReport`."""
+"""One tick of one VMI's guest agent: sync, run the polled commands, build its `AgentReport`.
+
+A poll's `budget` is agent time: the seconds its calls take, not the time they wait for a slot of the
+node's concurrency cap (`slots`, held per call, so a slow agent holds one slot for one call at most).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from collectors.agent_protocol import AgentTransport
-from collectors.agent_replies import CONVERTERS, convert
+from collectors.agent_replies import CONVERTERS, CURRENT_GUEST, convert
 from collectors.budget import fit_report
 from collectors.errors import AgentError, AgentTimeout, AgentUnavailable
 from collectors.metrics import AGENT_CALL_DURATION, AGENT_ERRORS, error_kind
@@ -21,6 +27,9 @@ from schemas.limits import MAX_STRING
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Something to hold while one agent call runs (a slot of the node's concurrency cap); its argument
+#: tells whether the call is the poll's first (the sync) or one of a poll that has synced.
+Slots = Callable[[bool], AbstractAsyncContextManager[object]]
 
 #: The commands polled every tick, in order (kubevirt-reference §3, the raw-command set).
 POLLED_COMMANDS: tuple[str, ...] = tuple(CONVERTERS)
@@ -39,6 +48,8 @@ class AgentPoll:
     synced: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: A call timed out, or the poll ran out of its budget (the agent is slow or silent).
+    timed_out: bool = False
 
     def report(self, vmi: VMIRef, *, node: str, observed_at: float, session: str = "") -> AgentReport:
         """The report of this poll, within the byte budget of one report (`collectors.budget`)."""
@@ -79,6 +90,7 @@ async def poll_into(
         await _measured(SYNC, transport.sync())
     except AgentError as exc:
         poll.errors[SYNC] = short_reason(exc)
+        poll.timed_out = isinstance(exc, AgentTimeout)
         return
     poll.synced = True
     for command in commands:
@@ -87,6 +99,7 @@ async def poll_into(
             poll.fields[field_name] = await _measured(command, _converted(transport, command))
         except (AgentUnavailable, AgentTimeout) as exc:
             poll.errors[command] = short_reason(exc)
+            poll.timed_out = isinstance(exc, AgentTimeout)
             return
         except AgentError as exc:
             poll.errors[command] = short_reason(exc)
@@ -94,6 +107,64 @@ async def poll_into(
 
 async def _converted(transport: AgentTransport, command: str) -> Any:
     return convert(command, await transport.execute(command))
+
+
+class BudgetExceeded(Exception):
+    """The calls of one poll took all of its budget."""
+
+
+class BudgetedTransport:
+    """A transport whose calls each hold one of `slots` while they run, and share `budget` seconds of
+    call time: a call is cut when the budget runs out, and none starts after that."""
+
+    def __init__(self, inner: AgentTransport, budget: float, slots: Slots | None = None) -> None:
+        self.inner = inner
+        self.remaining = budget
+        self._slots = slots
+
+    async def sync(self) -> None:
+        await self._run(self.inner.sync, first=True)
+
+    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        return await self._run(lambda: self.inner.execute(command, arguments), first=False)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def _run(self, call: Callable[[], Awaitable[T]], *, first: bool) -> T:
+        async with self._slots(first) if self._slots is not None else contextlib.nullcontext():
+            if self.remaining <= 0:
+                raise BudgetExceeded
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self.remaining):
+                    return await call()
+            except TimeoutError:
+                raise BudgetExceeded from None
+            finally:
+                self.remaining -= time.monotonic() - started
+
+
+async def run_poll(
+    transport: AgentTransport,
+    vmi: VMIRef,
+    *,
+    budget: float,
+    slots: Slots | None = None,
+    commands: tuple[str, ...] = POLLED_COMMANDS,
+) -> AgentPoll:
+    """One VMI's poll: its calls take `budget` seconds of agent time at most, each holding one of
+    `slots` (the time waiting for a slot is not counted)."""
+    poll = AgentPoll()
+    token = CURRENT_GUEST.set(vmi.key)
+    try:
+        await poll_into(poll, BudgetedTransport(transport, budget, slots), commands)
+    except BudgetExceeded:
+        poll.errors["tick"] = f"agent poll exceeded its budget of {budget:g} s"
+        poll.timed_out = True
+    finally:
+        CURRENT_GUEST.reset(token)
+    return poll
 
 
 async def poll_agent(
@@ -106,10 +177,5 @@ async def poll_agent(
     commands: tuple[str, ...] = POLLED_COMMANDS,
 ) -> tuple[AgentReport, bool]:
     """The `AgentReport` of one VMI, within `budget` seconds; also whether the agent answered the sync."""
-    poll = AgentPoll()
-    try:
-        async with asyncio.timeout(budget):
-            await poll_into(poll, transport, commands)
-    except TimeoutError:
-        poll.errors["tick"] = f"agent poll exceeded its budget of {budget:g} s"
+    poll = await run_poll(transport, vmi, budget=budget, commands=commands)
     return poll.report(vmi, node=node, observed_at=observed_at), poll.synced

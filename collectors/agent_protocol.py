@@ -134,8 +134,8 @@ class AgentSocketClient:
     Calls are serialised (the agent handles one request at a time and accepts one client). A new
     connection is synchronised with `guest-sync` before use; any transport or protocol failure drops
     the connection so that the next call reconnects and re-synchronises. `sync` on a held connection
-    that the agent closed in the meantime (it was restarted) reconnects once at once, and counts it in
-    `reconnects`; a connection this client dropped itself (timeout, bad reply) is not counted.
+    that the agent closed in the meantime (it was restarted) counts it in `reconnects` and reconnects
+    once at once; a connection this client dropped itself (timeout, bad reply) is not counted.
     """
 
     def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -215,8 +215,8 @@ class AgentSocketClient:
             # The agent closed the held connection since the last call (it was restarted): one new try.
             log.debug("agent socket %s: held connection lost (%s), reconnecting", self.path, exc)
             self._drop()
+            self.reconnects += 1  # counted even when the agent is not back yet: it did close on us
             await self._ensure_connected()
-            self.reconnects += 1
 
     async def _ensure_connected(self) -> None:
         if self._writer is not None:

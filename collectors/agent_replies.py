@@ -4,17 +4,23 @@ Each converter takes the decoded `return` value of one command and returns a sch
 raises `AgentReplyError` naming the command when the reply does not have the documented shape.
 Strings longer than `MAX_STRING` are cut to it; lists longer than the schema limits are cut too
 (both are logged): an over-long reply still yields its first items.
+
+Those log lines are about tenant-written data, so they are rate-limited per guest and kind (once per
+`collectors.ratelimit.REPEAT_AFTER`): the guest is the VMI key in `CURRENT_GUEST`, which the agent
+poll sets for the task it runs in.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from collectors.errors import AgentReplyError
+from collectors.ratelimit import RateLimitedLog
 from schemas.events import AgentVersionInfo, GuestInterface, GuestIPAddress, GuestTimezone
 from schemas.kubevirt import FileSystem, FileSystemDisk, GuestAgentCommandInfo, GuestOSInfo, GuestOSUser
 from schemas.limits import MAX_ADDRESSES, MAX_DISKS, MAX_ITEMS, MAX_STRING
@@ -30,10 +36,20 @@ GET_FSINFO: Final = "guest-get-fsinfo"
 NETWORK_GET_INTERFACES: Final = "guest-network-get-interfaces"
 FSFREEZE_STATUS: Final = "guest-fsfreeze-status"
 
+#: The VMI whose replies are being converted (a key for the rate-limited notes; "?" when unknown).
+CURRENT_GUEST: ContextVar[str] = ContextVar("guestinfo_current_guest", default="?")
+_notes = RateLimitedLog(log)
+
+
+def note(level: int, kind: str, message: str, *args: object) -> None:
+    """Log a line about the current guest's data, at most once per guest and kind per repeat period."""
+    guest = CURRENT_GUEST.get()
+    _notes.note(level, (guest, kind), "guest %.300s: " + message, guest, *args)
+
 
 def _clip_string(value: Any) -> Any:
     if isinstance(value, str) and len(value) > MAX_STRING:
-        log.info("guest string of %d characters cut to %d", len(value), MAX_STRING)
+        note(logging.INFO, "string", "string of %d characters cut to %d", len(value), MAX_STRING)
         return value[:MAX_STRING]
     return value
 
@@ -41,7 +57,7 @@ def _clip_string(value: Any) -> Any:
 def _capped(limit: int) -> Callable[[Any], Any]:
     def cap(value: Any) -> Any:
         if isinstance(value, list) and len(value) > limit:
-            log.warning("guest list of %d items cut to %d", len(value), limit)
+            note(logging.WARNING, "list", "list of %d items cut to %d", len(value), limit)
             return value[:limit]
         return value
 
@@ -245,7 +261,8 @@ def guest_interfaces(reply: Any) -> list[GuestInterface]:
                 if address.ip_address_type in ("ipv4", "ipv6")
             ]
             if len(addresses) > MAX_ADDRESSES:
-                log.warning("interface %.64s: %d addresses cut to %d", raw.name, len(addresses), MAX_ADDRESSES)
+                note(logging.WARNING, "addresses", "interface %.64s: %d addresses cut to %d", raw.name,
+                     len(addresses), MAX_ADDRESSES)
                 addresses = addresses[:MAX_ADDRESSES]
             interfaces.append(GuestInterface(name=raw.name, mac=raw.hardware_address, ip_addresses=addresses))
         return interfaces

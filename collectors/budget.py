@@ -2,8 +2,9 @@
 
 Each list is bounded on its own (`MAX_ITEMS` entries of bounded strings), but together a hostile
 guest can still fill several megabytes per VMI and tick. `fit_report` halves the list taking the
-most bytes (users, filesystems, interfaces, the agent's command list), again and again, until the
-report fits, and says so in `errors["report"]`.
+most bytes (users, filesystems, interfaces), again and again, until the report fits, and says so in
+`errors["report"]`. The agent's command list is never cut: it is bounded by `MAX_ITEMS` already, and a
+cut one would make a supported agent look as if it lacked the basic commands.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ AGENT_REPORT_BUDGET = 512 * 1024
 REPORT_ERROR = "report"
 #: Room kept for the `errors["report"]` note itself.
 _NOTE_ROOM = 256
-#: The lists that may be cut, by their JSON names.
-TRIMMABLE = ("users", "filesystems", "interfaces", "supportedCommands")
+#: The lists that may be cut, by their JSON names (never `supportedCommands`).
+TRIMMABLE = ("users", "filesystems", "interfaces")
 
 
 def fit_report(report: AgentReport, budget: int = AGENT_REPORT_BUDGET) -> AgentReport:
@@ -55,7 +56,6 @@ def _lists(report: AgentReport) -> dict[str, Sequence[BaseModel]]:
         "users": report.users or [],
         "filesystems": report.filesystems or [],
         "interfaces": report.interfaces or [],
-        "supportedCommands": report.info.supported_commands if report.info is not None else [],
     }
 
 
@@ -67,8 +67,4 @@ def _cut(report: AgentReport, kept: dict[str, int], note: str) -> AgentReport:
         update["filesystems"] = report.filesystems[: kept["filesystems"]]
     if report.interfaces is not None:
         update["interfaces"] = report.interfaces[: kept["interfaces"]]
-    if report.info is not None:
-        update["info"] = report.info.model_copy(
-            update={"supported_commands": report.info.supported_commands[: kept["supportedCommands"]]}
-        )
     return report.model_copy(update=update)

@@ -29,7 +29,8 @@ credentials the VMI propagates through the agent (its `<kubevirt:accessCredentia
 
 Whoever writes the element (a hook sidecar or the domain's author) is trusted no more than the rest of
 the XML: a bad value is ignored with a log line, and only the first `MAX_ITEMS` interface elements
-are read. Without the element, an `<interface type='user'>` with `<backend type='passt'/>` has the
+are read. Log lines about the XML's content are rate-limited per VMI and kind (tenant-written data is
+read every tick). Without the element, an `<interface type='user'>` with `<backend type='passt'/>` has the
 binding `passt`; any other interface's binding is `""` (unknown).
 """
 
@@ -44,11 +45,18 @@ from typing import Literal
 from pydantic import ValidationError
 
 from collectors.errors import DomainXMLError
+from collectors.ratelimit import RateLimitedLog
 from schemas.events import AccessCredentialNeeds, DomainInterface, DomainReport, VMIRef, split_domain_name
 from schemas.kubevirt import GUEST_AGENT_CHANNEL
 from schemas.limits import MAX_ITEMS
 
 log = logging.getLogger(__name__)
+_notes = RateLimitedLog(log)
+
+
+def _note(key: str, kind: str, message: str, *args: object) -> None:
+    """A warning about domain `key`'s XML, at most once per VMI and kind per repeat period."""
+    _notes.note(logging.WARNING, (key, kind), message, *args)
 
 #: Largest domain XML accepted (a KubeVirt domain is a few tens of kilobytes).
 MAX_DOMAIN_XML_BYTES = 4 * 1024 * 1024
@@ -77,8 +85,9 @@ def parse_domain(xml: str, *, node: str, observed_at: float, state: DomainState)
     interfaces = _interfaces(root, vmi.key, metadata.bindings)
     unmatched = metadata.bindings.keys() - {interface.name for interface in interfaces}
     if unmatched:
-        log.info("domain %s: <guestinfo:interface> names matching no interface ignored: %.300s",
-                 vmi.key, ", ".join(sorted(unmatched)))
+        _notes.note(logging.INFO, (vmi.key, "unmatched"),
+                    "domain %s: <guestinfo:interface> names matching no interface ignored: %.300s",
+                    vmi.key, ", ".join(sorted(unmatched)))
     try:
         return DomainReport(
             vmi=vmi,
@@ -118,7 +127,7 @@ def _vmi_ref(root: ET.Element) -> VMIRef | None:
     try:
         return VMIRef(namespace=namespace, name=vmi_name, uid=uid)
     except ValidationError:
-        log.warning("domain %.300s: name or uid out of bounds, not treated as a KubeVirt domain", name)
+        _note(name[:300], "bounds", "domain %.300s: name or uid out of bounds, not treated as a KubeVirt domain", name)
         return None
 
 
@@ -136,20 +145,21 @@ def _guestinfo_metadata(root: ET.Element, key: str) -> _GuestinfoMetadata:
     if not elements:
         return metadata
     if len(elements) > 1:
-        log.warning("domain %s: %d <guestinfo:vmi> metadata elements, reading the first", key, len(elements))
+        _note(key, "metadata", "domain %s: %d <guestinfo:vmi> metadata elements, reading the first", key, len(elements))
     element = elements[0]
     interfaces = element.findall(f"{{{GUESTINFO_NS}}}interface")
     if len(interfaces) > MAX_ITEMS:
-        log.warning("domain %s: %d <guestinfo:interface> elements, reading the first %d", key,
-                    len(interfaces), MAX_ITEMS)
+        _note(key, "metadata-interfaces", "domain %s: %d <guestinfo:interface> elements, reading the first %d",
+              key, len(interfaces), MAX_ITEMS)
     for interface in interfaces[:MAX_ITEMS]:
         name, binding = interface.get("name", ""), interface.get("binding", "")
         if not name or len(name) > 253:
-            log.warning("domain %s: <guestinfo:interface> without a valid name ignored", key)
+            _note(key, "binding-name", "domain %s: <guestinfo:interface> without a valid name ignored", key)
         elif not _BINDING.fullmatch(binding):
-            log.warning("domain %s: interface %.253s: binding %.80r ignored", key, name, binding)
+            _note(key, "binding", "domain %s: interface %.253s: binding %.80r ignored", key, name, binding)
         elif name in metadata.bindings:
-            log.warning("domain %s: interface %.253s named twice in <guestinfo:vmi>, keeping the first", key, name)
+            _note(key, "binding-twice", "domain %s: interface %.253s named twice in <guestinfo:vmi>, keeping the first",
+                  key, name)
         else:
             metadata.bindings[name] = binding
     credentials = element.find(f"{{{GUESTINFO_NS}}}accessCredentials")
@@ -167,7 +177,7 @@ def _boolean(element: ET.Element, attribute: str, key: str) -> bool:
         return False
     value = _BOOLEANS.get(raw.strip())
     if value is None:
-        log.warning("domain %s: <guestinfo:accessCredentials %s=%.80r> ignored", key, attribute, raw)
+        _note(key, "credentials", "domain %s: <guestinfo:accessCredentials %s=%.80r> ignored", key, attribute, raw)
         return False
     return value
 
@@ -186,9 +196,9 @@ def _interfaces(root: ET.Element, key: str, bindings: dict[str, str]) -> list[Do
                 if sriov is not None:
                     found.append(sriov)
         except ValidationError as exc:
-            log.warning("domain %s: skipping a <%s> out of bounds: %s", key, element.tag, _first_error(exc))
+            _note(key, "interface", "domain %s: skipping a <%s> out of bounds: %s", key, element.tag, _first_error(exc))
     if len(found) > MAX_ITEMS:
-        log.warning("domain %s: %d interfaces, keeping the first %d", key, len(found), MAX_ITEMS)
+        _note(key, "interfaces", "domain %s: %d interfaces, keeping the first %d", key, len(found), MAX_ITEMS)
         found = found[:MAX_ITEMS]
     return found
 

@@ -50,6 +50,14 @@ POLLS_SKIPPED = Counter(
     "guestinfo_collector_polls_skipped",
     "Agent polls not started because the VMI's previous poll was still running.",
 )
+POLLS_BACKED_OFF = Counter(
+    "guestinfo_collector_polls_backed_off",
+    "Agent polls not started because the VMI's agent timed out in a recent poll (per-VMI back-off).",
+)
+VMIS_BACKED_OFF = Gauge(
+    "guestinfo_collector_vmis_backed_off",
+    "VMIs whose agent is in back-off after a timed-out poll.",
+)
 VMIS_TRACKED = Gauge(
     "guestinfo_collector_vmis_tracked",
     "KubeVirt domains seen on this node in the last tick.",

@@ -10,20 +10,39 @@ its `agent_connected` is what the poll found.
 `NodeCollector.collect_once()` is one tick that waits for its polls (for tests); `run_collector(config)`
 is the long-running loop, which never waits for a poll.
 
-Every VMI has an agent session token (`AgentReport.session`), renewed when the agent answers again
-after a poll in which it did not, when the libvirt domain id changes (the domain was restarted), and
-when the agent closed its socket between two polls (it was restarted). A connection the collector
-dropped itself (a timeout, a bad reply) or that the agent closed in the middle of a poll is opened
-again without a new session: what the agent said before in this session stays valid.
+Every VMI has an agent session token (`AgentReport.session`). The join voids what the agent said in
+an earlier session, so it is renewed only on evidence that the agent (or the guest) restarted:
+
+- the libvirt domain id changed (the domain was restarted);
+- the agent closed the socket connection we held: found closed at the start of a poll, or its socket
+  file (of `agent_socket_dir`) gone while we held a connection;
+- for agents reached through libvirt, the agent channel went from disconnected to connected in the
+  live XML between two ticks (the guest's qemu-ga closed and reopened its port: a guest reboot or an
+  agent restart).
+
+No answer (a timeout under load), a paused domain, a bad reply, a skipped poll, or a connection the
+collector dropped itself or that was lost in the middle of a poll is not evidence: the session is
+kept, and what the agent said before stays valid. (A guest reboot while the collector held no
+connection and libvirt showed no channel change is not seen; libvirt's reboot events are not used.)
+
+Concurrency: `max_concurrent_agent_calls` caps agent calls, held per call (not per poll); calls of
+polls that have synced go first, then syncs of agents that answered last time, then the rest
+(`collectors.slots`). VMIs whose last poll timed out may use only half of the slots, so healthy
+agents always find one; and such a VMI
+is left unpolled for an exponential number of ticks (1, 2, 4 ... `max_backoff_ticks`), ended by a poll
+without a timeout. libvirt listing runs on a worker pool of its own, apart from libvirt agent calls
+(which can outlive their asyncio timeout in their thread).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,15 +51,16 @@ import libvirt
 from aiokafka.errors import KafkaError
 
 from collectors.agent_libvirt import LibvirtAgentTransport
-from collectors.agent_poll import poll_agent, short_reason
+from collectors.agent_poll import run_poll, short_reason
 from collectors.agent_protocol import AgentSocketClient, AgentTransport
 from collectors.budget import REPORT_ERROR
 from collectors.config import CollectorConfig
 from collectors.domain_xml import DomainState, parse_domain
 from collectors.errors import DomainXMLError
-from collectors.metrics import POLLS_SKIPPED, VMIS_TRACKED
+from collectors.metrics import POLLS_BACKED_OFF, POLLS_SKIPPED, VMIS_BACKED_OFF, VMIS_TRACKED
 from collectors.publisher import ReportPublisher, make_producer
 from collectors.ratelimit import RateLimitedLog
+from collectors.slots import ANSWERING, CONTINUING, OTHER, PrioritySlots
 from schemas.events import AgentReport, DomainReport, VMIRef, split_domain_name, vmi_key
 
 log = logging.getLogger(__name__)
@@ -85,8 +105,14 @@ class _VMIState:
     domain_id: int | None = None
     #: Whether the agent answered in the last poll; None before the first.
     answered: bool | None = None
-    #: The socket client's reconnect count after the last poll.
+    #: The libvirt agent channel's state in the last tick's XML; None before the first.
+    channel: bool | None = None
+    #: The socket client of the last poll, and its reconnect count after that poll.
+    client: AgentSocketClient | None = None
     reconnects: int = 0
+    #: Polls in a row that timed out, and the ticks left before the next poll (the back-off).
+    timeouts: int = 0
+    backoff: int = 0
     #: The poll in flight, if any.
     poll: asyncio.Task[None] | None = None
 
@@ -126,11 +152,17 @@ class NodeCollector:
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
         libvirt.registerErrorHandler(_silence_libvirt, None)
+        # Listing has threads of its own: stuck agent calls (their thread outlives the asyncio timeout)
+        # cannot stall it.
         self._executor = ThreadPoolExecutor(
-            max_workers=config.max_concurrent_agent_calls + len(config.libvirt_uris) + 1,
-            thread_name_prefix="collector-libvirt",
+            max_workers=len(config.libvirt_uris) + 1, thread_name_prefix="collector-libvirt"
         )
-        self._semaphore = asyncio.Semaphore(config.max_concurrent_agent_calls)
+        self._agent_executor = ThreadPoolExecutor(
+            max_workers=config.max_concurrent_agent_calls + 4, thread_name_prefix="collector-agent"
+        )
+        self._slots = PrioritySlots(config.max_concurrent_agent_calls)
+        #: Slots that VMIs whose agent timed out lately may use (the others are kept for healthy ones).
+        self._suspect_slots = asyncio.Semaphore(max(1, config.max_concurrent_agent_calls // 2))
         self._connections: dict[str, libvirt.virConnect] = {}
         self._seen: dict[str, dict[str, VMIRef]] = {uri: {} for uri in config.libvirt_uris}
         self._sockets: dict[str, AgentSocketClient] = {}
@@ -179,6 +211,7 @@ class NodeCollector:
             if poll is not None:
                 polls.append(poll)
         VMIS_TRACKED.set(sum(len(seen) for seen in self._seen.values()))
+        VMIS_BACKED_OFF.set(sum(1 for state in self._vmis.values() if state.timeouts))
         if now.domains or now.agents:
             await self._emit(emit, now)
         return polls
@@ -204,6 +237,7 @@ class NodeCollector:
     def shutdown(self) -> None:
         """Stop the worker threads (after `close`)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._agent_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _in_thread(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
@@ -259,18 +293,45 @@ class NodeCollector:
         self._seen[uri] = current
         return found
 
-    def _transport(self, report: DomainReport, listed: _Listed) -> AgentTransport | None:
+    def _socket_path(self, vmi: VMIRef) -> str | None:
+        """The agent socket of `vmi`, if it is reached through one (`agent_sockets`, `agent_socket_dir`)."""
+        path = self.config.agent_sockets.get(vmi.key)
+        if path is not None:
+            return path
+        if self.config.agent_socket_dir is not None:
+            candidate = os.path.join(self.config.agent_socket_dir, f"{vmi.namespace}_{vmi.name}.sock")
+            if os.path.exists(candidate):
+                return candidate
+        return None
+
+    async def _transport(
+        self, report: DomainReport, listed: _Listed, path: str | None, state: _VMIState
+    ) -> AgentTransport | None:
         key = report.vmi.key
-        path = self.config.agent_sockets.get(key)
         if path is not None:
             client = self._sockets.get(key)
             if client is None or client.path != path:
                 client = AgentSocketClient(path, timeout=self.config.agent_timeout)
                 self._sockets[key] = client
             return client
+        await self._socket_gone(key, state)
         if report.agent_connected:
-            return LibvirtAgentTransport(listed.domain, timeout=self.config.agent_timeout, executor=self._executor)
+            return LibvirtAgentTransport(
+                listed.domain, timeout=self.config.agent_timeout, executor=self._agent_executor
+            )
         return None
+
+    async def _socket_gone(self, key: str, state: _VMIState) -> None:
+        """A VMI's socket (of `agent_socket_dir`) is gone: drop its client; a connection held to it
+        means the agent closed it (it stopped), so its session ends."""
+        client = self._sockets.pop(key, None)
+        if client is None:
+            return
+        if client.connected:
+            state.renew()
+            log.info("agent of %s: new session (its socket %s is gone)", key, client.path)
+        state.client = None
+        await client.close()
 
     async def _forget(self, key: str) -> None:
         """A VMI is gone: its poll in flight is void (its reports must not follow the removal)."""
@@ -297,14 +358,24 @@ class NodeCollector:
             if state.poll is not None and not state.poll.done():
                 state.poll.cancel()  # it asked the agent of a domain that is no more
                 await asyncio.wait([state.poll])
-        override = key in self.config.agent_sockets
+        path = self._socket_path(report.vmi)
+        override = path is not None
+        if not override:
+            follow_channel(key, state, report.agent_connected)
         if state.busy:
             POLLS_SKIPPED.inc()
             log.debug("agent of %s: previous poll still running, not polled this tick", key)
             if not override:
                 now.domains.append(report)
             return None
-        transport = self._transport(report, listed) if report.state == "running" else None
+        if state.backoff > 0 and report.state == "running":
+            state.backoff -= 1
+            POLLS_BACKED_OFF.inc()
+            log.debug("agent of %s: backing off, %d tick(s) left", key, state.backoff)
+            now.domains.append(report.model_copy(update={"agent_connected": bool(state.answered)})
+                               if override else report)
+            return None
+        transport = await self._transport(report, listed, path, state) if report.state == "running" else None
         if transport is None:
             state.answered = False
             if override:
@@ -335,12 +406,15 @@ class NodeCollector:
     ) -> None:
         """One VMI's agent poll; its reports go to `emit` when it ends."""
         vmi, node = report.vmi, self.config.node_name
+        suspect, answering = state.timeouts > 0, bool(state.answered)
+        timed_out = False
         try:
-            async with self._semaphore:
-                agent_report, synced = await poll_agent(
-                    transport, vmi, node=node, observed_at=observed_at,
-                    budget=self.config.agent_timeout * _BUDGET_CALLS,
-                )
+            poll = await run_poll(
+                transport, vmi, budget=self.config.agent_timeout * _BUDGET_CALLS,
+                slots=lambda first: self._slot(suspect, (ANSWERING if answering else OTHER) if first else CONTINUING),
+            )
+            agent_report = poll.report(vmi, node=node, observed_at=observed_at)
+            synced, timed_out = poll.synced, poll.timed_out
         except Exception as exc:  # one VMI's failure must never end the tick
             log.exception("agent poll of %s failed", vmi.key)
             agent_report = AgentReport(
@@ -348,6 +422,7 @@ class NodeCollector:
                 errors={"poll": short_reason(exc)},
             )
             synced = False
+        self._follow_backoff(vmi.key, state, timed_out)
         self._follow_session(vmi.key, state, transport, synced)
         agent_report = agent_report.model_copy(update={"session": state.session})
         self._log_agent(vmi.key, agent_report)
@@ -356,18 +431,44 @@ class NodeCollector:
             reports.domains.append(report.model_copy(update={"agent_connected": synced}))
         await self._emit(emit, reports)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, suspect: bool, priority: int) -> AsyncIterator[None]:
+        """One slot of the concurrency cap, for one agent call; a suspect VMI's also needs a suspect slot.
+        Calls of polls that have synced go first, then syncs of agents that answered last time."""
+        async with contextlib.AsyncExitStack() as stack:
+            if suspect:
+                await stack.enter_async_context(self._suspect_slots)
+            await self._slots.acquire(priority)
+            try:
+                yield
+            finally:
+                self._slots.release()
+
+    def _follow_backoff(self, key: str, state: _VMIState, timed_out: bool) -> None:
+        """A timed-out poll doubles the VMI's back-off (in ticks, capped); any other poll ends it."""
+        if not timed_out:
+            if state.timeouts:
+                log.info("agent of %s: answers in time again, back-off ended", key)
+            state.timeouts = state.backoff = 0
+            return
+        state.timeouts += 1
+        state.backoff = min(2 ** (state.timeouts - 1), self.config.max_backoff_ticks)
+        self._logs.warning(
+            ("backoff", key), "agent of %s timed out: not polled for %d tick(s)%s", key, state.backoff,
+            " (at most)" if state.backoff == self.config.max_backoff_ticks else "",
+        )
+
     def _follow_session(self, key: str, state: _VMIState, transport: AgentTransport, synced: bool) -> None:
-        """Renew the session when the agent answers again, or closed its socket since the last poll."""
-        reasons: list[str] = []
-        if synced and state.answered is False:
-            reasons.append("the agent answers again")
-        if isinstance(transport, AgentSocketClient) and transport.reconnects != state.reconnects:
-            state.reconnects = transport.reconnects
-            reasons.append("it closed its socket since the last poll")
+        """Renew the session when the agent closed the socket connection we held (found so by this poll)."""
         state.answered = synced
-        if reasons:
+        if not isinstance(transport, AgentSocketClient):
+            return
+        if state.client is not transport:  # a new client: its count starts from here
+            state.client, state.reconnects = transport, 0
+        if transport.reconnects != state.reconnects:
+            state.reconnects = transport.reconnects
             state.renew()
-            log.info("agent of %s: new session (%s)", key, ", ".join(reasons))
+            log.info("agent of %s: new session (it closed its socket since the last poll)", key)
 
     async def _emit(self, emit: Emit, reports: TickReports) -> None:
         try:
@@ -385,6 +486,15 @@ class NodeCollector:
                 self._logs.warning(("report", key), "agent report of %s: %s", key, reason)
             else:
                 self._logs.warning(("command", key, command), "agent of %s: %s failed: %s", key, command, reason)
+
+
+def follow_channel(key: str, state: _VMIState, connected: bool) -> None:
+    """The libvirt agent channel of a VMI in this tick's XML: disconnected → connected renews the session
+    (the guest's agent reopened its port: it or the guest restarted)."""
+    if state.channel is False and connected:
+        state.renew()
+        log.info("agent of %s: new session (its libvirt channel connected again)", key)
+    state.channel = connected
 
 
 def _list_domains(conn: libvirt.virConnect) -> _Listing:
@@ -417,8 +527,9 @@ async def run_collector(config: CollectorConfig) -> None:
             await publisher.send(reports.domains, reports.agents)
 
         log.info(
-            "collector of node %s running: %d libvirt URI(s), %d agent socket(s), every %g s",
-            config.node_name, len(config.libvirt_uris), len(config.agent_sockets), config.interval,
+            "collector of node %s running: %d libvirt URI(s), %d agent socket(s)%s, every %g s",
+            config.node_name, len(config.libvirt_uris), len(config.agent_sockets),
+            f" and the sockets in {config.agent_socket_dir}" if config.agent_socket_dir else "", config.interval,
         )
         loop = asyncio.get_running_loop()
         while True:

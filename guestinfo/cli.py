@@ -54,6 +54,10 @@ def _add_collector_options(parser: argparse.ArgumentParser) -> None:
         "--agent-socket", metavar="NAMESPACE/NAME=PATH", action="append", default=[],
         help="reach this VMI's guest agent through a unix socket instead of libvirt (repeatable)",
     )
+    parser.add_argument(
+        "--agent-socket-dir", metavar="DIR", default=None,
+        help="reach a VMI's guest agent through DIR/NAMESPACE_NAME.sock when that socket exists",
+    )
     parser.add_argument("--node-name", default=socket.gethostname(), help="name of this node (default: hostname)")
     parser.add_argument(
         "--interval", type=float, default=10.0, metavar="SECONDS",
@@ -142,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="Kubernetes VMI status sink")
     _add_bootstrap(status, required=True)
     _add_kube_options(status)
+
+    simulate = commands.add_parser(
+        "simulate", help="a simulated fleet: real collectors against simulated domains and guest agents",
+        description="Run N simulated nodes of M VMIs each: every node is a real collector reading a libvirt "
+        "test-driver node and talking QGA to simulated guest agents on unix sockets (users log in and out, "
+        "filesystems fill, addresses change, guests reboot and migrate, agents disconnect), publishing to "
+        "Kafka exactly as real nodes do. Shows progress until --duration ends or Ctrl-C.",
+    )
+    _add_bootstrap(simulate, required=False)
+    simulate.add_argument("--nodes", type=int, default=2, help="simulated nodes (default 2)")
+    simulate.add_argument("--vmis-per-node", type=int, default=50, help="VMIs on each node (default 50)")
+    simulate.add_argument("--interval", type=float, default=10.0, metavar="SECONDS", help="collector interval")
+    simulate.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    simulate.add_argument("--seed", type=int, default=1, help="random seed of the simulated guests")
+
+    bench = commands.add_parser(
+        "bench", help="measure the pipeline on the embedded broker and print one table",
+        description="A fixed workload through the whole pipeline on the embedded broker; prints collector CPU "
+        "per 1000 VMIs, join events/s (Faust and a plain aiokafka loop, and their ratio), end-to-end latency "
+        "p50/p95/p99 and REST reads/s with p99. --size small is the CI smoke run.",
+    )
+    bench.add_argument("--size", choices=["small", "full"], default="full", help="workload size (default full)")
+    bench.add_argument("--json", dest="json_output", metavar="PATH", help="also write the figures as JSON here")
 
     broker = commands.add_parser("broker", help="run the embedded broker alone and print its address")
     broker.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")

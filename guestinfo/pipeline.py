@@ -41,6 +41,7 @@ class Pipeline:
     bootstrap_servers: str | None
     libvirt_uris: list[str]
     agent_sockets: dict[str, str]
+    agent_socket_dir: str | None
     store_url: str | None
     api: Listen
     kube_api: str | None
@@ -66,6 +67,7 @@ class Pipeline:
             bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers) if args.bootstrap_servers else None,
             libvirt_uris=list(args.libvirt_uri),
             agent_sockets=agent_sockets(args.agent_socket),
+            agent_socket_dir=str(Path(args.agent_socket_dir).absolute()) if args.agent_socket_dir else None,
             store_url=args.store,
             api=parse_listen(args.api_listen),
             kube_api=args.kube_api,
@@ -98,6 +100,8 @@ class Pipeline:
                 collect += ["--libvirt-uri", uri]
             for key, path in self.agent_sockets.items():
                 collect += ["--agent-socket", f"{key}={path}"]
+            if self.agent_socket_dir:
+                collect += ["--agent-socket-dir", self.agent_socket_dir]
             specs.append(ChildSpec("collect", collect))
         else:
             log.warning("no --libvirt-uri: running without a collector (try --demo)")

@@ -37,6 +37,7 @@ def collect(args: argparse.Namespace) -> int:
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
         libvirt_uris=args.libvirt_uri,
         agent_sockets=agent_sockets(args.agent_socket),
+        agent_socket_dir=str(Path(args.agent_socket_dir).absolute()) if args.agent_socket_dir else None,
         node_name=args.node_name,
         interval=args.interval,
         agent_timeout=args.agent_timeout,
@@ -109,3 +110,15 @@ def run(args: argparse.Namespace) -> int:
 
     asyncio.run(run_until_signalled(Pipeline.from_args(args).run(), "pipeline"))
     return 0
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from guestinfo.simulation import run_simulation
+
+    return run_simulation(args)
+
+
+def bench(args: argparse.Namespace) -> int:
+    from guestinfo.bench import run_bench
+
+    return run_bench(args)

@@ -69,3 +69,57 @@ def qemu_ga(tmp_path: Path) -> Iterator[Path]:
 def postgres_url() -> str:
     """The PostgreSQL server of the project's machines; these tests fail, never skip, without it."""
     return POSTGRES_URL
+
+
+class Libvirtd:
+    """A real libvirtd hosting only the test driver, on a private socket (shared/libvirt-testing.md)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.run_dir = folder / "run"
+        self.socket = self.run_dir / "libvirt-sock"
+        self.uri = f"test+unix:///default?socket={self.socket}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
+        if not Path(binary).exists():
+            pytest.fail("libvirtd is not installed (Debian package libvirt-daemon; `make setup` installs it)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.folder / "no-drivers").mkdir(exist_ok=True)
+        config = self.folder / "libvirtd.conf"
+        config.write_text(
+            f'unix_sock_dir = "{self.run_dir}"\nunix_sock_group = "root"\nunix_sock_rw_perms = "0770"\n'
+            'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+        )
+        env = {**os.environ, "LIBVIRT_DRIVER_DIR": str(self.folder / "no-drivers")}
+        self.socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "-f", str(config), "--pid-file", str(self.folder / "libvirtd.pid")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("libvirtd did not create its socket")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def libvirtd(tmp_path: Path) -> Iterator[Libvirtd]:
+    daemon = Libvirtd(tmp_path / "libvirtd")
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()

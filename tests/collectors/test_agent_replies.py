@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from collectors.agent_replies import CONVERTERS, convert, guest_interfaces, guest_users
+from collectors import agent_replies
+from collectors.agent_replies import CONVERTERS, CURRENT_GUEST, convert, guest_interfaces, guest_users
 from collectors.errors import AgentProtocolError, AgentReplyError
+from collectors.ratelimit import RateLimitedLog
 from schemas.limits import MAX_ADDRESSES, MAX_ITEMS
 
 DATA = Path(__file__).parent / "data" / "agent"
@@ -60,3 +63,25 @@ def test_over_long_lists_are_cut_to_the_schema_limits() -> None:
 def test_unknown_command_is_a_reply_error() -> None:
     with pytest.raises(AgentReplyError, match="no converter"):
         convert("guest-exec", {})
+
+
+def test_cut_notes_are_logged_once_per_guest_and_kind(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_replies, "_notes", RateLimitedLog(agent_replies.log))
+    caplog.set_level(logging.INFO, logger="collectors.agent_replies")
+    users = [{"user": f"u{i}", "login-time": 1.0} for i in range(MAX_ITEMS + 5)]
+    token = CURRENT_GUEST.set("ns/a")
+    try:
+        for extra in range(4):  # the tenant varies the length: still one line
+            guest_users([*users, {"user": "x" * (10000 + extra)}])
+    finally:
+        CURRENT_GUEST.reset(token)
+    token = CURRENT_GUEST.set("ns/b")
+    try:
+        guest_users(users)
+    finally:
+        CURRENT_GUEST.reset(token)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert lines == [f"guest ns/a: list of {MAX_ITEMS + 6} items cut to {MAX_ITEMS}",
+                     f"guest ns/b: list of {MAX_ITEMS + 5} items cut to {MAX_ITEMS}"]

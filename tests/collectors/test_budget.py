@@ -78,3 +78,15 @@ def test_a_report_within_the_budget_is_left_alone() -> None:
     before = trimmed_count()
     assert fit_report(report) is report
     assert trimmed_count() == before
+
+
+def test_the_supported_commands_are_never_cut() -> None:
+    """The agent's command list is bounded already; cutting it would hide the basic commands."""
+    commands = [GuestAgentCommandInfo(name=f"guest-{i:04}-" + "c" * 200, enabled=True) for i in range(1000)]
+    users = [GuestOSUser(user_name=f"{i:04}" + "u" * 200) for i in range(100)]
+    report = AgentReport(vmi=VMI, node="n", observed_at=1.0, connected=True, users=users,
+                         info=AgentVersionInfo(supported_commands=commands))
+    fitted = fit_report(report, budget=100_000)
+    assert fitted.info == report.info
+    assert fitted.users == []
+    assert "supportedCommands" not in fitted.errors["report"]

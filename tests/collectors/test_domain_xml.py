@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from collectors import domain_xml
 from collectors.domain_xml import GUESTINFO_NS, MAX_DOMAIN_XML_BYTES, parse_domain
 from collectors.errors import DomainXMLError
+from collectors.ratelimit import RateLimitedLog
 from schemas.codec import encode
 from schemas.limits import MAX_ITEMS
 
@@ -53,7 +56,9 @@ def test_state_is_passed_through() -> None:
     assert report is not None and report.state == "paused"
 
 
-def test_guestinfo_interface_elements_beyond_the_limit_are_not_read(caplog: pytest.LogCaptureFixture) -> None:
+def test_guestinfo_interface_elements_beyond_the_limit_are_not_read(
+    caplog: pytest.LogCaptureFixture, fresh_notes: None
+) -> None:
     names = [f"n{i}" for i in range(MAX_ITEMS + 10)]
     metadata = "".join(f'<g:interface name="{name}" binding="bridge"/>' for name in names)
     devices = "".join(f"<interface type='ethernet'><alias name='ua-{name}'/></interface>" for name in names[-20:])
@@ -69,8 +74,27 @@ def test_guestinfo_interface_elements_beyond_the_limit_are_not_read(caplog: pyte
     assert "reading the first" in caplog.text
 
 
-def test_bad_metadata_values_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def fresh_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget what earlier tests had logged (the notes are rate-limited per VMI and kind)."""
+    monkeypatch.setattr(domain_xml, "_notes", RateLimitedLog(domain_xml.log))
+
+
+def test_bad_metadata_values_are_logged(caplog: pytest.LogCaptureFixture, fresh_notes: None) -> None:
     parse_domain((DATA / "metadata_bad_values_ignored.xml").read_text(), node="n", observed_at=0.0, state="running")
     assert "binding 'masquerade; rm -rf /' ignored" in caplog.text
     assert "sshPublicKeys='yes'> ignored" in caplog.text
     assert "named twice" in caplog.text
+
+
+def test_notes_on_tenant_data_are_logged_once_per_vmi_and_kind(
+    caplog: pytest.LogCaptureFixture, fresh_notes: None
+) -> None:
+    xml = (DATA / "metadata_bad_values_ignored.xml").read_text()
+    caplog.set_level(logging.INFO, logger="collectors.domain_xml")
+    parse_domain(xml, node="n", observed_at=0.0, state="running")
+    first = [r for r in caplog.records if r.levelno >= logging.INFO]
+    caplog.clear()
+    for _ in range(5):
+        parse_domain(xml, node="n", observed_at=0.0, state="running")
+    assert first and not [r for r in caplog.records if r.levelno >= logging.INFO]

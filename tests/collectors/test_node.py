@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import re
 import socket
 import time
@@ -14,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
 from collectors import CollectorConfig, NodeCollector, TickReports, run_collector
+from collectors.node import _VMIState, follow_channel
 from guestinfo.broker import EmbeddedBroker
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
@@ -261,8 +264,9 @@ async def test_session_is_renewed_when_the_domain_restarts(qemu_ga: Path, tmp_pa
         collector.shutdown()
 
 
-async def test_session_is_renewed_when_the_agent_answers_again(tmp_path: Path) -> None:
-    silent = True
+async def test_a_timeout_then_an_answer_keeps_the_session(tmp_path: Path) -> None:
+    """No answer (a timeout under load) is no evidence of a restart: the session goes on."""
+    silent = False
 
     def script(request: dict[str, Any]) -> Answer:
         if request["execute"] == "guest-sync":
@@ -274,16 +278,122 @@ async def test_session_is_renewed_when_the_agent_answers_again(tmp_path: Path) -
     async with fake_agent(sock, script):
         collector = collector_of(uri, {"default/vm": sock}, agent_timeout=0.2)
         try:
+            answered = one_agent(await collector.collect_once())
+            silent = True
             lost = one_agent(await collector.collect_once())
             silent = False
+            assert not (await collector.collect_once()).agents, "a timed-out agent is backed off one tick"
             found = one_agent(await collector.collect_once())
-            kept = one_agent(await collector.collect_once())
         finally:
             await collector.close()
             collector.shutdown()
-    assert not lost.connected and found.connected and kept.connected
+    assert answered.connected and not lost.connected and found.connected
     assert SESSION.fullmatch(lost.session)
-    assert found.session != lost.session and kept.session == found.session
+    assert answered.session == lost.session == found.session
+
+
+async def test_a_paused_domain_keeps_the_session(tmp_path: Path) -> None:
+    uri = write_domains(tmp_path / "node.xml", ["vm"])
+    sock = tmp_path / "agent.sock"
+    async with fake_agent(sock, quick_script):
+        collector = collector_of(uri, {"default/vm": sock})
+        try:
+            before = one_agent(await collector.collect_once())
+            domain = (await collector.connection(uri)).lookupByName("default_vm")
+            domain.suspend()
+            paused = one_agent(await collector.collect_once())
+            domain.resume()
+            after = one_agent(await collector.collect_once())
+        finally:
+            await collector.close()
+            collector.shutdown()
+    assert before.connected and not paused.connected and after.connected
+    assert before.session == paused.session == after.session
+
+
+def test_the_libvirt_channel_connecting_again_renews_the_session() -> None:
+    state = _VMIState(domain_id=1)
+    first = state.session
+    follow_channel("default/vm", state, True)
+    follow_channel("default/vm", state, True)
+    assert state.session == first
+    follow_channel("default/vm", state, False)
+    assert state.session == first, "a disconnect alone is no restart yet"
+    follow_channel("default/vm", state, True)
+    assert state.session != first
+
+
+async def test_agent_socket_dir_reaches_the_agent_of_a_vmi_by_name(tmp_path: Path) -> None:
+    uri = write_domains(tmp_path / "node.xml", ["vm", "other"])
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    explicit = tmp_path / "explicit.sock"
+    async with fake_agent(sockets / "default_vm.sock", quick_script) as by_dir, \
+            fake_agent(sockets / "default_other.sock", quick_script) as shadowed, \
+            fake_agent(explicit, quick_script) as by_config:
+        collector = NodeCollector(CollectorConfig(
+            bootstrap_servers="127.0.0.1:1", libvirt_uris=[uri], node_name="n",
+            agent_socket_dir=str(sockets), agent_sockets={"default/other": str(explicit)},
+        ))
+        try:
+            tick = await collector.collect_once()
+            session = {a.vmi.key: a.session for a in tick.agents}
+            (sockets / "default_vm.sock").unlink()  # the agent went away while we held its connection
+            gone = await collector.collect_once()
+        finally:
+            await collector.close()
+            collector.shutdown()
+    assert {a.vmi.key: a.connected for a in tick.agents} == {"default/vm": True, "default/other": True}
+    assert {d.vmi.key: d.agent_connected for d in tick.domains} == {"default/vm": True, "default/other": True}
+    assert by_dir.connections == 1 and by_config.connections == 1 and shadowed.connections == 0
+    vm = next(a for a in gone.agents if a.vmi.key == "default/vm")
+    assert not vm.connected and vm.session != session["default/vm"]
+
+
+async def test_silent_agents_do_not_starve_a_healthy_one(tmp_path: Path) -> None:
+    names = [f"silent{i:02}" for i in range(20)]
+    uri = write_domains(tmp_path / "node.xml", [*names, "healthy"])
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    backed_off = metric("guestinfo_collector_polls_backed_off_total")
+    async with contextlib.AsyncExitStack() as stack:
+        for name in names:
+            await stack.enter_async_context(fake_agent(sockets / f"default_{name}.sock", lambda _request: None))
+        healthy = await stack.enter_async_context(fake_agent(sockets / "default_healthy.sock", healthy_script))
+        collector = NodeCollector(CollectorConfig(
+            bootstrap_servers="127.0.0.1:1", libvirt_uris=[uri], node_name="n", agent_socket_dir=str(sockets),
+            agent_timeout=0.2, max_concurrent_agent_calls=2, interval=1.0,
+        ))
+        emitted: list[AgentReport] = []
+
+        async def emit(reports: TickReports) -> None:
+            emitted.extend(reports.agents)
+
+        starts: list[float] = []
+        try:
+            for _ in range(8):
+                started = time.monotonic()
+                starts.append(time.time())
+                await collector.tick(emit)
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+            await asyncio.sleep(0.5)
+            await collector.close()
+        finally:
+            collector.shutdown()
+
+    def ticks_of(key: str) -> list[int]:
+        return [bisect.bisect_right(starts, a.observed_at) - 1 for a in emitted if a.vmi.key == key]
+
+    answers = [agent for agent in emitted if agent.vmi.key == "default/healthy"]
+    assert all(agent.connected and not agent.errors for agent in answers)
+    assert len({agent.session for agent in answers}) == 1 and healthy.connections == 1
+    # The first tick knows nothing yet: all 21 agents queue for 2 slots, and its poll may run into the
+    # second tick (which then skips it). From then on the silent agents are backed off, and held to
+    # half of the slots when polled: the healthy one is polled and answers every tick.
+    assert ticks_of("default/healthy")[0] == 0
+    assert set(range(3, 8)) <= set(ticks_of("default/healthy"))
+    assert metric("guestinfo_collector_polls_backed_off_total") > backed_off
+    assert 1 < len(ticks_of("default/silent00")) < 6, "a silent agent is backed off"
 
 
 async def test_session_is_renewed_when_the_agent_closed_its_socket_between_polls(tmp_path: Path) -> None:
@@ -318,6 +428,18 @@ async def test_session_is_renewed_when_the_agent_closed_its_socket_between_polls
     assert again.connected and "guest-info" not in again.errors
     assert again.session == cut.session, "a connection lost within a poll is not a new session"
     assert renewed.connected and renewed.session != again.session and kept.session == renewed.session
+
+
+def healthy_script(request: dict[str, Any]) -> Answer:
+    replies: dict[str, Any] = {
+        "guest-info": {"version": "9.0", "supported_commands": [{"name": "guest-ping", "enabled": True}]},
+        "guest-get-osinfo": {"id": "fedora"}, "guest-get-host-name": {"host-name": "h"},
+        "guest-get-timezone": {"zone": "UTC", "offset": 0}, "guest-get-users": [], "guest-get-fsinfo": [],
+        "guest-network-get-interfaces": [], "guest-fsfreeze-status": "thawed",
+    }
+    if request["execute"] == "guest-sync":
+        return sync_reply(request)
+    return returning(request, replies[request["execute"]])
 
 
 def slow_script(request: dict[str, Any]) -> Answer:

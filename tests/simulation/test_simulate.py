@@ -1,0 +1,121 @@
+"""`guestinfo simulate`: real collectors against simulated domains and agents, publishing to Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from guestinfo import simulation
+from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.simulation import AgentServer, fleet_spec, start_fleet, write_node_file
+from schemas.codec import decode
+from schemas.events import AgentReport, DomainReport
+from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
+
+
+async def raw_reports(bootstrap: str, want: int, deadline: float = 15.0) -> tuple[set[tuple[str, str]], set[str]]:
+    """(node, VMI) pairs of the domain reports and the keys of connected agent reports with data."""
+    consumer = AIOKafkaConsumer(DOMAIN_TOPIC, AGENT_TOPIC, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    domains: set[tuple[str, str]] = set()
+    agents: set[str] = set()
+    try:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end and (len(domains) < want or len(agents) < want):
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for record in records:
+                    assert record.value is not None
+                    if tp.topic == DOMAIN_TOPIC:
+                        domain = decode(DomainReport, record.value)
+                        domains.add((domain.node, domain.vmi.key))
+                    else:
+                        agent = decode(AgentReport, record.value)
+                        if agent.connected and agent.os is not None and agent.interfaces:
+                            agents.add(agent.vmi.key)
+    finally:
+        await consumer.stop()
+    return domains, agents
+
+
+@pytest.mark.integration
+async def test_simulate_publishes_reports_of_every_vmi_of_both_nodes(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    await ensure_topics(broker.bootstrap_servers)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path), "simulate",
+        "--bootstrap-servers", broker.bootstrap_servers, "--nodes", "2", "--vmis-per-node", "5",
+        "--interval", "1", "--duration", "8", "--seed", str(int(time.time())),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=40)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert b"reports published" in stderr
+    expected = {(f"sim-node-{spec.node}", spec.key) for spec in fleet_spec(2, 5, 1)}
+    domains, agents = await raw_reports(broker.bootstrap_servers, len(expected))
+    # other tests' simulations may share the broker: look at ours only (node names and keys are fixed)
+    assert expected <= domains
+    assert {key for _, key in expected} <= agents
+
+
+@pytest.mark.integration
+async def test_fleet_hostname_change_is_served_to_the_collector(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    await ensure_topics(broker.bootstrap_servers)
+    fleet = await start_fleet(broker.bootstrap_servers, 1, 2, 0.5, tmp_path, seed=3, events=False)
+    try:
+        assert len(fleet.collector_pids()) == 1 and fleet.agents_pid
+        key = fleet.vmi_keys[0]
+        changed = await fleet.set_hostname(key, "renamed")
+        served = await fleet.served(key, "renamed", timeout=15)
+        assert served is not None and served >= changed
+        published = 0
+        for _ in range(75):
+            published = await fleet.reports_published()
+            if published:
+                break
+            await asyncio.sleep(0.2)
+        assert published > 0
+    finally:
+        await fleet.stop()
+    assert fleet.collector_pids() == [] and fleet.agents.returncode is not None
+
+
+async def test_reboots_disconnects_and_migrations_move_the_agents_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    specs = fleet_spec(2, 2, 7)
+    for node in range(2):
+        (tmp_path / f"node-{node}").mkdir()
+        write_node_file(tmp_path, node, specs)
+    server = AgentServer(tmp_path, 2, specs, 7, events=True)
+    task = asyncio.create_task(server.run())
+    await asyncio.sleep(0.2)
+    spec = specs[0]
+    assert server.socket_path(spec).exists()
+    monkeypatch.setattr(simulation, "MIGRATION_RATE", 1e9)  # every VMI migrates in the next step
+    for other in specs:
+        server.models[other.key].rng.random = lambda: 0.5  # type: ignore[method-assign]
+    monkeypatch.setattr(simulation, "REBOOT_RATE", 0.0)
+    monkeypatch.setattr(simulation, "DISCONNECT_RATE", 0.0)
+    await server.step(1.0)
+    assert server.events["migrations"] == 4
+    assert spec.node == 1 and server.socket_path(spec).exists()
+    assert "vm-0-0" in (tmp_path / "node-1" / "node.xml").read_text()
+    assert "vm-0-0" not in (tmp_path / "node-0" / "node.xml").read_text()
+    monkeypatch.setattr(simulation, "MIGRATION_RATE", 0.0)
+    monkeypatch.setattr(simulation, "REBOOT_RATE", 1e9)
+    server.models[spec.key].users["alice"] = 1.0
+    await server.step(1.0)
+    assert server.events["reboots"] == 4 and not server.socket_path(spec).exists()
+    assert server.models[spec.key].users == {}
+    server.models[spec.key].away_until = 1.0
+    monkeypatch.setattr(simulation, "REBOOT_RATE", 0.0)
+    await server.step(1.0)
+    assert server.socket_path(spec).exists(), "back after the reboot"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
