@@ -85,6 +85,12 @@ class DomainEventWatcher:
         self.on_event = on_event
         self.connects = 0
         self._closed = asyncio.Event()
+        self._connection: libvirt.virConnect | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether events are watched right now (connected, and the connection not found closed)."""
+        return self._connection is not None and not self._closed.is_set()
 
     async def run(self) -> None:
         libvirt_event_loop()
@@ -109,6 +115,7 @@ class DomainEventWatcher:
         self._closed.clear()
         loop = asyncio.get_running_loop()
         callbacks = self._register(conn, loop)
+        self._connection = conn
         self.connects += 1
         if self.connects > 1:
             log.info("libvirt events: reconnected to %s", self.uri)
@@ -119,6 +126,7 @@ class DomainEventWatcher:
             await self._closed.wait()
             log.warning("libvirt events: connection to %s lost; reconnecting", self.uri)
         finally:
+            self._connection = None
             for callback_id in callbacks:
                 try:
                     conn.domainEventDeregisterAny(callback_id)

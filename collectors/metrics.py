@@ -77,3 +77,18 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(exc, AgentProtocolError):
         return "protocol"
     return "other"
+BUFFERED_VMIS = Gauge(
+    "guestinfo_collector_buffered_vmis",
+    "VMIs whose latest state waits to be published (one entry per VMI at most; removals among them).",
+)
+FULL_RESYNCS = Counter(
+    "guestinfo_collector_full_resyncs",
+    "Full states republished, by reason (periodic: one VMI's resync_interval; reconnect: every VMI, once "
+    "Kafka is reachable again).",
+    ["reason"],
+)
+REPORTS_UNCHANGED = Counter(
+    "guestinfo_collector_reports_unchanged",
+    "Reports not published because nothing in them changed since the last one, by kind (domain, agent).",
+    ["kind"],
+)

@@ -40,26 +40,30 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import libvirt
-from aiokafka.errors import KafkaError
 
 from collectors.agent_libvirt import LibvirtAgentTransport
-from collectors.agent_poll import run_poll, short_reason
+from collectors.agent_poll import POLLED_COMMANDS, run_poll, short_reason
 from collectors.agent_protocol import AgentSocketClient, AgentTransport
+from collectors.agent_replies import CONVERTERS
 from collectors.budget import REPORT_ERROR
+from collectors.changes import StatePublisher
 from collectors.config import CollectorConfig
 from collectors.domain_xml import DomainState, parse_domain
 from collectors.errors import DomainXMLError
+from collectors.events import DomainEvent, DomainEventWatcher
 from collectors.metrics import POLLS_BACKED_OFF, POLLS_SKIPPED, VMIS_BACKED_OFF, VMIS_TRACKED
-from collectors.publisher import ReportPublisher, make_producer
 from collectors.ratelimit import RateLimitedLog
+from collectors.reports import Emit, TickReports
+from collectors.schedule import CommandSchedule
 from collectors.slots import ANSWERING, CONTINUING, OTHER, PrioritySlots
 from schemas.events import AgentReport, DomainReport, VMIRef, split_domain_name, vmi_key
 
@@ -72,23 +76,12 @@ _STATES: dict[int, DomainState] = {
 }
 #: Commands after the sync; a VMI's whole poll gets this many agent timeouts at most.
 _BUDGET_CALLS = 3
-_MAX_PRODUCER_BACKOFF = 30.0
+#: The scheduler sleeps at least this long between two rounds (polls in flight are not waited for).
+_MIN_WAIT = 0.05
 
 
 def domain_state(code: int) -> DomainState:
     return _STATES.get(code, "other")
-
-
-@dataclass
-class TickReports:
-    """Reports of one tick, or of a part of it: `DomainReport`s (removals among them) and `AgentReport`s."""
-
-    domains: list[DomainReport] = field(default_factory=list)
-    agents: list[AgentReport] = field(default_factory=list)
-
-
-#: Where a tick hands its reports: once for the reports known at tick time, once per finished poll.
-Emit = Callable[[TickReports], Awaitable[None]]
 
 
 def new_session() -> str:
@@ -115,6 +108,10 @@ class _VMIState:
     backoff: int = 0
     #: The poll in flight, if any.
     poll: asyncio.Task[None] | None = None
+    #: When each agent command is due (scheduled ticks); None until the VMI is first seen.
+    schedule: CommandSchedule | None = None
+    #: Poll every command at the next chance (a resume, reboot or agent-connected event).
+    poll_all: bool = False
 
     def renew(self) -> None:
         self.session = new_session()
@@ -167,6 +164,11 @@ class NodeCollector:
         self._seen: dict[str, dict[str, VMIRef]] = {uri: {} for uri in config.libvirt_uris}
         self._sockets: dict[str, AgentSocketClient] = {}
         self._vmis: dict[str, _VMIState] = {}
+        #: The last listing of each VMI: its URI, domain report and libvirt domain (for scheduled polls).
+        self._known: dict[str, tuple[str, DomainReport, _Listed]] = {}
+        #: URIs listed at least once: VMIs of a first listing are first polled at a random offset.
+        self._listed_once: set[str] = set()
+        self._rng = random.Random()
         self._logs = RateLimitedLog(log)
 
     async def connection(self, uri: str) -> libvirt.virConnect:
@@ -192,22 +194,33 @@ class NodeCollector:
             await asyncio.wait(polls)
         return collected
 
-    async def tick(self, emit: Emit) -> list[asyncio.Task[None]]:
-        """Start one tick: hand the reports known now to `emit` (awaited), start the agent polls, each
-        of which hands its reports to `emit` when it ends. Returns the polls started."""
+    async def tick(
+        self, emit: Emit, *, uris: Iterable[str] | None = None, scheduled: bool = False
+    ) -> list[asyncio.Task[None]]:
+        """Start one tick: list `uris` (default: all), hand the reports known now to `emit` (awaited),
+        start the agent polls, each of which hands its reports to `emit` when it ends. Returns the polls
+        started. Unscheduled, every command of every VMI is polled; `scheduled`, only the VMIs with
+        commands due (`CollectorConfig.poll_intervals`), and only those commands."""
         observed_at = time.time()
-        listings = await asyncio.gather(*(self._list(uri) for uri in self.config.libvirt_uris))
+        chosen = list(self.config.libvirt_uris if uris is None else uris)
+        listings = await asyncio.gather(*(self._list(uri) for uri in chosen))
         now = TickReports()
-        found: list[tuple[DomainReport, _Listed]] = []
-        for uri, listing in zip(self.config.libvirt_uris, listings, strict=True):
+        found: list[tuple[str, DomainReport, _Listed]] = []
+        for uri, listing in zip(chosen, listings, strict=True):
             if listing is None:
                 continue  # libvirt unreachable: nothing is known, so nothing is reported removed
-            found.extend(self._domain_reports(uri, listing, observed_at, now.domains))
+            spread = self.config.poll_warmup if scheduled and uri not in self._listed_once else 0.0
+            self._listed_once.add(uri)
+            for report, listed in self._domain_reports(uri, listing, observed_at, now.domains):
+                found.append((uri, report, listed))
+                if report.vmi.key not in self._vmis:
+                    self._vmis[report.vmi.key] = self._new_state(listed.id, spread)
         for removal in now.domains:
             await self._forget(removal.vmi.key)
         polls: list[asyncio.Task[None]] = []
-        for report, listed in found:
-            poll = await self._start(report, listed, observed_at, now, emit)
+        for uri, report, listed in found:
+            self._known[report.vmi.key] = (uri, report, listed)
+            poll = await self._start(report, listed, observed_at, now, emit, scheduled=scheduled)
             if poll is not None:
                 polls.append(poll)
         VMIS_TRACKED.set(sum(len(seen) for seen in self._seen.values()))
@@ -215,6 +228,66 @@ class NodeCollector:
         if now.domains or now.agents:
             await self._emit(emit, now)
         return polls
+
+    async def poll_due(self, emit: Emit, *, skip: Iterable[str] = ()) -> list[asyncio.Task[None]]:
+        """Start the polls due now of the VMIs listed before (but those of the URIs in `skip`, just
+        listed), from their last listing; returns the polls started."""
+        skipped = set(skip)
+        loop_now = asyncio.get_running_loop().time()
+        observed_at = time.time()
+        now = TickReports()
+        polls: list[asyncio.Task[None]] = []
+        for key, (uri, report, listed) in list(self._known.items()):
+            state = self._vmis.get(key)
+            if uri in skipped or state is None or report.state != "running" or state.busy:
+                continue
+            if not state.poll_all and not (state.schedule and state.schedule.due(loop_now)):
+                continue
+            fresh = report.model_copy(update={"observed_at": observed_at})
+            poll = await self._start(fresh, listed, observed_at, now, emit, scheduled=True)
+            if poll is not None:
+                polls.append(poll)
+        if now.domains or now.agents:
+            await self._emit(emit, now)
+        return polls
+
+    def next_due(self) -> float:
+        """The loop time the next scheduled poll is due (VMIs not running or mid-poll are left out)."""
+        due = [
+            self._loop_time() if state.poll_all else state.schedule.next_due()
+            for key, state in self._vmis.items()
+            if state.schedule is not None and not state.busy
+            and key in self._known and self._known[key][1].state == "running"
+        ]
+        return min(due, default=float("inf"))
+
+    def on_event(self, event: DomainEvent) -> None:
+        """A libvirt event of a domain known already: a reboot renews its agent session; a resume, reboot
+        or agent connection has every command polled at the next chance; a suspend, stop or reboot voids
+        the poll in flight. (The caller lists the event's URI again, which does the rest.)"""
+        identity = split_domain_name(event.domain)
+        state = self._vmis.get(vmi_key(*identity)) if identity else None
+        if state is None:
+            return
+        key = vmi_key(*identity) if identity else ""
+        if event.kind == "rebooted":
+            state.renew()
+            log.info("domain %s rebooted: new agent session", key)
+        if event.kind in ("rebooted", "resumed", "agent-connected", "started"):
+            state.poll_all = True
+        if event.kind in ("rebooted", "suspended", "stopped", "shutdown", "crashed", "undefined", "pmsuspended") \
+                and state.poll is not None and not state.poll.done():
+            state.poll.cancel()  # what it asks is void (a rebooted guest) or will not be answered
+
+    def _loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _new_state(self, domain_id: int, spread: float) -> _VMIState:
+        schedule = CommandSchedule(
+            self.config.poll_intervals, warmup=self.config.poll_warmup, jitter=self.config.jitter, rng=self._rng
+        )
+        schedule.restart(self._loop_time(), spread=spread)
+        return _VMIState(domain_id=domain_id, schedule=schedule)
 
     async def close(self) -> None:
         """Stop the polls in flight, close agent sockets and libvirt connections; the collector can be
@@ -336,6 +409,7 @@ class NodeCollector:
     async def _forget(self, key: str) -> None:
         """A VMI is gone: its poll in flight is void (its reports must not follow the removal)."""
         state = self._vmis.pop(key, None)
+        self._known.pop(key, None)
         if state is not None and state.poll is not None and not state.poll.done():
             state.poll.cancel()
             await asyncio.wait([state.poll])
@@ -344,17 +418,21 @@ class NodeCollector:
             await client.close()
 
     async def _start(
-        self, report: DomainReport, listed: _Listed, observed_at: float, now: TickReports, emit: Emit
+        self, report: DomainReport, listed: _Listed, observed_at: float, now: TickReports, emit: Emit,
+        *, scheduled: bool = False,
     ) -> asyncio.Task[None] | None:
         """The tick-time part of one VMI: its reports known now go to `now`; its poll, if any, is started."""
         key = report.vmi.key
         state = self._vmis.get(key)
         if state is None:
-            state = self._vmis[key] = _VMIState(domain_id=listed.id)
+            state = self._vmis[key] = self._new_state(listed.id, 0.0)
+        assert state.schedule is not None
+        loop_now = self._loop_time()
         if listed.id != state.domain_id:
             log.info("domain %s: id %s → %s (restarted), new agent session", key, state.domain_id, listed.id)
             state.domain_id = listed.id
             state.renew()
+            state.poll_all = True
             if state.poll is not None and not state.poll.done():
                 state.poll.cancel()  # it asked the agent of a domain that is no more
                 await asyncio.wait([state.poll])
@@ -362,6 +440,18 @@ class NodeCollector:
         override = path is not None
         if not override:
             follow_channel(key, state, report.agent_connected)
+        commands = POLLED_COMMANDS
+        if scheduled and report.state == "running":
+            due = state.schedule.due(loop_now)
+            if not state.busy and not due and not state.poll_all:  # nothing to ask now
+                if not override:
+                    now.domains.append(report)
+                elif state.answered is not None:  # (before its first poll, its agent_connected is unknown)
+                    now.domains.append(report.model_copy(update={"agent_connected": state.answered}))
+                return None
+            if state.answered is not True or state.poll_all:
+                due = POLLED_COMMANDS  # an agent (newly) found, resumed or rebooted: ask everything at once
+            commands = due
         if state.busy:
             POLLS_SKIPPED.inc()
             log.debug("agent of %s: previous poll still running, not polled this tick", key)
@@ -370,6 +460,7 @@ class NodeCollector:
             return None
         if state.backoff > 0 and report.state == "running":
             state.backoff -= 1
+            state.schedule.defer(state.schedule.due(loop_now), loop_now)
             POLLS_BACKED_OFF.inc()
             log.debug("agent of %s: backing off, %d tick(s) left", key, state.backoff)
             now.domains.append(report.model_copy(update={"agent_connected": bool(state.answered)})
@@ -378,6 +469,7 @@ class NodeCollector:
         transport = await self._transport(report, listed, path, state) if report.state == "running" else None
         if transport is None:
             state.answered = False
+            state.schedule.defer(state.schedule.due(loop_now), loop_now)
             if override:
                 report = report.model_copy(update={"agent_connected": False})
             now.domains.append(report)
@@ -390,8 +482,9 @@ class NodeCollector:
             return None
         if not override:
             now.domains.append(report)
+        state.poll_all = False
         state.poll = asyncio.create_task(
-            self._poll(report, transport, state, observed_at, emit, override), name=f"agent poll of {key}"
+            self._poll(report, transport, state, observed_at, emit, override, commands), name=f"agent poll of {key}"
         )
         return state.poll
 
@@ -403,18 +496,23 @@ class NodeCollector:
         observed_at: float,
         emit: Emit,
         override: bool,
+        commands: tuple[str, ...] = POLLED_COMMANDS,
     ) -> None:
-        """One VMI's agent poll; its reports go to `emit` when it ends."""
+        """One VMI's agent poll of `commands`; its reports go to `emit` when it ends."""
         vmi, node = report.vmi, self.config.node_name
         suspect, answering = state.timeouts > 0, bool(state.answered)
         timed_out = False
+        schedule = state.schedule
+        asked: list[str] = []
         try:
             poll = await run_poll(
                 transport, vmi, budget=self.config.agent_timeout * _BUDGET_CALLS,
                 slots=lambda first: self._slot(suspect, (ANSWERING if answering else OTHER) if first else CONTINUING),
+                commands=commands,
             )
             agent_report = poll.report(vmi, node=node, observed_at=observed_at)
             synced, timed_out = poll.synced, poll.timed_out
+            asked = [c for c in commands if CONVERTERS[c][0] in poll.fields or c in poll.errors]
         except Exception as exc:  # one VMI's failure must never end the tick
             log.exception("agent poll of %s failed", vmi.key)
             agent_report = AgentReport(
@@ -422,6 +520,12 @@ class NodeCollector:
                 errors={"poll": short_reason(exc)},
             )
             synced = False
+        if schedule is not None:
+            loop_now = self._loop_time()
+            if synced and len(commands) == len(POLLED_COMMANDS):
+                schedule.restart(loop_now)  # everything asked: the warm-up starts from here
+            schedule.polled(asked, loop_now)
+            schedule.defer([c for c in commands if c not in asked], loop_now)
         self._follow_backoff(vmi.key, state, timed_out)
         self._follow_session(vmi.key, state, transport, synced)
         agent_report = agent_report.model_copy(update={"session": state.session})
@@ -515,49 +619,72 @@ def _list_domains(conn: libvirt.virConnect) -> _Listing:
     return listing
 
 
+def evented(uri: str) -> bool:
+    """Whether a watcher sees the events of `uri`: not for the in-process test driver (`test:///…`),
+    whose state is private to each connection."""
+    return not uri.startswith("test:///")
+
+
 async def run_collector(config: CollectorConfig) -> None:
-    """Collect and publish every `config.interval` seconds until cancelled; then stop cleanly."""
+    """Collect and publish until cancelled; then stop cleanly.
+
+    The loop is a scheduler. Each libvirt URI is listed again at once on a domain event of it, and
+    otherwise every `relist_interval` seconds while its event watcher is connected (a safety net for a
+    missed event), every `interval` seconds when it has none (`test:///` files, `watch_events` off, a
+    watcher reconnecting). Between listings, each VMI's agent is polled when one of its commands is due
+    (`poll_intervals`), from its last listing. Reports go through a `StatePublisher` (changes only,
+    buffered per VMI while Kafka is away, full resyncs), which publishes on a task of its own.
+    """
     collector = NodeCollector(config)
-    producer = None
+    publisher = StatePublisher(config.bootstrap_servers, resync_interval=config.resync_interval, jitter=config.jitter)
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    relist_now: set[str] = set()
+
+    def on_event(event: DomainEvent) -> None:
+        log.debug("libvirt event %s of %r on %s", event.kind, event.domain, event.uri)
+        collector.on_event(event)
+        relist_now.add(event.uri)
+        wake.set()
+
+    watchers = {
+        uri: DomainEventWatcher(uri, on_event)
+        for uri in config.libvirt_uris if config.watch_events and evented(uri)
+    }
+    tasks = [asyncio.create_task(publisher.run(), name="collector publisher")]
+    tasks += [asyncio.create_task(w.run(), name=f"libvirt events of {uri}") for uri, w in watchers.items()]
+    next_list = dict.fromkeys(config.libvirt_uris, 0.0)
+    log.info(
+        "collector of node %s running: %d libvirt URI(s) (%d with events), %d agent socket(s)%s",
+        config.node_name, len(config.libvirt_uris), len(watchers), len(config.agent_sockets),
+        f" and the sockets in {config.agent_socket_dir}" if config.agent_socket_dir else "",
+    )
     try:
-        producer = await _started_producer(config.bootstrap_servers)
-        publisher = ReportPublisher(producer)
-
-        async def send(reports: TickReports) -> None:
-            await publisher.send(reports.domains, reports.agents)
-
-        log.info(
-            "collector of node %s running: %d libvirt URI(s), %d agent socket(s)%s, every %g s",
-            config.node_name, len(config.libvirt_uris), len(config.agent_sockets),
-            f" and the sockets in {config.agent_socket_dir}" if config.agent_socket_dir else "", config.interval,
-        )
-        loop = asyncio.get_running_loop()
         while True:
-            started = loop.time()
+            wake.clear()
+            now = loop.time()
+            listed = [uri for uri in config.libvirt_uris if uri in relist_now or next_list[uri] <= now]
+            relist_now.difference_update(listed)
+            for uri in listed:
+                watcher = watchers.get(uri)
+                period = config.relist_interval if watcher is not None and watcher.connected else config.interval
+                next_list[uri] = now + period
             try:
-                await collector.tick(send)  # the agent polls it starts run on; their reports follow
-            except Exception:  # a failed tick is logged; the next one starts on time
-                log.exception("collector tick failed")
-            await asyncio.sleep(max(0.0, config.interval - (loop.time() - started)))
+                if listed:
+                    await collector.tick(publisher.send, uris=listed, scheduled=True)
+                await collector.poll_due(publisher.send, skip=listed)
+                publisher.resync_due()
+            except Exception:  # a failed round is logged; the next one starts on time
+                log.exception("collector round failed")
+            wake_at = min([*next_list.values(), collector.next_due(), publisher.tracker.next_resync()])
+            if relist_now:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), max(_MIN_WAIT, wake_at - loop.time()))
     finally:
         log.info("collector of node %s stopping", config.node_name)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await collector.close()
         collector.shutdown()
-        if producer is not None:
-            await producer.stop()
-
-
-async def _started_producer(bootstrap_servers: str) -> Any:
-    backoff = 0.5
-    attempt = 1
-    while True:
-        producer = make_producer(bootstrap_servers)
-        try:
-            await producer.start()
-            return producer
-        except KafkaError as exc:
-            await producer.stop()
-            log.warning("cannot reach Kafka at %s (attempt #%d): %s", bootstrap_servers, attempt, exc)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, _MAX_PRODUCER_BACKOFF)
-        attempt += 1

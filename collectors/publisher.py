@@ -27,9 +27,12 @@ def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
-        linger_ms=20,
-        compression_type="gzip",
+        linger_ms=20,  # batching: the reports of one round go out together
+        compression_type="gzip",  # built into aiokafka, no extra library
+        # No idempotence: Tansu rejects the idempotent producer's InitProducerId. Duplicates after a
+        # retry are harmless (the join keeps the latest state of a key).
         enable_idempotence=False,
+        request_timeout_ms=10_000,  # a broker gone is noticed within 10 s: the state waits in the outbox
         max_request_size=MAX_RECORD_BYTES,
         client_id="guestinfo-collector",
     )

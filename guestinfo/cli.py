@@ -60,8 +60,15 @@ def _add_collector_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--node-name", default=socket.gethostname(), help="name of this node (default: hostname)")
     parser.add_argument(
-        "--interval", type=float, default=10.0, metavar="SECONDS",
-        help="seconds between two collections of every VMI (default 10)",
+        "--interval", type=float, default=None, metavar="SECONDS",
+        help="poll every agent command at least this often and list libvirt URIs without events this often "
+        "(short, for demos and tests); default: upstream's per-command intervals and a 10 s listing",
+    )
+    parser.add_argument(
+        "--poll-interval", metavar="COMMAND=SECONDS", action="append", default=[],
+        help="seconds between two polls of one agent command, repeatable (defaults as upstream: guest-info 300, "
+        "guest-get-fsinfo 300, guest-fsfreeze-status 5, guest-get-osinfo/host-name/timezone and "
+        "guest-network-get-interfaces 120, guest-get-users 10)",
     )
     parser.add_argument(
         "--agent-timeout", type=float, default=5.0, metavar="SECONDS",
@@ -157,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap(simulate, required=False)
     simulate.add_argument("--nodes", type=int, default=2, help="simulated nodes (default 2)")
     simulate.add_argument("--vmis-per-node", type=int, default=50, help="VMIs on each node (default 50)")
-    simulate.add_argument("--interval", type=float, default=10.0, metavar="SECONDS", help="collector interval")
+    simulate.add_argument(
+        "--interval", type=float, default=None, metavar="SECONDS",
+        help="poll every agent command at least this often (default: upstream's per-command intervals)",
+    )
     simulate.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     simulate.add_argument("--seed", type=int, default=1, help="random seed of the simulated guests")
 

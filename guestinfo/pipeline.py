@@ -47,7 +47,8 @@ class Pipeline:
     kube_api: str | None
     kubeconfig: str | None
     node_name: str
-    interval: float
+    interval: float | None
+    poll_intervals: list[str]
     agent_timeout: float
     demo: bool
     global_args: list[str] = field(default_factory=list)
@@ -74,6 +75,7 @@ class Pipeline:
             kubeconfig=args.kubeconfig,
             node_name=args.node_name,
             interval=args.interval,
+            poll_intervals=list(args.poll_interval),
             agent_timeout=args.agent_timeout,
             demo=args.demo,
             global_args=global_args,
@@ -94,8 +96,11 @@ class Pipeline:
             specs.append(ChildSpec("status", [*self.global_args, "status", *kafka, *kube]))
         if self.libvirt_uris:
             collect = [*self.global_args, "collect", *kafka, "--node-name", self.node_name,
-                       "--interval", str(self.interval), "--agent-timeout", str(self.agent_timeout),
-                       "--metrics-listen", str(self.metrics["collect"])]
+                       "--agent-timeout", str(self.agent_timeout), "--metrics-listen", str(self.metrics["collect"])]
+            if self.interval is not None:
+                collect += ["--interval", str(self.interval)]
+            for value in self.poll_intervals:
+                collect += ["--poll-interval", value]
             for uri in self.libvirt_uris:
                 collect += ["--libvirt-uri", uri]
             for key, path in self.agent_sockets.items():

@@ -443,7 +443,8 @@ class Fleet:
 
     root: Path
     bootstrap: str
-    interval: float
+    #: Poll every agent command at least this often (None: upstream's per-command intervals).
+    interval: float | None
     nodes: list[SimNode]
     vmi_keys: list[str]
     agents: asyncio.subprocess.Process
@@ -468,7 +469,9 @@ class Fleet:
         argv = [sys.executable, "-m", "guestinfo", *log_args, "collect",
                 "--bootstrap-servers", self.bootstrap, "--libvirt-uri", f"test://{node.node_file}",
                 "--agent-socket-dir", str(node.socket_dir), "--node-name", node.name,
-                "--interval", str(self.interval), "--metrics-listen", f"127.0.0.1:{node.metrics_port}"]
+                "--metrics-listen", f"127.0.0.1:{node.metrics_port}"]
+        if self.interval is not None:
+            argv += ["--interval", str(self.interval)]
         node.process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
 
     async def stop_collector(self, node: SimNode) -> None:
@@ -558,7 +561,7 @@ async def start_fleet(
     bootstrap: str,
     nodes: int,
     vmis_per_node: int,
-    interval: float,
+    interval: float | None,
     state_dir: Path,
     seed: int = 1,
     *,
@@ -621,7 +624,7 @@ def _progress(started: float, fleet: Fleet, published: int, last: tuple[float, i
 async def simulate(args: argparse.Namespace) -> None:
     from guestinfo.broker import EmbeddedBroker, ensure_topics
 
-    if args.nodes < 1 or args.vmis_per_node < 1 or args.interval <= 0:
+    if args.nodes < 1 or args.vmis_per_node < 1 or (args.interval is not None and args.interval <= 0):
         from guestinfo.config import UsageError
 
         raise UsageError("--nodes and --vmis-per-node must be at least 1, --interval positive")

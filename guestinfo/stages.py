@@ -9,8 +9,9 @@ import argparse
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
-from guestinfo.config import agent_sockets, parse_bootstrap_servers, parse_listen, store_url_for
+from guestinfo.config import UsageError, agent_sockets, parse_bootstrap_servers, parse_listen, store_url_for
 from guestinfo.lifecycle import run_until_signalled
 
 log = logging.getLogger(__name__)
@@ -27,20 +28,46 @@ def serve_metrics(value: str | None) -> None:
     log.info("metrics on http://%s/metrics", listen)
 
 
+def poll_intervals(values: list[str]) -> dict[str, float]:
+    """Upstream's per-command poll intervals with the `--poll-interval COMMAND=SECONDS` overrides."""
+    from collectors.config import DEFAULT_POLL_INTERVALS
+
+    intervals = dict(DEFAULT_POLL_INTERVALS)
+    for value in values:
+        command, sep, seconds = value.partition("=")
+        if not sep or command not in intervals:
+            known = ", ".join(sorted(intervals))
+            raise UsageError(f"--poll-interval {value!r}: expected COMMAND=SECONDS with COMMAND one of {known}")
+        try:
+            intervals[command] = float(seconds)
+        except ValueError:
+            raise UsageError(f"--poll-interval {value!r}: {seconds!r} is not a number of seconds") from None
+        if intervals[command] <= 0:
+            raise UsageError(f"--poll-interval {value!r}: seconds must be positive")
+    return intervals
+
+
 def collect(args: argparse.Namespace) -> int:
     from collectors import CollectorConfig, run_collector
 
     serve_metrics(args.metrics_listen)
     if not args.libvirt_uri:
         log.warning("no --libvirt-uri given: nothing to collect until one is")
+    schedule: dict[str, Any] = {"poll_intervals": poll_intervals(args.poll_interval)}
+    if args.interval is not None:  # everything at least this often: demos and tests
+        schedule = {
+            "interval": args.interval,
+            "poll_warmup": min(args.interval, 10.0),
+            "poll_intervals": {c: min(s, args.interval) for c, s in schedule["poll_intervals"].items()},
+        }
     config = CollectorConfig(
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
         libvirt_uris=args.libvirt_uri,
         agent_sockets=agent_sockets(args.agent_socket),
         agent_socket_dir=str(Path(args.agent_socket_dir).absolute()) if args.agent_socket_dir else None,
         node_name=args.node_name,
-        interval=args.interval,
         agent_timeout=args.agent_timeout,
+        **schedule,
     )
     asyncio.run(run_until_signalled(run_collector(config), "collector"))
     return 0
@@ -80,8 +107,6 @@ def status(args: argparse.Namespace) -> int:
     from sinks.vmi_status import StatusConfig, run_status_sink
 
     if not (args.kube_api or args.kubeconfig):
-        from guestinfo.config import UsageError
-
         raise UsageError("status needs --kube-api URL or --kubeconfig PATH")
     config = StatusConfig(
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
