@@ -1,0 +1,61 @@
+"""The per-command poll schedule (kubevirt-reference §3), on a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from collectors.config import DEFAULT_POLL_INTERVALS
+from collectors.schedule import CommandSchedule
+
+
+def polls_of(schedule: CommandSchedule, command: str, until: float, step: float = 0.5) -> list[float]:
+    """Walk the clock and poll whatever is due; the times `command` was polled."""
+    times: list[float] = []
+    now = 0.0
+    while now <= until:
+        due = schedule.due(now)
+        if command in due:
+            times.append(now)
+        schedule.polled(due, now)
+        now += step
+    return times
+
+
+def test_upstream_defaults_warm_up_from_10s_doubling_to_the_interval() -> None:
+    schedule = CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.0)
+    # guest-info: at once, then 10, 20, 40, 80, 160 s later, then every 300 s (upstream #4512).
+    gaps = [b - a for a, b in itertools.pairwise(polls_of(schedule, "guest-info", 1500))]
+    assert gaps[:5] == [10, 20, 40, 80, 160]
+    assert set(gaps[5:]) == {300}
+
+
+def test_short_intervals_poll_at_their_interval_from_the_start() -> None:
+    schedule = CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.0)
+    freeze = polls_of(schedule, "guest-fsfreeze-status", 30)
+    assert freeze == [0, 5, 10, 15, 20, 25, 30]
+    users = polls_of(CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.0), "guest-get-users", 40)
+    assert users == [0, 10, 20, 30, 40]
+
+
+def test_restart_makes_everything_due_and_warms_up_again() -> None:
+    schedule = CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.0)
+    polls_of(schedule, "guest-info", 1000)
+    assert schedule.due(1000.5) == ()
+    schedule.restart(1001.0)  # agent connected, resumed or rebooted
+    assert set(schedule.due(1001.0)) == set(DEFAULT_POLL_INTERVALS)
+    schedule.polled(schedule.due(1001.0), 1001.0)
+    assert schedule.due_at["guest-info"] == 1011.0
+
+
+def test_jitter_spreads_vmis_started_together() -> None:
+    firsts = []
+    for seed in range(50):
+        schedule = CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.1, rng=random.Random(seed))
+        schedule.restart(0.0, spread=10.0)
+        firsts.append(schedule.next_due())
+    assert all(0.0 <= first <= 10.0 for first in firsts)
+    assert len({round(first, 3) for first in firsts}) > 40, "a restart must not poll every VMI in the same second"
+    schedule = CommandSchedule({"guest-get-users": 10.0}, warmup=10.0, jitter=0.1, rng=random.Random(7))
+    schedule.polled(["guest-get-users"], 0.0)
+    assert 9.0 <= schedule.due_at["guest-get-users"] <= 11.0
