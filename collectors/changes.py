@@ -20,6 +20,7 @@ again it republishes the full state of every VMI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 #: The data fields of an `AgentReport`, one per polled command.
 AGENT_FIELDS: tuple[str, ...] = tuple(field_name for field_name, _ in CONVERTERS.values())
 RETRY_FIRST = 0.5
+#: A publication that has not completed by then is given up (and the producer restarted).
+PUBLISH_DEADLINE = 15.0
 RETRY_MAX = 30.0
 
 
@@ -218,6 +221,11 @@ class StatePublisher:
         self._ready = asyncio.Event()
         self._failing = False
 
+    @property
+    def failing(self) -> bool:
+        """Publishing fails at the moment (the state waits in the outbox)."""
+        return self._failing
+
     async def send(self, reports: TickReports) -> None:
         self.offer(reports)
 
@@ -250,8 +258,20 @@ class StatePublisher:
                         continue
                 batch = self.outbox.take()
                 BUFFERED_VMIS.set(len(self.outbox))
-                failed = await publish(producer, batch.domains, batch.agents)
+                try:
+                    async with asyncio.timeout(PUBLISH_DEADLINE):
+                        failed = await publish(producer, batch.domains, batch.agents)
+                except TimeoutError:
+                    log.warning("publishing to Kafka at %s timed out after %.0fs", self.bootstrap_servers,
+                                PUBLISH_DEADLINE)
+                    failed = [*batch.domains, *batch.agents]
                 if failed:
+                    # A producer that lost its broker may not find it again by itself: give it up and
+                    # start a fresh one once Kafka answers; the reports wait in the outbox.
+                    stale, producer = producer, None
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(5):
+                            await stale.stop()
                     self.outbox.put_back(failed)
                     await self._failed(delay)
                     delay = min(delay * 2, RETRY_MAX)
