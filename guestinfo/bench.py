@@ -1,0 +1,1027 @@
+"""`guestinfo bench`: a fixed workload through the pipeline on the embedded broker, printed as one table.
+
+Rows, in the order they are measured:
+
+1. Join throughput. A fresh embedded broker is preloaded with a fixed workload on the raw topics
+   (domain reports, and ~1 KB agent reports whose content changes). The real join worker
+   (`guestinfo join`, a separate process) consumes it; then, in the same run and on the same data, a
+   plain aiokafka loop doing the same work per event (`raw_join`, also a separate process). Each
+   process's events counter (`guestinfo_join_events_total`) is scraped with its CPU time from /proc a
+   few times a second; the rate is taken between 10 % and 90 % of the events, so start-up, the
+   first batch and the tail are not in it.
+2. REST reads: a SQLite store of VMI records behind the real API (`sinks.serve.start_api`), driven
+   by a separate load-generator process (`rest_load`) over keep-alive connections.
+3. End-to-end latency and collector CPU need the fleet simulator (`guestinfo.simulation`); without
+   it their rows say "not measured".
+
+A benchmark, not a timed test: nothing here fails on a figure below target. `--size small` is the CI
+smoke run. `python -m guestinfo.bench raw-join|rest-load ...` are the helper processes' entry points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from guestinfo.broker import BrokerError, EmbeddedBroker, free_port
+from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, PARTITIONS
+
+NAMESPACE = "bench"
+#: observedAt of the first event; every later event is 1 ms later (per VMI and side, always newer).
+T0 = 1_764_000_000.0
+#: The steady-state window of a join run, as fractions of its events.
+WINDOW = (0.1, 0.9)
+SAMPLE_INTERVAL = 0.2
+STARTUP_TIMEOUT = 120.0
+STALL_TIMEOUT = 60.0
+
+
+class MeasureError(RuntimeError):
+    """A measurement could not be made; the row says why (never a traceback)."""
+
+
+@dataclass(frozen=True)
+class Size:
+    """One workload size."""
+
+    vmis: int
+    events: int
+    rest_records: int
+    rest_requests: int
+    rest_concurrency: int
+    e2e_vmis: tuple[int, ...]
+    e2e_samples: int
+    collector_vmis: int
+    collector_intervals: int
+    #: Whole intervals to wait after the first reports before measuring (the collector's warm-up and jitter).
+    collector_warmup: int
+
+
+SIZES = {
+    "small": Size(vmis=200, events=2_000, rest_records=500, rest_requests=1_000, rest_concurrency=32,
+                  e2e_vmis=(200,), e2e_samples=5, collector_vmis=100, collector_intervals=1, collector_warmup=0),
+    "full": Size(vmis=2_000, events=50_000, rest_records=10_000, rest_requests=30_000, rest_concurrency=32,
+                 e2e_vmis=(1_000, 10_000), e2e_samples=40, collector_vmis=1_000, collector_intervals=3,
+                 collector_warmup=2),
+}
+
+
+@dataclass
+class Row:
+    """One line of the table: `value` None means not measured, and `note` says why."""
+
+    key: str
+    label: str
+    value: float | None = None
+    shown: str = ""
+    target: str = "-"
+    met: bool | None = None
+    ratio: str = ""
+    note: str = ""
+    #: Extra figures of this row for the JSON output.
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    size: str
+    rows: list[Row] = field(default_factory=list)
+    figures: dict[str, float | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    failed: bool = False
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- workload
+
+
+def vmi_name(index: int) -> str:
+    return f"vm-{index:05d}"
+
+
+def _agent_base(index: int, node: str) -> Any:
+    """A realistic agent report of one VMI (~1 KB of JSON): what one collector tick sends."""
+    from schemas.events import AgentReport, AgentVersionInfo, GuestInterface, GuestIPAddress, GuestTimezone, VMIRef
+    from schemas.kubevirt import FileSystem, FileSystemDisk, GuestAgentCommandInfo, GuestOSInfo, GuestOSUser
+
+    commands = [
+        "guest-ping", "guest-get-time", "guest-info", "guest-shutdown", "guest-network-get-interfaces",
+        "guest-get-fsinfo", "guest-get-host-name", "guest-get-users", "guest-get-timezone", "guest-get-osinfo",
+        "guest-exec", "guest-exec-status", "guest-file-open", "guest-file-close",
+    ]
+    ip = f"10.{(index >> 8) & 255}.{index & 255}"
+    return AgentReport(
+        vmi=VMIRef(namespace=NAMESPACE, name=vmi_name(index), uid=f"uid-{index:05d}"),
+        node=node, observed_at=T0, connected=True, session=f"s-{index}",
+        info=AgentVersionInfo(
+            version="8.2.0", supported_commands=[GuestAgentCommandInfo(name=c, enabled=True) for c in commands]
+        ),
+        os=GuestOSInfo(name="Fedora Linux", kernel_release="6.8.5-301.fc40.x86_64", version="40 (Cloud Edition)",
+                       pretty_name="Fedora Linux 40 (Cloud Edition)", version_id="40", machine="x86_64", id="fedora"),
+        hostname=vmi_name(index),
+        timezone=GuestTimezone(zone="UTC", offset=0),
+        users=[GuestOSUser(user_name="fedora", login_time=T0 - 3600)],
+        filesystems=[
+            FileSystem(disk_name="vda4", mount_point="/", file_system_type="btrfs", used_bytes=2_000_000_000,
+                       total_bytes=5_300_000_000, disk=[FileSystemDisk(serial="disk-root", bus_type="virtio")]),
+            FileSystem(disk_name="vda3", mount_point="/boot", file_system_type="ext4", used_bytes=180_000_000,
+                       total_bytes=1_000_000_000, disk=[FileSystemDisk(serial="disk-root", bus_type="virtio")]),
+        ],
+        interfaces=[
+            GuestInterface(name="eth0", mac=f"02:00:00:00:{(index >> 8) & 255:02x}:{index & 255:02x}", ip_addresses=[
+                GuestIPAddress(address=f"{ip}.2", family="ipv4", prefix=24),
+                GuestIPAddress(address=f"fd10::{index:x}", family="ipv6", prefix=64),
+            ]),
+        ],
+        fs_freeze_status="thawed",
+    )
+
+
+def _domain_report(index: int, node: str, observed_at: float) -> Any:
+    from schemas.events import DomainInterface, DomainReport, VMIRef
+
+    return DomainReport(
+        vmi=VMIRef(namespace=NAMESPACE, name=vmi_name(index), uid=f"uid-{index:05d}"),
+        node=node, observed_at=observed_at, agent_connected=True,
+        interfaces=[DomainInterface(name="default", mac=f"02:00:00:00:{(index >> 8) & 255:02x}:{index & 255:02x}",
+                                    binding="masquerade")],
+    )
+
+
+def _agent_report(base: Any, observed_at: float, used_bytes: int) -> Any:
+    root, boot = base.filesystems
+    return base.model_copy(
+        update={"observed_at": observed_at, "filesystems": [root.model_copy(update={"used_bytes": used_bytes}), boot]}
+    )
+
+
+def make_workload(vmis: int, events: int, seed: int = 1) -> list[tuple[str, bytes, bytes]]:
+    """The fixed raw workload: (topic, key, value), in production order.
+
+    First one domain report per VMI; then, at random VMIs: 20 % domain reports with unchanged content
+    (no output), 10 % agent reports with unchanged content (no output), 70 % agent reports whose root
+    filesystem usage changed (a new merged record).
+    """
+    from schemas.codec import encode
+
+    rng = random.Random(seed)
+    nodes = [f"node-{i % 8}" for i in range(vmis)]
+    bases = [_agent_base(i, nodes[i]) for i in range(vmis)]
+    used = [2_000_000_000] * vmis
+    out: list[tuple[str, bytes, bytes]] = []
+    for seq in range(events):
+        observed_at = T0 + seq * 0.001
+        index = seq if seq < vmis else rng.randrange(vmis)
+        key = f"{NAMESPACE}/{vmi_name(index)}".encode()
+        draw = 0.0 if seq < vmis else rng.random()
+        if draw < 0.2:
+            out.append((DOMAIN_TOPIC, key, encode(_domain_report(index, nodes[index], observed_at))))
+            continue
+        if draw >= 0.3:
+            used[index] += rng.randrange(4096, 1 << 20)
+        out.append((AGENT_TOPIC, key, encode(_agent_report(bases[index], observed_at, used[index]))))
+    return out
+
+
+async def preload(bootstrap: str, workload: list[tuple[str, bytes, bytes]]) -> None:
+    """Produce the workload (batched: these are plain topics, not a table's changelog)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
+                                max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for topic, key, value in workload]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = PARTITIONS) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+    finally:
+        await admin.close()
+
+
+# ------------------------------------------------------------------------------------- child processes
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Child:
+    """A helper process whose stderr goes to a file (shown when it fails)."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self._log: IO[bytes] = tempfile.TemporaryFile()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=self._log, env=env, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise MeasureError(f"{self.name} exited with code {code}: {self.log_tail()}")
+
+    def log_lines(self) -> list[str]:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace").splitlines()
+
+    def log_tail(self, lines: int = 5) -> str:
+        return " | ".join(self.log_lines()[-lines:]) or "(no output)"
+
+    async def stop(self, grace: float = 15.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.process.wait, grace)
+            except subprocess.TimeoutExpired:
+                progress(f"{self.name} did not stop within {grace:.0f}s; killing it")
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait)
+
+    def close(self) -> None:
+        self._log.close()
+
+
+# ------------------------------------------------------------------------------------- join measurement
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    events: float
+    emitted: float
+    cpu: float
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """A join run's steady-state figures."""
+
+    events_per_s: float
+    cores: float
+    cpu_s_total: float
+    wall_s_total: float
+    emitted: int
+
+
+def parse_join_metrics(text: str) -> tuple[float, float]:
+    """Sum of `guestinfo_join_events_total` and of `guestinfo_join_emitted_total` over their labels."""
+    events = emitted = 0.0
+    for line in text.splitlines():
+        if line.startswith("guestinfo_join_events_total{"):
+            events += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("guestinfo_join_emitted_total{"):
+            emitted += float(line.rsplit(" ", 1)[1])
+    return events, emitted
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, float] | None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            return parse_join_metrics(await response.text())
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def follow(child: Child, metrics_url: str, total: int) -> list[Sample]:
+    """Sample the child's events counter and CPU until it has read `total` events."""
+    samples: list[Sample] = []
+    started = last_change = time.monotonic()
+    last_events = -1.0
+    last_shown = 0.0
+    async with aiohttp.ClientSession() as session:
+        while True:
+            child.check_alive()
+            counts = await scrape(session, metrics_url)
+            now = time.monotonic()
+            if counts is not None:
+                samples.append(Sample(now, counts[0], counts[1], cpu_seconds(child.pid)))
+                if counts[0] != last_events:
+                    last_events, last_change = counts[0], now
+                if counts[0] >= total:
+                    return samples
+            if now - last_shown >= 3.0:
+                shown = f"{int(last_events):,}" if last_events >= 0 else "waiting for metrics"
+                progress(f"  {child.name}: {shown} / {total:,} events read ({now - started:.0f}s)")
+                last_shown = now
+            if last_events <= 0 and now - started > STARTUP_TIMEOUT:
+                raise MeasureError(f"{child.name} read no event within {STARTUP_TIMEOUT:.0f}s: {child.log_tail()}")
+            if last_events > 0 and now - last_change > STALL_TIMEOUT:
+                raise MeasureError(f"{child.name} stalled at {int(last_events):,}/{total:,} events")
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+
+def _interpolate(samples: list[Sample], events: float) -> tuple[float, float]:
+    """(time, cpu) at which the counter passed `events`, linear between the two samples around it."""
+    for before, after in itertools.pairwise(samples):
+        if before.events < events <= after.events:
+            share = (events - before.events) / (after.events - before.events)
+            return before.at + share * (after.at - before.at), before.cpu + share * (after.cpu - before.cpu)
+    raise MeasureError("too few samples to place the measurement window")
+
+
+def steady_state(samples: list[Sample], total: int) -> JoinResult:
+    """Rate and CPU between WINDOW[0] and WINDOW[1] of the events; totals from the first event on."""
+    if not samples or samples[0].events > WINDOW[0] * total:
+        raise MeasureError("the first sample came after the window started (workload too small?)")
+    low, high = (share * total for share in WINDOW)
+    t_low, cpu_low = _interpolate(samples, low)
+    t_high, cpu_high = _interpolate(samples, high)
+    first = samples[0]
+    t_start, cpu_start = (first.at, first.cpu) if first.events >= 1 else _interpolate(samples, 1.0)
+    last = samples[-1]
+    return JoinResult(
+        events_per_s=(high - low) / (t_high - t_low),
+        cores=(cpu_high - cpu_low) / (t_high - t_low),
+        cpu_s_total=last.cpu - cpu_start,
+        wall_s_total=last.at - t_start,
+        emitted=int(last.emitted),
+    )
+
+
+async def run_join_child(child: Child, metrics_port: int, total: int) -> JoinResult:
+    try:
+        samples = await follow(child, f"http://127.0.0.1:{metrics_port}/metrics", total)
+        return steady_state(samples, total)
+    finally:
+        await child.stop()
+        warnings = [line for line in child.log_lines() if " WARNING " in line or " ERROR " in line]
+        if warnings:
+            progress(f"  {child.name} logged {len(warnings)} warnings/errors; last: {warnings[-1][:300]}")
+        child.close()
+
+
+async def measure_faust_join(bootstrap: str, total: int, workdir: Path) -> JoinResult:
+    """The real join worker (`guestinfo join`, Tansu settings as deployed) over the preloaded topics."""
+    app_id = f"bench-join-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    argv = [sys.executable, "-m", "guestinfo", "-q", "--state-dir", str(workdir), "join",
+            "--bootstrap-servers", bootstrap, "--app-id", app_id, "--metrics-listen", f"127.0.0.1:{port}"]
+    progress(f"join (Faust): starting `guestinfo join --app-id {app_id}` as its own process")
+    return await run_join_child(Child("faust join worker", argv), port, total)
+
+
+async def measure_raw_join(bootstrap: str, total: int) -> JoinResult:
+    """The same work in a plain aiokafka loop (`raw_join`), as its own process, on the same topics."""
+    run = uuid.uuid4().hex[:8]
+    output, changelog = f"bench.{run}.vmi", f"bench.{run}.changelog"
+    await create_topics(bootstrap, [output, changelog])
+    port = free_port()
+    argv = [sys.executable, "-m", "guestinfo.bench", "raw-join", "--bootstrap-servers", bootstrap,
+            "--group", f"bench-raw-{run}", "--output-topic", output, "--changelog-topic", changelog,
+            "--metrics-port", str(port)]
+    progress(f"join (plain aiokafka loop): starting it as its own process, output topic {output}")
+    return await run_join_child(Child("plain aiokafka join loop", argv), port, total)
+
+
+# -------------------------------------------------------------------------------- the plain join loop
+
+
+async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topic: str,
+                   batch_size: int = 1000, batch_wait_ms: int = 50) -> None:
+    """The join's work per event without Faust: what `streams.app` does, in a plain aiokafka loop.
+
+    Per `getmany` batch (as Faust's `take_events(1000, within=0.05)`): events grouped by key; per key
+    the stored state decoded, every event applied with `streams.app.apply_event`, at most one output
+    send and one changelog send of the encoded state when it changed; then all sends awaited and the
+    offsets committed. Runs until cancelled.
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024)
+    await consumer.start()
+    await producer.start()
+    try:
+        partitions = consumer.partitions_for_topic(DOMAIN_TOPIC) or set(range(PARTITIONS))
+        consumer.assign([TopicPartition(t, p) for t in (DOMAIN_TOPIC, AGENT_TOPIC) for p in sorted(partitions)])
+        states: dict[bytes, bytes] = {}
+        while True:
+            batches = await consumer.getmany(timeout_ms=batch_wait_ms, max_records=batch_size)
+            if not batches:
+                continue
+            by_key: dict[bytes, list[Any]] = {}
+            for records in batches.values():
+                for record in records:
+                    by_key.setdefault(record.key or b"", []).append(record)
+            futures: list[asyncio.Future[Any]] = []
+            for key, messages in by_key.items():
+                futures += await _raw_process_key(producer, states, key, messages, output_topic, changelog_topic)
+            await asyncio.gather(*futures)
+            await consumer.commit()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def _raw_process_key(producer: Any, states: dict[bytes, bytes], key: bytes, messages: list[Any],
+                           output_topic: str, changelog_topic: str) -> list[asyncio.Future[Any]]:
+    from schemas.codec import DecodeError, encode
+    from schemas.topics import DEAD_LETTER_TOPIC
+    from streams.app import apply_event, dead_letter, load_state
+    from streams.join import JoinResult as Joined
+    from streams.metrics import EMITTED, EVENTS
+
+    futures: list[asyncio.Future[Any]] = []
+    stored = states.get(key)
+    state = load_state(stored)
+    output: Joined | None = None
+    for message in messages:
+        EVENTS.labels(message.topic).inc()
+        try:
+            result = apply_event(state, message.topic, message.value, key)
+        except DecodeError as exc:
+            futures.append(await producer.send(DEAD_LETTER_TOPIC, dead_letter(message, str(exc)), key=key))
+            continue
+        state = result.state
+        if result.record is not None or result.tombstone:
+            output = result
+    if output is not None:
+        value = encode(output.record) if output.record is not None else None
+        futures.append(await producer.send(output_topic, value, key=key))
+        EMITTED.labels("record" if value is not None else "tombstone").inc()
+    encoded = encode(state)
+    if encoded != stored:
+        states[key] = encoded
+        futures.append(await producer.send(changelog_topic, encoded, key=key))
+    return futures
+
+
+# ------------------------------------------------------------------------------------------ REST reads
+
+
+def sample_record(index: int) -> Any:
+    """A merged record as the join makes it (domain + agent report of one VMI), for the store."""
+    from streams.join import VMIState, apply_agent, apply_domain
+
+    node = f"node-{index % 8}"
+    state = apply_domain(VMIState(), _domain_report(index, node, T0)).state
+    record = apply_agent(state, _agent_report(_agent_base(index, node), T0 + 1, 2_000_000_000)).record
+    assert record is not None
+    return record
+
+
+def make_records(count: int) -> list[Any]:
+    """`count` records: one built by the join, copied under each VMI name (same body size)."""
+    from schemas.events import VMIRef
+
+    template = sample_record(0)
+    return [
+        template.model_copy(update={"vmi": VMIRef(namespace=NAMESPACE, name=vmi_name(i), uid=f"uid-{i:05d}")})
+        for i in range(count)
+    ]
+
+
+@dataclass(frozen=True)
+class RestResult:
+    requests: int
+    errors: int
+    elapsed_s: float
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    body_bytes: int
+    concurrency: int
+    #: CPU seconds the API process used while the generator ran (filled in by `measure_rest`).
+    api_cpu_s: float = 0.0
+
+
+def percentile(sorted_values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    index = max(0, min(len(sorted_values) - 1, int(share * len(sorted_values) + 0.999999) - 1))
+    return sorted_values[index]
+
+
+async def rest_load(base_url: str, vmis: int, requests: int, concurrency: int, seed: int = 1) -> RestResult:
+    """GET guestosinfo of random VMIs, `concurrency` at a time over keep-alive connections."""
+    rng = random.Random(seed)
+    prefix = f"{base_url}/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances"
+    urls = [f"{prefix}/{vmi_name(i)}/guestosinfo" for i in range(vmis)]
+    latencies: list[float] = []
+    errors = 0
+    body_bytes = 0
+    remaining = requests
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal errors, body_bytes
+        started = time.perf_counter()
+        async with session.get(rng.choice(urls)) as response:
+            body = await response.read()
+            if response.status != 200:
+                errors += 1
+        latencies.append(time.perf_counter() - started)
+        body_bytes = len(body)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await one(session)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(min(200, requests)):  # warm-up: connections open, code paths hot
+            await one(session)
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return RestResult(
+        requests=len(ordered), errors=errors, elapsed_s=elapsed, requests_per_s=len(ordered) / elapsed,
+        p50_ms=percentile(ordered, 0.5) * 1000, p95_ms=percentile(ordered, 0.95) * 1000,
+        p99_ms=percentile(ordered, 0.99) * 1000, max_ms=ordered[-1] * 1000, body_bytes=body_bytes,
+        concurrency=concurrency,
+    )
+
+
+async def measure_rest(size: Size, workdir: Path) -> RestResult:
+    """Fill a SQLite store, serve it with the real API, drive it from a separate generator process."""
+    from sinks.serve import start_api
+    from sinks.store import open_store
+
+    store = await open_store(f"sqlite:///{workdir}/rest.db")
+    try:
+        progress(f"REST: writing {size.rest_records:,} records to a SQLite store")
+        records = make_records(size.rest_records)
+        for start in range(0, len(records), 1000):
+            await store.write_batch(records[start:start + 1000])
+        runner, port = await start_api(store, "127.0.0.1", 0)
+        try:
+            progress(f"REST: {size.rest_requests:,} guestosinfo GETs, concurrency {size.rest_concurrency}, "
+                     f"from a separate process against http://127.0.0.1:{port}")
+            cpu_before = time.process_time()  # this process serves the API and does nothing else meanwhile
+            result = await _run_rest_generator(f"http://127.0.0.1:{port}", size)
+            return replace(result, api_cpu_s=time.process_time() - cpu_before)
+        finally:
+            await runner.cleanup()
+    finally:
+        await store.close()
+
+
+async def _run_rest_generator(base_url: str, size: Size) -> RestResult:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "guestinfo.bench", "rest-load", "--url", base_url, "--vmis", str(size.rest_records),
+        "--requests", str(size.rest_requests), "--concurrency", str(size.rest_concurrency),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    if process.returncode != 0:
+        tail = " | ".join(stderr.decode(errors="replace").strip().splitlines()[-3:])
+        raise MeasureError(f"load generator exited with {process.returncode}: {tail}")
+    result = RestResult(**json.loads(stdout))
+    if result.errors:
+        raise MeasureError(f"{result.errors:,} of {result.requests:,} requests were not 200")
+    return result
+
+
+# ------------------------------------------------------------------ end-to-end latency, collector CPU
+
+
+def simulator_missing() -> str | None:
+    """Why the fleet simulator cannot be used, or None when `guestinfo.simulation.start_fleet` is there."""
+    if importlib.util.find_spec("guestinfo.simulation") is None:
+        return "fleet simulator not available (no guestinfo.simulation)"
+    try:
+        from guestinfo import simulation
+    except Exception as exc:  # a simulator that does not import is "not available", not a crash
+        return f"fleet simulator does not import: {type(exc).__name__}: {exc}"
+    if not hasattr(simulation, "start_fleet"):
+        return "fleet simulator has no start_fleet()"
+    return None
+
+
+async def measure_e2e_latency(bootstrap: str, vmis: int, workdir: Path, samples: int) -> list[Row]:
+    """Agent reply changed → visible in the REST API, p50/p95/p99, at a steady load of `vmis` VMIs.
+
+    The simulated fleet (`vmis` VMIs, 1000 per node, `--interval 10` capping every poll, still guests) publishes to
+    a join worker (`guestinfo join`) and `guestinfo serve`, all on this broker. For `samples` random VMIs,
+    staggered over a few intervals: the agent's hostname is changed (`fleet.set_hostname`), the time a
+    collector got the new reply is taken (`fleet.served`), and the API's guestosinfo is polled until it
+    shows the new hostname. Latency = visible - served (the wait for the next tick is not in it).
+    """
+    label = f"end-to-end latency p50/p95/p99 @ {vmis:,} VMIs"
+    target = "p99 < 1 s"
+    reason = simulator_missing()
+    if reason is not None:
+        return [Row("e2e", label, target=target, note=f"not measured: {reason}")]
+    try:
+        latencies, lost = await _e2e_run(bootstrap, vmis, workdir, samples)
+    except (MeasureError, RuntimeError, OSError) as exc:
+        return [Row("e2e", label, target=target, note=f"not measured: {exc}")]
+    if not latencies:
+        return [Row("e2e", label, target=target, note=f"not measured: none of {samples} changes became visible")]
+    ordered = sorted(latencies)
+    p50, p95, p99 = (percentile(ordered, q) for q in (0.5, 0.95, 0.99))
+    note = f"{len(ordered)} of {samples} changes timed, served by the agent → shown by the API"
+    if lost.get("unserved"):
+        note += f"; {lost['unserved']} never asked for by a collector within {E2E_TIMEOUT:.0f}s"
+    if lost.get("invisible"):
+        note += f"; {lost['invisible']} served but not in the API within {E2E_TIMEOUT:.0f}s"
+    figures = {"e2e_p50_s": p50, "e2e_p95_s": p95, "e2e_p99_s": p99, "e2e_unserved": lost.get("unserved", 0),
+               "e2e_invisible": lost.get("invisible", 0)}
+    return [Row("e2e", label, p99, f"{p50:.2f} / {p95:.2f} / {p99:.2f} s", target, p99 < 1.0 and not lost,
+                note=note, figures=figures)]
+
+
+E2E_TIMEOUT = 60.0
+
+
+async def _e2e_run(bootstrap: str, vmis: int, workdir: Path, samples: int) -> tuple[list[float], dict[str, int]]:
+    from guestinfo.simulation import start_fleet
+
+    api_port, join_port = free_port(), free_port()
+    join = Child("e2e join worker", [sys.executable, "-m", "guestinfo", "-q", "--state-dir", str(workdir), "join",
+                                     "--bootstrap-servers", bootstrap, "--app-id", f"bench-e2e-{uuid.uuid4().hex[:8]}",
+                                     "--metrics-listen", f"127.0.0.1:{join_port}"])
+    serve = Child("e2e serve", [sys.executable, "-m", "guestinfo", "-q", "--state-dir", str(workdir), "serve",
+                                "--bootstrap-servers", bootstrap, "--store", f"sqlite:///{workdir}/e2e.db",
+                                "--api-listen", f"127.0.0.1:{api_port}"])
+    nodes = max(1, vmis // 1000)
+    progress(f"e2e: join worker, serve, and a simulated fleet of {nodes} node(s) x {vmis // nodes:,} VMIs")
+    fleet = None
+    try:
+        fleet = await start_fleet(bootstrap, nodes, vmis // nodes, 10.0, workdir / "e2e-fleet", events=False,
+                                  verbosity=-1)
+        base = f"http://127.0.0.1:{api_port}/apis/subresources.kubevirt.io/v1/namespaces"
+        rng = random.Random(2)
+        keys = rng.sample(fleet.vmi_keys, min(samples, len(fleet.vmi_keys)))
+        async with aiohttp.ClientSession() as session:
+            try:
+                await _wait_visible_any(session, base, keys[:5], join, serve)
+            except MeasureError as exc:
+                counts = await scrape(session, f"http://127.0.0.1:{join_port}/metrics")
+                read = f"{int(counts[0]):,}" if counts else "?"
+                raise MeasureError(f"{exc}; collectors had published {await fleet.reports_published():,} reports, "
+                                   f"the join worker had read {read}") from exc
+            progress(f"  pipeline warm; timing {len(keys)} hostname changes over ~{len(keys) * 0.5:.0f}s")
+            tasks = []
+            for key in keys:
+                tasks.append(asyncio.create_task(_one_change(session, base, fleet, key)))
+                await asyncio.sleep(0.5)
+            results = await asyncio.gather(*tasks)
+        latencies = [r for r in results if isinstance(r, float)]
+        return latencies, {reason: results.count(reason) for reason in ("unserved", "invisible") if reason in results}
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        for child in (serve, join):
+            await child.stop()
+            child.close()
+
+
+async def _guestosinfo(session: aiohttp.ClientSession, base: str, key: str) -> tuple[int, str | None]:
+    """(HTTP status, hostname) of the VMI's guestosinfo; status 0 when the API did not answer."""
+    namespace, name = key.split("/", 1)
+    try:
+        async with session.get(f"{base}/{namespace}/virtualmachineinstances/{name}/guestosinfo") as response:
+            if response.status != 200:
+                return response.status, None
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, ValueError):
+        return 0, None
+    value = body.get("hostname", "") if isinstance(body, dict) else None
+    return 200, value if isinstance(value, str) else None
+
+
+async def _hostname(session: aiohttp.ClientSession, base: str, key: str) -> str | None:
+    return (await _guestosinfo(session, base, key))[1]
+
+
+async def _wait_visible_any(session: aiohttp.ClientSession, base: str, keys: list[str], *children: Child) -> None:
+    """Until the API serves guestosinfo of one of `keys` (the pipeline has carried a first tick through)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    statuses: dict[int, int] = {}
+    while True:
+        answers = [await _guestosinfo(session, base, key) for key in keys]
+        if any(status == 200 for status, _ in answers):
+            return
+        for status, _ in answers:
+            statuses[status] = statuses.get(status, 0) + 1
+        for child in children:
+            child.check_alive()
+        if time.monotonic() > deadline:
+            shown = ", ".join(f"HTTP {code or 'no answer'} x{count}" for code, count in sorted(statuses.items()))
+            raise MeasureError(f"none of {len(keys)} sampled VMIs in the API within {STARTUP_TIMEOUT:.0f}s ({shown})")
+        await asyncio.sleep(0.5)
+
+
+async def _one_change(session: aiohttp.ClientSession, base: str, fleet: Any, key: str) -> float | str:
+    """Seconds from served to visible; or "unserved" (no collector asked the agent for the new hostname
+    within E2E_TIMEOUT) or "invisible" (served, but the API did not show it within E2E_TIMEOUT)."""
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    await fleet.set_hostname(key, name)
+    served = await fleet.served(key, name, timeout=E2E_TIMEOUT)
+    if served is None:
+        return "unserved"
+    deadline = time.monotonic() + E2E_TIMEOUT
+    while time.monotonic() < deadline:
+        if await _hostname(session, base, key) == name:
+            return time.time() - float(served)
+        await asyncio.sleep(0.02)
+    return "invisible"
+
+
+async def measure_collector_cpu(bootstrap: str, vmis: int, workdir: Path, intervals: int,
+                                warmup: int = 0) -> list[Row]:
+    """CPU of one collector process (one simulated node of `vmis` VMIs) at its default poll intervals.
+
+    The simulated fleet (`guestinfo.simulation`) runs the real collector (no `--interval`: upstream's
+    per-command intervals) against a libvirt test-driver node and simulated guest agents (their own
+    process); once its first reports are published and `warmup` x 10 s have passed, the collector's CPU
+    is read from /proc over `intervals` x 10 s. Reported per 1000 VMIs, as a share of one core.
+    """
+    label = "collector CPU per 1000 VMIs @ default intervals"
+    target = "< 10% of a core"
+    reason = simulator_missing()
+    if reason is not None:
+        return [Row("collector", label, target=target, note=f"not measured: {reason}")]
+    try:
+        share, published = await _collector_share(bootstrap, vmis, workdir, intervals, warmup)
+    except (MeasureError, RuntimeError, OSError) as exc:
+        return [Row("collector", label, target=target, note=f"not measured: {exc}")]
+    per_1000 = share * 1000 / vmis
+    note = (f"1 collector, {vmis:,} simulated VMIs, over {intervals * 10} s after {warmup * 10} s of warm-up; "
+            f"{published:,} reports published meanwhile")
+    return [Row("collector", label, per_1000 * 100, f"{per_1000:.1%} of a core", target, per_1000 < 0.10, note=note)]
+
+
+async def _collector_share(bootstrap: str, vmis: int, workdir: Path, intervals: int,
+                           warmup: int) -> tuple[float, int]:
+    from guestinfo.simulation import start_fleet
+
+    interval = 10.0  # the measurement's time unit; the collector runs with its default per-command intervals
+    progress(f"collector: simulated node of {vmis:,} VMIs at the collector's default poll intervals")
+    fleet = await start_fleet(bootstrap, 1, vmis, None, workdir / "fleet", events=False, verbosity=-1)
+    try:
+        deadline = time.monotonic() + 6 * interval
+        while await fleet.reports_published() < vmis:
+            if time.monotonic() > deadline:
+                raise MeasureError(f"the collector published under {vmis:,} reports in {6 * interval:.0f}s")
+            await asyncio.sleep(0.5)
+        if warmup:
+            progress(f"  first reports published; warming up for {warmup} interval(s)")
+            await asyncio.sleep(warmup * interval)
+        (pid,) = fleet.collector_pids()
+        published, cpu, started = await fleet.reports_published(), cpu_seconds(pid), time.monotonic()
+        progress(f"  measuring {intervals} interval(s)")
+        await asyncio.sleep(intervals * interval)
+        cpu, wall = cpu_seconds(pid) - cpu, time.monotonic() - started
+        return cpu / wall, await fleet.reports_published() - published
+    finally:
+        await fleet.stop()
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def _join_rows(report: Report, faust: JoinResult | None, raw: JoinResult | None, total: int) -> None:
+    ratio = faust.events_per_s / raw.events_per_s if faust and raw else None
+    report.figures.update({
+        "join_faust_events_per_s": faust.events_per_s if faust else None,
+        "join_faust_cpu_s": faust.cpu_s_total if faust else None,
+        "join_faust_cores": faust.cores if faust else None,
+        "join_faust_emitted": faust.emitted if faust else None,
+        "join_raw_events_per_s": raw.events_per_s if raw else None,
+        "join_raw_cpu_s": raw.cpu_s_total if raw else None,
+        "join_raw_cores": raw.cores if raw else None,
+        "join_raw_emitted": raw.emitted if raw else None,
+        "join_ratio_faust_raw": ratio,
+    })
+    if faust is not None:
+        report.rows.append(Row(
+            "join_faust", "join, Faust worker (1 process)", faust.events_per_s, f"{faust.events_per_s:,.0f} ev/s",
+            "≥ 5,000 ev/s", faust.events_per_s >= 5000, f"{ratio:.2f} of plain" if ratio else "",
+            f"{faust.cpu_s_total:.1f} CPU s for {total:,} events ({faust.cpu_s_total / total * 1e6:,.0f} µs/event), "
+            f"{faust.cores:.2f} cores; {faust.emitted:,} records out"))
+    if raw is not None:
+        report.rows.append(Row(
+            "join_raw", "join, plain aiokafka loop (1 process)", raw.events_per_s, f"{raw.events_per_s:,.0f} ev/s",
+            "-", None, "1.00" if faust else "",
+            f"{raw.cpu_s_total:.1f} CPU s for {total:,} events ({raw.cpu_s_total / total * 1e6:,.0f} µs/event), "
+            f"{raw.cores:.2f} cores; {raw.emitted:,} records out"))
+
+
+def _rest_rows(report: Report, rest: RestResult) -> None:
+    report.figures.update({
+        "rest_requests_per_s": rest.requests_per_s, "rest_p50_ms": rest.p50_ms,
+        "rest_p95_ms": rest.p95_ms, "rest_p99_ms": rest.p99_ms,
+    })
+    per_request_us = rest.api_cpu_s / max(1, rest.requests) * 1e6
+    report.figures["rest_api_cpu_us_per_request"] = per_request_us
+    report.rows.append(Row("rest_rps", "REST guestosinfo reads/s", rest.requests_per_s,
+                           f"{rest.requests_per_s:,.0f} req/s", "≥ 5,000 req/s", rest.requests_per_s >= 5000,
+                           note=f"{rest.requests:,} GETs, {rest.body_bytes:,} B bodies, concurrency "
+                           f"{rest.concurrency}; API {per_request_us:,.0f} µs CPU/request; the generator "
+                           "shares the cores"))
+    report.rows.append(Row("rest_latency", "REST guestosinfo latency p50 / p99", rest.p99_ms,
+                           f"{rest.p50_ms:.1f} / {rest.p99_ms:.1f} ms", "p99 < 20 ms", rest.p99_ms < 20,
+                           note=f"measured in the generator; max {rest.max_ms:.1f} ms"))
+
+
+def format_table(report: Report) -> str:
+    header = ("measure", "figure", "target", "met?", "Faust/plain", "notes")
+    lines = [
+        (r.label, r.shown or "-", r.target, "-" if r.met is None else "yes" if r.met else "NO", r.ratio or "-", r.note)
+        for r in report.rows
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header) - 1)]
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)) + "  " + row[-1]
+
+    rule = "  ".join("-" * w for w in widths) + "  " + "-" * 5
+    return "\n".join([fmt(header), rule, *(fmt(line) for line in lines), "", *report.notes])
+
+
+def write_json(report: Report, path: str) -> None:
+    data = {
+        "size": report.size,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "figures": report.figures,
+        "rows": [asdict(r) for r in report.rows],
+        "notes": report.notes,
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+async def _join_phase(report: Report, size: Size, broker: EmbeddedBroker, workdir: Path) -> None:
+    from guestinfo.broker import ensure_topics
+
+    bootstrap = broker.bootstrap_servers
+    await ensure_topics(bootstrap)
+    progress(f"workload: {size.events:,} raw events for {size.vmis:,} VMIs")
+    workload = make_workload(size.vmis, size.events)
+    agent_sizes = [len(v) for t, _, v in workload if t == AGENT_TOPIC]
+    progress(f"  {len(agent_sizes):,} agent reports (avg {sum(agent_sizes) // max(1, len(agent_sizes))} B), "
+             f"{size.events - len(agent_sizes):,} domain reports; producing them")
+    await preload(bootstrap, workload)
+    report.notes.append(
+        f"join workload: {size.events:,} raw events preloaded ({size.vmis:,} VMIs, 4 partitions; 70% agent reports "
+        f"with changed content, avg {sum(agent_sizes) // max(1, len(agent_sizes))} B; 10% unchanged agent, 20% "
+        f"unchanged domain reports). Rate over {WINDOW[0]:.0%}-{WINDOW[1]:.0%} of the events, from the process's "
+        "events counter; CPU from /proc. Faust runs as deployed on Tansu (one record per produce batch, linger "
+        "50 ms); the plain loop batches its sends (linger 5 ms) and needs no such workaround (broker-notes §2).")
+    faust = raw = None
+    try:
+        faust = await measure_faust_join(bootstrap, size.events, workdir)
+        progress(f"  Faust: {faust.events_per_s:,.0f} ev/s, {faust.cores:.2f} cores")
+    except MeasureError as exc:
+        report.failed = True
+        report.rows.append(Row("join_faust", "join, Faust worker (1 process)", target="≥ 5,000 ev/s",
+                               note=f"not measured: {exc}"))
+    try:
+        raw = await measure_raw_join(bootstrap, size.events)
+        progress(f"  plain loop: {raw.events_per_s:,.0f} ev/s, {raw.cores:.2f} cores")
+    except MeasureError as exc:
+        report.failed = True
+        report.rows.append(Row("join_raw", "join, plain aiokafka loop (1 process)", note=f"not measured: {exc}"))
+    _join_rows(report, faust, raw, size.events)
+
+
+async def _rest_phase(report: Report, size: Size, workdir: Path) -> None:
+    try:
+        rest = await measure_rest(size, workdir)
+    except MeasureError as exc:
+        report.failed = True
+        report.rows.append(Row("rest_rps", "REST guestosinfo reads/s", target="≥ 5,000 req/s",
+                               note=f"not measured: {exc}"))
+        return
+    progress(f"  REST: {rest.requests_per_s:,.0f} req/s, p99 {rest.p99_ms:.1f} ms")
+    _rest_rows(report, rest)
+
+
+async def _e2e_phase(vmis: int, workdir: Path, samples: int) -> list[Row]:
+    """On a fresh broker: a new join group must not first work through the earlier rows' events."""
+    from guestinfo.broker import ensure_topics
+
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    async with EmbeddedBroker() as broker:
+        await ensure_topics(broker.bootstrap_servers)
+        return await measure_e2e_latency(broker.bootstrap_servers, vmis, workdir, samples)
+
+
+async def bench(size_name: str) -> Report:
+    size = SIZES[size_name]
+    report = Report(size_name)
+    with tempfile.TemporaryDirectory(prefix="guestinfo-bench-") as tmp:
+        workdir = Path(tmp)  # absolute: tempfile uses an absolute temporary directory
+        progress(f"size {size_name}: starting the embedded broker")
+        async with EmbeddedBroker() as broker:
+            await _join_phase(report, size, broker, workdir)
+            collector = await measure_collector_cpu(broker.bootstrap_servers, size.collector_vmis, workdir,
+                                                    size.collector_intervals, size.collector_warmup)
+            report.rows[:0] = collector
+            report.figures["collector_percent_of_core_per_1000_vmis"] = collector[0].value
+        report.figures.update({"e2e_p50_s": None, "e2e_p95_s": None, "e2e_p99_s": None})
+        for vmis in size.e2e_vmis:  # the last size is the one the target is about
+            e2e = await _e2e_phase(vmis, workdir / f"e2e-{vmis}", size.e2e_samples)
+            report.rows += e2e
+            report.figures.update({f"e2e_{vmis}_{k[4:]}": v for k, v in e2e[0].figures.items()})
+            report.figures.update({"e2e_p50_s": None, "e2e_p95_s": None, "e2e_p99_s": None, **e2e[0].figures})
+        await _rest_phase(report, size, workdir)
+    report.notes.append(f"machine: {os.cpu_count()} CPUs; the broker, the measured process and any load generator "
+                        "share them.")
+    return report
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """`guestinfo bench --size small|full [--json PATH]`: print the table; 1 when a row failed to measure."""
+    started = time.monotonic()
+    try:
+        report = asyncio.run(bench(args.size))
+    except BrokerError as exc:
+        progress(f"cannot run: {exc}")
+        return 1
+    print(format_table(report), flush=True)
+    if args.json_output:
+        write_json(report, args.json_output)
+        progress(f"figures written to {args.json_output}")
+    progress(f"done in {time.monotonic() - started:.0f}s")
+    return 1 if report.failed else 0
+
+
+# ------------------------------------------------------------------------------- helper process mains
+
+
+def _helper_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m guestinfo.bench", description="guestinfo bench helpers")
+    roles = parser.add_subparsers(dest="role", required=True)
+    raw = roles.add_parser("raw-join", help="the plain aiokafka join loop (runs until SIGTERM)")
+    raw.add_argument("--bootstrap-servers", required=True)
+    raw.add_argument("--group", required=True)
+    raw.add_argument("--output-topic", required=True)
+    raw.add_argument("--changelog-topic", required=True)
+    raw.add_argument("--metrics-port", type=int, required=True)
+    load = roles.add_parser("rest-load", help="REST load generator: prints its figures as JSON")
+    load.add_argument("--url", required=True)
+    load.add_argument("--vmis", type=int, required=True)
+    load.add_argument("--requests", type=int, required=True)
+    load.add_argument("--concurrency", type=int, default=32)
+    return parser
+
+
+def helper_main(argv: Sequence[str] | None = None) -> int:
+    args = _helper_parser().parse_args(argv)
+    if args.role == "rest-load":
+        result = asyncio.run(rest_load(args.url, args.vmis, args.requests, args.concurrency))
+        print(json.dumps(asdict(result)), flush=True)
+        return 0
+    import prometheus_client
+
+    from guestinfo.lifecycle import run_until_signalled
+
+    prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1")
+    loop = raw_join(args.bootstrap_servers, args.group, args.output_topic, args.changelog_topic)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_until_signalled(loop, "raw-join"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(helper_main())

@@ -1,0 +1,36 @@
+"""`guestinfo bench --size small`: the CI smoke run of the benchmark (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+POSITIVE_FIGURES = (
+    "join_faust_events_per_s",
+    "join_raw_events_per_s",
+    "join_ratio_faust_raw",
+    "rest_requests_per_s",
+    "rest_p99_ms",
+)
+
+
+def test_small_bench_prints_the_table_and_writes_figures(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "guestinfo", "bench", "--size", "small", "--json", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "join, Faust worker" in done.stdout
+    assert "REST guestosinfo reads/s" in done.stdout
+    assert "Traceback" not in done.stderr
+    figures = json.loads(output.read_text())["figures"]
+    for name in POSITIVE_FIGURES:
+        value = figures[name]
+        assert isinstance(value, int | float) and value > 0, f"{name} = {value!r}"
