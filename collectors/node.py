@@ -77,7 +77,9 @@ _STATES: dict[int, DomainState] = {
 #: Commands after the sync; a VMI's whole poll gets this many agent timeouts at most.
 _BUDGET_CALLS = 3
 #: The scheduler sleeps at least this long between two rounds (polls in flight are not waited for).
-_MIN_WAIT = 0.05
+#: The scheduler wakes at most this often for due polls (each wake scans every VMI's schedule);
+#: libvirt events still wake it at once.
+_MIN_WAIT = 0.5
 
 
 def domain_state(code: int) -> DomainState:
