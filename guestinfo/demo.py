@@ -14,8 +14,8 @@ import shutil
 import uuid
 from pathlib import Path
 from types import TracebackType
-from xml.sax.saxutils import quoteattr
 
+from guestinfo.domains import kubevirt_domain_xml
 from guestinfo.supervisor import terminate
 
 log = logging.getLogger(__name__)
@@ -45,33 +45,7 @@ def host_macs(sys_net: Path = SYS_NET, limit: int = 4) -> list[str]:
 
 def demo_node_xml(macs: list[str], uid: str) -> str:
     """A libvirt test-driver node file with the KubeVirt domain `default_demo`."""
-    interfaces = "\n".join(
-        f"""    <interface type='ethernet'>
-      <mac address={quoteattr(mac)}/>
-      <model type='virtio'/>
-      <alias name='ua-{"default" if index == 0 else f"net{index}"}'/>
-    </interface>"""
-        for index, mac in enumerate(macs)
-    )
-    return f"""<node>
-<domain type='test'>
-  <name>{DEMO_NAMESPACE}_{DEMO_NAME}</name>
-  <metadata>
-    <kubevirt:kubevirt xmlns:kubevirt="http://kubevirt.io"><kubevirt:uid>{uid}</kubevirt:uid></kubevirt:kubevirt>
-  </metadata>
-  <memory unit='KiB'>1048576</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>
-{interfaces}
-    <channel type='unix'>
-      <source mode='bind'/>
-      <target type='virtio' name='org.qemu.guest_agent.0'/>
-    </channel>
-  </devices>
-</domain>
-</node>
-"""
+    return f"<node>{kubevirt_domain_xml(DEMO_NAMESPACE, DEMO_NAME, uid, macs)}\n</node>\n"
 
 
 class Demo:

@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guestinfo.domains import kubevirt_domain_xml
+
 log = logging.getLogger(__name__)
 
 SIM_DIR = "simulation"
@@ -99,28 +101,6 @@ def node_dir(root: Path, node: int) -> Path:
     return root / f"node-{node}"
 
 
-def domain_xml(namespace: str, name: str, uid: str, macs: list[str]) -> str:
-    interfaces = "".join(
-        f"""
-    <interface type='ethernet'><mac address='{mac}'/><model type='virtio'/>"""
-        f"""<alias name='ua-{"default" if i == 0 else f"net{i}"}'/></interface>"""
-        for i, mac in enumerate(macs)
-    )
-    return f"""
-<domain type='test'>
-  <name>{namespace}_{name}</name>
-  <metadata>
-    <kubevirt:kubevirt xmlns:kubevirt="http://kubevirt.io"><kubevirt:uid>{uid}</kubevirt:uid></kubevirt:kubevirt>
-  </metadata>
-  <memory unit='KiB'>1048576</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>{interfaces}
-    <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
-  </devices>
-</domain>"""
-
-
 @dataclass
 class VMISpec:
     """One simulated VMI: identity, MACs, the node it runs on."""
@@ -151,7 +131,7 @@ def fleet_spec(nodes: int, vmis_per_node: int, seed: int) -> list[VMISpec]:
 def write_node_file(root: Path, node: int, specs: list[VMISpec]) -> Path:
     """Write node `node`'s test-driver file (atomically) with the domains of the VMIs running there."""
     path = node_dir(root, node) / "node.xml"
-    body = "".join(domain_xml(s.namespace, s.name, s.uid, s.macs) for s in specs if s.node == node)
+    body = "".join(kubevirt_domain_xml(s.namespace, s.name, s.uid, s.macs) for s in specs if s.node == node)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(f"<node>{body}\n</node>\n")
     tmp.replace(path)
