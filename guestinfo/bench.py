@@ -455,34 +455,25 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
 
 async def _raw_process_key(producer: Any, states: dict[bytes, bytes], key: bytes, messages: list[Any],
                            output_topic: str, changelog_topic: str) -> list[asyncio.Future[Any]]:
-    from schemas.codec import DecodeError, encode
+    """The same work as the Faust agent's `process_key`, on a plain producer: `streams.app.fold_batch`."""
+    from schemas.codec import encode
     from schemas.topics import DEAD_LETTER_TOPIC
-    from streams.app import apply_event, dead_letter, load_state
-    from streams.join import JoinResult as Joined
-    from streams.metrics import EMITTED, EVENTS
+    from streams.app import dead_letter, fold_batch
+    from streams.metrics import EMITTED
 
     futures: list[asyncio.Future[Any]] = []
     stored = states.get(key)
-    state = load_state(stored)
-    output: Joined | None = None
-    for message in messages:
-        EVENTS.labels(message.topic).inc()
-        try:
-            result = apply_event(state, message.topic, message.value, key)
-        except DecodeError as exc:
-            futures.append(await producer.send(DEAD_LETTER_TOPIC, dead_letter(message, str(exc)), key=key))
-            continue
-        state = result.state
-        if result.record is not None or result.tombstone:
-            output = result
-    if output is not None:
-        value = encode(output.record) if output.record is not None else None
+    batch = fold_batch(stored, key, messages)
+    for message, _kind, reason in batch.refused:
+        futures.append(await producer.send(DEAD_LETTER_TOPIC, dead_letter(message, reason), key=key))
+    if batch.output is not None:
+        record = batch.output.record
+        value = encode(record) if record is not None else None
         futures.append(await producer.send(output_topic, value, key=key))
         EMITTED.labels("record" if value is not None else "tombstone").inc()
-    encoded = encode(state)
-    if encoded != stored:
-        states[key] = encoded
-        futures.append(await producer.send(changelog_topic, encoded, key=key))
+    if batch.state != stored:
+        states[key] = batch.state
+        futures.append(await producer.send(changelog_topic, batch.state, key=key))
     return futures
 
 

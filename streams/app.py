@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,36 +127,21 @@ def build_app(config: JoinConfig) -> faust.App:
         return False
 
     async def process_key(key: bytes, messages: list[Any]) -> None:
-        """All events of one VMI in a batch, in order: one table write and at most one send.
+        """All events of one VMI in a batch: one table write and at most one send (see `fold_batch`).
 
-        Only the last output matters (records carry revisions; the merged topic is compacted), so a
-        batch coalesces them. The state is written only after the send was accepted, so a failed send
-        leaves the state as it was and the next event of that VMI produces the record again.
+        The state is written only after the send was accepted, so a failed send leaves the state as
+        it was and the next event of that VMI produces the record again.
         """
         stored = table.get(key)
-        state = load_state(stored)
-        output: JoinResult | None = None
-        for message in messages:
-            EVENTS.labels(message.topic).inc()
-            try:
-                result = apply_event(state, message.topic, message.value, key)
-            except DecodeError as exc:
-                await send_dead_letter(message, "undecodable", str(exc))
-                continue
-            except Exception as exc:  # a bug on one event must not stop the stream for every VMI
-                log.debug("join failed on %s[%d]@%d", message.topic, message.partition, message.offset, exc_info=True)
-                await send_dead_letter(message, "internal", f"internal error: {type(exc).__name__}: {exc}")
-                continue
-            state = result.state
-            if result.record is not None or result.tombstone:
-                output = result
-        if output is not None and not await send_with_retries(key, output):
+        batch = fold_batch(stored, key, messages)
+        for message, kind, reason in batch.refused:
+            await send_dead_letter(message, kind, reason)
+        if batch.output is not None and not await send_with_retries(key, batch.output):
             for message in messages:
                 await send_dead_letter(message, "unsendable", "merged output not sent after retries")
             return
-        encoded = encode(state)
-        if encoded != stored:
-            table[key] = encoded
+        if batch.state != stored:
+            table[key] = batch.state
 
     @app.agent(raw_topics, concurrency=1)
     async def join(stream: faust.StreamT[bytes]) -> None:
@@ -167,6 +154,40 @@ def build_app(config: JoinConfig) -> faust.App:
                 await process_key(key, messages)
 
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedBatch:
+    """The outcome of one VMI's events of a batch: its new encoded state, the one output to send (the
+    last; records carry revisions and the merged topic is compacted, so a batch coalesces them), and
+    the events refused, each with a reason kind and text for the dead-letter topic."""
+
+    state: bytes
+    output: JoinResult | None
+    refused: list[tuple[Any, str, str]]
+
+
+def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[Any]) -> FoldedBatch:
+    """Apply one VMI's events of a batch, in order (pure; the Faust agent and the benchmark's plain
+    aiokafka loop both use it). A bad event is refused, never raised: the rest go on."""
+    state = load_state(stored)
+    output: JoinResult | None = None
+    refused: list[tuple[Any, str, str]] = []
+    for message in messages:
+        EVENTS.labels(message.topic).inc()
+        try:
+            result = apply_event(state, message.topic, message.value, key)
+        except DecodeError as exc:
+            refused.append((message, "undecodable", str(exc)))
+            continue
+        except Exception as exc:  # a bug on one event must not stop the stream for every VMI
+            log.debug("join failed on %s[%d]@%d", message.topic, message.partition, message.offset, exc_info=True)
+            refused.append((message, "internal", f"internal error: {type(exc).__name__}: {exc}"))
+            continue
+        state = result.state
+        if result.record is not None or result.tombstone:
+            output = result
+    return FoldedBatch(encode(state), output, refused)
 
 
 def fold(stored: bytes | None, topic: str, value: bytes | None) -> JoinResult:
