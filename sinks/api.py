@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,16 +91,62 @@ def subresource_body(record: VMIRecord, subresource: str) -> bytes:
     return encode_kubevirt_body(record.filesystem_list())
 
 
+Bodies = dict[str, bytes]
+
+
+class BodyCache:
+    """The bodies served last, per VMI and revision (a revision never changes content), bounded LRU.
+
+    A read then costs one cheap revision query instead of reading, decoding and re-encoding the record.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str], tuple[int, bool, Bodies]] = OrderedDict()
+
+    def get(self, key: tuple[str, str], revision: int, sub: str) -> tuple[bool, bytes] | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != revision or sub not in entry[2]:
+            return None
+        self._entries.move_to_end(key)
+        return entry[1], entry[2][sub]
+
+    def put(self, key: tuple[str, str], record: VMIRecord, sub: str) -> tuple[bool, bytes]:
+        """The body of `sub` for `record`, kept under the record's revision."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != record.revision:
+            entry = (record.revision, record.agent_connected, {})
+            self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        body = entry[2].setdefault(sub, subresource_body(record, sub))
+        return entry[1], body
+
+
+CACHE_KEY = web.AppKey("bodies", BodyCache)
+
+
 async def get_subresource(request: web.Request) -> web.Response:
     """GET .../namespaces/{namespace}/virtualmachineinstances/{name}/{guestosinfo|userlist|filesystemlist}."""
     namespace = request.match_info["namespace"]
     name = request.match_info["name"]
-    record = await request.app[STORE_KEY].get(namespace, name)
-    if record is None:
+    sub = request.match_info["sub"]
+    store, cache = request.app[STORE_KEY], request.app[CACHE_KEY]
+    key = (namespace, name)
+    revision = await store.revision(namespace, name)
+    if revision is None:
         return vmi_not_found(name)
-    if not record.agent_connected:
+    found = cache.get(key, revision, sub)
+    if found is None:
+        record = await store.get(namespace, name)
+        if record is None:
+            return vmi_not_found(name)
+        found = cache.put(key, record, sub)
+    connected, body = found
+    if not connected:
         return agent_not_connected(name)
-    return web.Response(body=subresource_body(record, request.match_info["sub"]), content_type=JSON)
+    return web.Response(body=body, content_type=JSON)
 
 
 def resource_list(version: str) -> bytes:
@@ -175,6 +222,7 @@ def make_app(store: Store) -> web.Application:
     """The aiohttp application over `store`."""
     app = web.Application(middlewares=[observe])
     app[STORE_KEY] = store
+    app[CACHE_KEY] = BodyCache()
     versions = "|".join(VERSIONS)
     subs = "|".join(SUBRESOURCES)
     prefix = f"/apis/{GROUP}/{{version:{versions}}}"

@@ -49,6 +49,10 @@ class Store(Protocol):
         """The stored record, or None."""
         ...
 
+    async def revision(self, namespace: str, name: str) -> int | None:
+        """The stored record's revision (cheap: the record is not read), or None."""
+        ...
+
     async def write_batch(self, changes: Sequence[Change]) -> int:
         """Apply changes in order in one transaction; returns how many rows changed."""
         ...

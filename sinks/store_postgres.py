@@ -29,6 +29,7 @@ WHERE excluded.revision >= t.revision
 """
 _DELETE = f"DELETE FROM {TABLE} WHERE namespace = $1 AND name = $2"
 _GET = f"SELECT record::text FROM {TABLE} WHERE namespace = $1 AND name = $2"
+_REVISION = f"SELECT revision FROM {TABLE} WHERE namespace = $1 AND name = $2"
 # Two processes creating the table at once can both pass IF NOT EXISTS; serialise on a lock.
 _CREATE_LOCK_KEY = 0x67756573
 
@@ -75,6 +76,10 @@ class PostgresStore:
     async def get(self, namespace: str, name: str) -> VMIRecord | None:
         raw = await self._get_pool().fetchval(_GET, namespace, name)
         return None if raw is None else decode(VMIRecord, raw)
+
+    async def revision(self, namespace: str, name: str) -> int | None:
+        value = await self._get_pool().fetchval(_REVISION, namespace, name)
+        return None if value is None else int(value)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

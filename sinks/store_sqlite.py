@@ -31,6 +31,7 @@ WHERE excluded.revision >= {TABLE}.revision
 """
 _DELETE = f"DELETE FROM {TABLE} WHERE namespace = ? AND name = ?"
 _GET = f"SELECT record FROM {TABLE} WHERE namespace = ? AND name = ?"
+_REVISION = f"SELECT revision FROM {TABLE} WHERE namespace = ? AND name = ?"
 
 
 def sqlite_path(url: str) -> Path:
@@ -98,6 +99,11 @@ class SQLiteStore:
         async with self._read_db().execute(_GET, (namespace, name)) as cursor:
             row = await cursor.fetchone()
         return None if row is None else decode(VMIRecord, row[0])
+
+    async def revision(self, namespace: str, name: str) -> int | None:
+        async with self._read_db().execute(_REVISION, (namespace, name)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else int(row[0])
 
     async def close(self) -> None:
         for conn in (self._conn, self._reader):

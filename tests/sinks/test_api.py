@@ -180,3 +180,32 @@ async def test_store_failure_is_a_500_status_without_traceback(
     assert b"Traceback" not in body and b"File " not in body
     assert "API: GET /apis/subresources.kubevirt.io/v1/namespaces" in caplog.text
     assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_served_bodies_follow_every_new_revision(api: str, store: Store, unique: str) -> None:
+    """Bodies are kept per revision: a new revision is served at once, a disconnect turns into 409,
+    and a VMI gone from the store is 404 again."""
+    ns = f"ns-{unique}"
+    url = f"{api}{PREFIX}/v1/namespaces/{ns}/virtualmachineinstances/full/guestosinfo"
+    first = full_record(ns, "full")
+    _, _, body = await fetch(url)
+    assert orjson.loads(body)["hostname"] == first.guest_agent_info.hostname
+    renamed = first.model_copy(
+        update={"revision": 2, "guest_agent_info": first.guest_agent_info.model_copy(update={"hostname": "renamed"})}
+    )
+    await store.upsert(renamed)
+    _, _, body = await fetch(url)
+    assert orjson.loads(body)["hostname"] == "renamed"
+    await store.upsert(renamed.model_copy(update={"revision": 3, "agent_connected": False}))
+    status, _, _ = await fetch(url)
+    assert status == 409
+    await store.delete(ns, "full")
+    status, _, _ = await fetch(url)
+    assert status == 404
+
+
+async def test_revision_is_read_without_the_record(store: Store, unique: str) -> None:
+    ns = f"ns-{unique}"
+    assert await store.revision(ns, "vm") is None
+    await store.upsert(full_record(ns, "vm", revision=7))
+    assert await store.revision(ns, "vm") == 7
