@@ -265,6 +265,10 @@ class StatePublisher:
                     log.warning("publishing to Kafka at %s timed out after %.0fs", self.bootstrap_servers,
                                 PUBLISH_DEADLINE)
                     failed = [*batch.domains, *batch.agents]
+                except Exception as exc:  # whatever fails here, the state waits and publishing goes on
+                    log.warning("publishing to Kafka at %s failed: %s: %s", self.bootstrap_servers,
+                                type(exc).__name__, exc)
+                    failed = [*batch.domains, *batch.agents]
                 if failed:
                     # A producer that lost its broker may not find it again by itself: give it up and
                     # start a fresh one once Kafka answers; the reports wait in the outbox.

@@ -1,4 +1,4 @@
-"""libvirt events of one node, through libvirt-python's asyncio integration (`libvirtaio`).
+"""libvirt events of one node: libvirt's default event loop on a thread of its own, handed to asyncio.
 
 `DomainEventWatcher` keeps a connection to one libvirt URI open, registers for domain lifecycle
 (defined, undefined, started, suspended, resumed, stopped, migrated …), reboot and guest-agent
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import libvirt
-import libvirtaio
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +58,33 @@ class DomainEvent:
 
 
 @functools.cache
-def libvirt_event_loop() -> asyncio.AbstractEventLoop:
-    """The loop libvirt dispatches its events on: libvirt holds one event implementation per process,
-    so it gets a loop of its own in a daemon thread, started once; watchers hop events over to the
-    loop they run on. (Re-registering libvirt on each caller's loop loses the earlier connections.)"""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
+def start_libvirt_events() -> threading.Thread:
+    """Run libvirt's own event loop (thread-safe, unlike an asyncio one driven from several threads) in a
+    daemon thread, started once per process: libvirt holds one event implementation per process. Its
+    callbacks run on that thread; watchers hop them over to their own loop."""
+    libvirt.virEventRegisterDefaultImpl()
 
     def run() -> None:
-        asyncio.set_event_loop(loop)
-        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
-        ready.set()
-        loop.run_forever()
+        while True:
+            libvirt.virEventRunDefaultImpl()
 
-    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-    ready.wait()
-    return loop
+    thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+    thread.start()
+    return thread
+
+
+def _release(conn: libvirt.virConnect, callbacks: list[int]) -> None:
+    """Deregister and close (blocking RPCs: run in a thread, never on the event loop)."""
+    for callback_id in callbacks:
+        try:
+            conn.domainEventDeregisterAny(callback_id)
+        except libvirt.libvirtError:
+            pass
+    try:
+        conn.unregisterCloseCallback()
+        conn.close()
+    except libvirt.libvirtError:
+        pass
 
 
 class DomainEventWatcher:
@@ -93,7 +103,7 @@ class DomainEventWatcher:
         return self._connection is not None and not self._closed.is_set()
 
     async def run(self) -> None:
-        libvirt_event_loop()
+        start_libvirt_events()
         delay = RECONNECT_FIRST
         attempt = 0
         while True:

@@ -80,6 +80,8 @@ _BUDGET_CALLS = 3
 #: The scheduler wakes at most this often for due polls (each wake scans every VMI's schedule);
 #: libvirt events still wake it at once.
 _MIN_WAIT = 0.5
+#: A listing that failed (libvirt unreachable, connection lost) is tried again this soon.
+_RELIST_RETRY = 2.0
 
 
 def domain_state(code: int) -> DomainState:
@@ -172,6 +174,10 @@ class NodeCollector:
         self._listed_once: set[str] = set()
         self._rng = random.Random()
         self._logs = RateLimitedLog(log)
+
+    def has_connection(self, uri: str) -> bool:
+        """A libvirt connection of `uri` is open (its last listing worked)."""
+        return uri in self._connections
 
     async def connection(self, uri: str) -> libvirt.virConnect:
         """The open libvirt connection of `uri`, opened on first use (and after a failure)."""
@@ -471,6 +477,7 @@ class NodeCollector:
         transport = await self._transport(report, listed, path, state) if report.state == "running" else None
         if transport is None:
             state.answered = False
+            state.poll_all = False  # nothing to poll now: the schedule's deferral tries again, no busy loop
             state.schedule.defer(state.schedule.due(loop_now), loop_now)
             if override:
                 report = report.model_copy(update={"agent_connected": False})
@@ -671,9 +678,16 @@ async def run_collector(config: CollectorConfig) -> None:
                 watcher = watchers.get(uri)
                 period = config.relist_interval if watcher is not None and watcher.connected else config.interval
                 next_list[uri] = now + period
+            for task in tasks:
+                if task.done():  # a background task of the collector ended: that is a failure, not a state
+                    error = task.exception() if not task.cancelled() else None
+                    raise RuntimeError(f"{task.get_name()} stopped: {error!r}")
             try:
                 if listed:
                     await collector.tick(publisher.send, uris=listed, scheduled=True)
+                    for uri in listed:
+                        if not collector.has_connection(uri):  # the listing failed: try again soon
+                            next_list[uri] = now + min(_RELIST_RETRY, next_list[uri] - now)
                 await collector.poll_due(publisher.send, skip=listed)
                 publisher.resync_due()
             except Exception:  # a failed round is logged; the next one starts on time

@@ -415,6 +415,8 @@ class SimNode:
     socket_dir: Path
     metrics_port: int
     process: asyncio.subprocess.Process | None = None
+    #: Restarts of one node's collector run one at a time (two migrations may touch the same node).
+    restarting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -432,6 +434,7 @@ class Fleet:
     _stats: dict[str, Any] = field(default_factory=dict)
     _reader: asyncio.Task[None] | None = None
     _restarts: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopping: bool = False
 
     @property
     def agents_pid(self) -> int:
@@ -479,8 +482,10 @@ class Fleet:
                     task.add_done_callback(self._restarts.discard)
 
     async def _restart(self, node: SimNode) -> None:
-        await self.stop_collector(node)
-        await self.start_collector(node)
+        async with node.restarting:
+            await self.stop_collector(node)
+            if not self._stopping:
+                await self.start_collector(node)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         reader, writer = await asyncio.open_unix_connection(str(self.root / CONTROL_SOCKET))
@@ -514,14 +519,16 @@ class Fleet:
         """Collectors first, then the agents."""
         from guestinfo.supervisor import terminate
 
-        for task in list(self._restarts):
-            task.cancel()
-        await asyncio.gather(*(self.stop_collector(node) for node in self.nodes))
-        await terminate(self.agents, "simulated agents", grace=10.0)
-        if self._reader is not None:
+        self._stopping = True  # no restart starts a collector from now on
+        if self._reader is not None:  # and no migration asks for one
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
+        await asyncio.gather(*(self.stop_collector(node) for node in self.nodes))
+        await terminate(self.agents, "simulated agents", grace=10.0)
 
 
 def _published(port: int) -> int:

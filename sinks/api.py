@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.codec import encode_kubevirt_body
 from schemas.vmi import VMIRecord
 from sinks.metrics import API_LATENCY, API_REQUESTS, REGISTRY
-from sinks.store import Store
+from sinks.store import Store, Version
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +95,29 @@ Bodies = dict[str, bytes]
 
 
 class BodyCache:
-    """The bodies served last, per VMI and revision (a revision never changes content), bounded LRU.
+    """The bodies served last, per VMI and stored version (revision and write time), bounded LRU.
 
-    A read then costs one cheap revision query instead of reading, decoding and re-encoding the record.
+    A read then costs one cheap version query instead of reading, decoding and re-encoding the record;
+    any rewrite of the row, even of the same revision, has a new version and is read afresh.
     """
 
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[str, str], tuple[int, bool, Bodies]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[Version, bool, Bodies]] = OrderedDict()
 
-    def get(self, key: tuple[str, str], revision: int, sub: str) -> tuple[bool, bytes] | None:
+    def get(self, key: tuple[str, str], version: Version, sub: str) -> tuple[bool, bytes] | None:
         entry = self._entries.get(key)
-        if entry is None or entry[0] != revision or sub not in entry[2]:
+        if entry is None or entry[0] != version or sub not in entry[2]:
             return None
         self._entries.move_to_end(key)
         return entry[1], entry[2][sub]
 
-    def put(self, key: tuple[str, str], record: VMIRecord, sub: str) -> tuple[bool, bytes]:
-        """The body of `sub` for `record`, kept under the record's revision."""
+    def put(self, key: tuple[str, str], version: Version, record: VMIRecord, sub: str) -> tuple[bool, bytes]:
+        """The body of `sub` for `record`, kept under `version` (read before the record: a newer row
+        read in between is cached under the older version and read again next time, never served stale)."""
         entry = self._entries.get(key)
-        if entry is None or entry[0] != record.revision:
-            entry = (record.revision, record.agent_connected, {})
+        if entry is None or entry[0] != version:
+            entry = (version, record.agent_connected, {})
             self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
@@ -134,15 +136,15 @@ async def get_subresource(request: web.Request) -> web.Response:
     sub = request.match_info["sub"]
     store, cache = request.app[STORE_KEY], request.app[CACHE_KEY]
     key = (namespace, name)
-    revision = await store.revision(namespace, name)
-    if revision is None:
+    version = await store.version(namespace, name)
+    if version is None:
         return vmi_not_found(name)
-    found = cache.get(key, revision, sub)
+    found = cache.get(key, version, sub)
     if found is None:
         record = await store.get(namespace, name)
         if record is None:
             return vmi_not_found(name)
-        found = cache.put(key, record, sub)
+        found = cache.put(key, version, record, sub)
     connected, body = found
     if not connected:
         return agent_not_connected(name)

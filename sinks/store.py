@@ -30,6 +30,9 @@ class Tombstone:
     name: str
 
 
+#: (revision, write time): what a stored record is known by; a rewrite of the same revision has a new time.
+Version = tuple[int, float]
+
 #: One change of a batch, applied in order.
 Change = VMIRecord | Tombstone
 
@@ -49,8 +52,8 @@ class Store(Protocol):
         """The stored record, or None."""
         ...
 
-    async def revision(self, namespace: str, name: str) -> int | None:
-        """The stored record's revision (cheap: the record is not read), or None."""
+    async def version(self, namespace: str, name: str) -> Version | None:
+        """The stored record's revision and write time (cheap: the record is not read), or None."""
         ...
 
     async def write_batch(self, changes: Sequence[Change]) -> int:

@@ -8,7 +8,7 @@ import asyncpg
 
 from schemas.codec import decode, encode
 from schemas.vmi import VMIRecord
-from sinks.store import TABLE, Change, StoreError, Tombstone, describe_url
+from sinks.store import TABLE, Change, StoreError, Tombstone, Version, describe_url
 
 _CREATE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -22,14 +22,14 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 """
 _UPSERT = f"""
 INSERT INTO {TABLE} AS t (namespace, name, revision, updated_at, record)
-VALUES ($1, $2, $3, now(), $4::jsonb)
+VALUES ($1, $2, $3, clock_timestamp(), $4::jsonb)
 ON CONFLICT (namespace, name) DO UPDATE SET
     revision = excluded.revision, updated_at = excluded.updated_at, record = excluded.record
 WHERE excluded.revision >= t.revision
 """
 _DELETE = f"DELETE FROM {TABLE} WHERE namespace = $1 AND name = $2"
 _GET = f"SELECT record::text FROM {TABLE} WHERE namespace = $1 AND name = $2"
-_REVISION = f"SELECT revision FROM {TABLE} WHERE namespace = $1 AND name = $2"
+_VERSION = f"SELECT revision, extract(epoch FROM updated_at)::float8 FROM {TABLE} WHERE namespace = $1 AND name = $2"
 # Two processes creating the table at once can both pass IF NOT EXISTS; serialise on a lock.
 _CREATE_LOCK_KEY = 0x67756573
 
@@ -77,9 +77,9 @@ class PostgresStore:
         raw = await self._get_pool().fetchval(_GET, namespace, name)
         return None if raw is None else decode(VMIRecord, raw)
 
-    async def revision(self, namespace: str, name: str) -> int | None:
-        value = await self._get_pool().fetchval(_REVISION, namespace, name)
-        return None if value is None else int(value)
+    async def version(self, namespace: str, name: str) -> Version | None:
+        row = await self._get_pool().fetchrow(_VERSION, namespace, name)
+        return None if row is None else (int(row[0]), float(row[1]))
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -11,7 +11,7 @@ import aiosqlite
 
 from schemas.codec import decode, encode
 from schemas.vmi import VMIRecord
-from sinks.store import TABLE, Change, StoreError, Tombstone
+from sinks.store import TABLE, Change, StoreError, Tombstone, Version
 
 _CREATE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -31,7 +31,7 @@ WHERE excluded.revision >= {TABLE}.revision
 """
 _DELETE = f"DELETE FROM {TABLE} WHERE namespace = ? AND name = ?"
 _GET = f"SELECT record FROM {TABLE} WHERE namespace = ? AND name = ?"
-_REVISION = f"SELECT revision FROM {TABLE} WHERE namespace = ? AND name = ?"
+_VERSION = f"SELECT revision, updated_at FROM {TABLE} WHERE namespace = ? AND name = ?"
 
 
 def sqlite_path(url: str) -> Path:
@@ -100,10 +100,10 @@ class SQLiteStore:
             row = await cursor.fetchone()
         return None if row is None else decode(VMIRecord, row[0])
 
-    async def revision(self, namespace: str, name: str) -> int | None:
-        async with self._read_db().execute(_REVISION, (namespace, name)) as cursor:
+    async def version(self, namespace: str, name: str) -> Version | None:
+        async with self._read_db().execute(_VERSION, (namespace, name)) as cursor:
             row = await cursor.fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else (int(row[0]), float(row[1]))
 
     async def close(self) -> None:
         for conn in (self._conn, self._reader):

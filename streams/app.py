@@ -137,8 +137,10 @@ def build_app(config: JoinConfig) -> faust.App:
         for message, kind, reason in batch.refused:
             await send_dead_letter(message, kind, reason)
         if batch.output is not None and not await send_with_retries(key, batch.output):
+            refused = {id(message) for message, _, _ in batch.refused}
             for message in messages:
-                await send_dead_letter(message, "unsendable", "merged output not sent after retries")
+                if id(message) not in refused:
+                    await send_dead_letter(message, "unsendable", "merged output not sent after retries")
             return
         if batch.state != stored:
             table[key] = batch.state

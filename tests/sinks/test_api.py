@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -204,8 +205,50 @@ async def test_served_bodies_follow_every_new_revision(api: str, store: Store, u
     assert status == 404
 
 
-async def test_revision_is_read_without_the_record(store: Store, unique: str) -> None:
+async def test_version_is_read_without_the_record(store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
-    assert await store.revision(ns, "vm") is None
+    assert await store.version(ns, "vm") is None
     await store.upsert(full_record(ns, "vm", revision=7))
-    assert await store.revision(ns, "vm") == 7
+    first = await store.version(ns, "vm")
+    assert first is not None and first[0] == 7
+    await store.upsert(full_record(ns, "vm", revision=7))  # a re-delivery rewrites the row: a new version
+    second = await store.version(ns, "vm")
+    assert second is not None and second[0] == 7 and second != first
+
+
+class CountingStore:
+    """A store that counts the reads the API makes (everything else is the real store)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.gets = 0
+        self.versions = 0
+
+    async def get(self, namespace: str, name: str) -> Any:
+        self.gets += 1
+        return await self.inner.get(namespace, name)
+
+    async def version(self, namespace: str, name: str) -> Any:
+        self.versions += 1
+        return await self.inner.version(namespace, name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_read_of_an_unchanged_vmi_reads_only_its_version(store: Store, unique: str) -> None:
+    ns = f"ns-{unique}"
+    record = full_record(ns, "vm")
+    await store.upsert(record)
+    counting = CountingStore(store)
+    runner, port = await start_api(counting, "127.0.0.1", 0)  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{port}{PREFIX}/v1/namespaces/{ns}/virtualmachineinstances/vm/guestosinfo"
+    try:
+        bodies = [(await fetch(url))[2] for _ in range(3)]
+        assert (counting.versions, counting.gets) == (3, 1), "the record is read and encoded once"
+        await store.upsert(record.model_copy(update={"revision": 2}))
+        bodies.append((await fetch(url))[2])
+        assert (counting.versions, counting.gets) == (4, 2), "a new version is read again"
+    finally:
+        await runner.cleanup()
+    assert len(set(bodies)) == 1 and bodies[0] == golden("guestosinfo-full.json")
