@@ -137,16 +137,7 @@ class DomainEventWatcher:
             log.warning("libvirt events: connection to %s lost; reconnecting", self.uri)
         finally:
             self._connection = None
-            for callback_id in callbacks:
-                try:
-                    conn.domainEventDeregisterAny(callback_id)
-                except libvirt.libvirtError:
-                    pass
-            try:
-                conn.unregisterCloseCallback()
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+            await asyncio.to_thread(_release, conn, callbacks)
 
     def _register(self, conn: libvirt.virConnect, loop: asyncio.AbstractEventLoop) -> list[int]:
         def emit(event: DomainEvent) -> None:  # called on libvirt's event thread
