@@ -456,7 +456,6 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
 async def _raw_process_key(producer: Any, states: dict[bytes, bytes], key: bytes, messages: list[Any],
                            output_topic: str, changelog_topic: str) -> list[asyncio.Future[Any]]:
     """The same work as the Faust agent's `process_key`, on a plain producer: `streams.app.fold_batch`."""
-    from schemas.codec import encode
     from schemas.topics import DEAD_LETTER_TOPIC
     from streams.app import dead_letter, fold_batch
     from streams.metrics import EMITTED
@@ -467,8 +466,7 @@ async def _raw_process_key(producer: Any, states: dict[bytes, bytes], key: bytes
     for message, _kind, reason in batch.refused:
         futures.append(await producer.send(DEAD_LETTER_TOPIC, dead_letter(message, reason), key=key))
     if batch.output is not None:
-        record = batch.output.record
-        value = encode(record) if record is not None else None
+        value = batch.output.record_bytes()
         futures.append(await producer.send(output_topic, value, key=key))
         EMITTED.labels("record" if value is not None else "tombstone").inc()
     if batch.state != stored:

@@ -101,7 +101,7 @@ def build_app(config: JoinConfig) -> faust.App:
 
     async def send_output(key: bytes, result: JoinResult) -> None:
         if result.record is not None:
-            await merged_topic.send(key=key, value=encode(result.record))
+            await merged_topic.send(key=key, value=result.record_bytes())
             EMITTED.labels("record").inc()
             record = result.record
             (log.info if record.revision == 1 else log.debug)(

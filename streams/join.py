@@ -35,6 +35,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from schemas.codec import encode
 from schemas.events import AgentReport, DomainReport, EventModel
 from schemas.vmi import VMIRecord, VMIStatusFields
@@ -80,6 +82,14 @@ class JoinResult:
     state: VMIState
     record: VMIRecord | None = None
     tombstone: bool = False
+    #: `record` as JSON, when it was already encoded (the digest needed it): encode once, send these bytes.
+    encoded: bytes | None = None
+
+    def record_bytes(self) -> bytes | None:
+        """The record as it goes on the merged topic; None for a tombstone."""
+        if self.record is None:
+            return None
+        return self.encoded if self.encoded is not None else encode(self.record)
 
 
 # ---------------------------------------------------------------------------------------------- domain
@@ -279,10 +289,21 @@ def build_record(state: VMIState, revision: int) -> VMIRecord:
     )
 
 
+#: What a record carries that is not content: a change of these alone is no change.
+_RECORD_BOOKKEEPING = ("revision", "observedAt")
+
+
+def encode_with_digest(record: VMIRecord) -> tuple[bytes, str]:
+    """The record's JSON, and a digest of what it says leaving out its revision and observation time
+    (one serialisation serves both)."""
+    data = record.model_dump(mode="json")
+    content = {key: value for key, value in data.items() if key not in _RECORD_BOOKKEEPING}
+    return orjson.dumps(data), hashlib.blake2b(orjson.dumps(content), digest_size=16).hexdigest()
+
+
 def content_digest(record: VMIRecord) -> str:
     """A digest of what a record says, leaving out its revision and observation time."""
-    neutral = record.model_copy(update={"revision": 1, "observed_at": 0.0})
-    return hashlib.blake2b(encode(neutral), digest_size=16).hexdigest()
+    return encode_with_digest(record)[1]
 
 
 def _emit(state: VMIState) -> JoinResult:
@@ -290,9 +311,11 @@ def _emit(state: VMIState) -> JoinResult:
     if state.domain is None:
         return JoinResult(state)
     record = build_record(state, state.revision + 1)
-    digest = content_digest(record)
+    encoded, digest = encode_with_digest(record)
     if digest == state.emitted_digest:
         return JoinResult(state)
     return JoinResult(
-        state.model_copy(update={"revision": record.revision, "emitted_digest": digest}), record=record
+        state.model_copy(update={"revision": record.revision, "emitted_digest": digest}),
+        record=record,
+        encoded=encoded,
     )

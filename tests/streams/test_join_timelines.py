@@ -50,6 +50,8 @@ def test_timeline(case: Path) -> None:
         expect = step["expect"]
         emitted = "record" if result.record is not None else "tombstone" if result.tombstone else "none"
         assert emitted == expect["emit"], f"{data['rule']} — step {number}"
+        if result.record is not None:
+            assert result.record_bytes() == encode(result.record), "the bytes sent are the record's JSON"
         if "record" in expect:
             assert result.record is not None
             assert_contains(json.loads(encode(result.record)), expect["record"], f"step {number}")
