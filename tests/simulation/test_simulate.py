@@ -44,20 +44,22 @@ async def raw_reports(bootstrap: str, want: int, deadline: float = 15.0) -> tupl
 
 
 @pytest.mark.integration
-async def test_simulate_publishes_reports_of_every_vmi_of_both_nodes(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    await ensure_topics(broker.bootstrap_servers)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path), "simulate",
-        "--bootstrap-servers", broker.bootstrap_servers, "--nodes", "2", "--vmis-per-node", "5",
-        "--interval", "1", "--duration", "8", "--seed", str(int(time.time())),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=40)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    assert b"reports published" in stderr
-    expected = {(f"sim-node-{spec.node}", spec.key) for spec in fleet_spec(2, 5, 1)}
-    domains, agents = await raw_reports(broker.bootstrap_servers, len(expected))
-    # other tests' simulations may share the broker: look at ours only (node names and keys are fixed)
+async def test_simulate_publishes_reports_of_every_vmi_of_both_nodes(tmp_path: Path) -> None:
+    # A broker of its own: node names and keys are fixed, so another simulation on a shared broker
+    # could otherwise satisfy this test.
+    async with EmbeddedBroker() as broker:
+        await ensure_topics(broker.bootstrap_servers)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path), "simulate",
+            "--bootstrap-servers", broker.bootstrap_servers, "--nodes", "2", "--vmis-per-node", "5",
+            "--interval", "1", "--duration", "8", "--seed", "11",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=40)
+        assert process.returncode == 0, stderr.decode()[-3000:]
+        assert b"reports published" in stderr
+        expected = {(f"sim-node-{spec.node}", spec.key) for spec in fleet_spec(2, 5, 1)}
+        domains, agents = await raw_reports(broker.bootstrap_servers, len(expected))
     assert expected <= domains
     assert {key for _, key in expected} <= agents
 
