@@ -108,7 +108,10 @@ class ChangeTracker:
                 out.domains.append(domain)
             else:
                 REPORTS_UNCHANGED.labels("domain").inc()
+        removed = {domain.vmi.key for domain in reports.domains if domain.removed}
         for agent in reports.agents:
+            if agent.vmi.key in removed:
+                continue  # the VMI is gone in this very batch: its agent has nothing left to say
             delta = self._agent_delta(agent)
             if delta is None:
                 REPORTS_UNCHANGED.labels("agent").inc()

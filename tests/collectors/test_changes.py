@@ -129,3 +129,16 @@ async def test_kafka_away_buffers_the_latest_state_then_republishes_everything()
     # After the outage, the full state of every VMI is sent again (a and b: c is gone).
     assert domains.count((b"ns/a", False)) >= 2 and domains.count((b"ns/b", False)) >= 2
     assert not any(k == b"ns/c" and not removed for k, removed in domains)
+
+
+def test_an_agent_report_beside_its_vmis_removal_is_dropped() -> None:
+    """A removal and an agent report of the same VMI in one batch: nothing of the VMI is kept or sent after."""
+    tracker = ChangeTracker(resync_interval=3600)
+    ref = VMIRef(namespace="ns", name="gone")
+    tracker.changes(TickReports(domains=[DomainReport(vmi=ref, node="n", observed_at=1.0)]))
+    out = tracker.changes(TickReports(
+        domains=[DomainReport(vmi=ref, node="n", observed_at=2.0, removed=True)],
+        agents=[AgentReport(vmi=ref, node="n", observed_at=2.0, connected=True, session="s", hostname="h")],
+    ))
+    assert [d.removed for d in out.domains] == [True] and out.agents == []
+    assert tracker.full().agents == [] and tracker.full().domains == []
