@@ -35,34 +35,63 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; waits for the process either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class QemuGA:
+    """A real qemu-ga in unix-listen mode on a fixed socket path; a test may stop and start it again."""
+
+    def __init__(self, state: Path) -> None:
+        self.binary = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
+        self.state = state
+        self.socket = state / "qga.sock"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not Path(self.binary).exists():
+            pytest.fail("qemu-ga is not installed (Debian package qemu-guest-agent; `make setup` installs it)")
+        self.socket.unlink(missing_ok=True)
+        self._proc = subprocess.Popen(
+            [self.binary, "-m", "unix-listen", "-p", str(self.socket), "-t", str(self.state),
+             "-f", str(self.state / "pid")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("qemu-ga did not create its socket")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        stop_process(proc)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 @pytest.fixture
 def qemu_ga(tmp_path: Path) -> Iterator[Path]:
     """A real qemu-ga in unix-listen mode; yields its socket path."""
-    binary = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
-    if not Path(binary).exists():
-        pytest.fail("qemu-ga is not installed (Debian package qemu-guest-agent; `make setup` installs it)")
     state = tmp_path / "qga"
     state.mkdir()
-    sock = state / "qga.sock"
-    proc = subprocess.Popen(
-        [binary, "-m", "unix-listen", "-p", str(sock), "-t", str(state), "-f", str(state / "pid")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("qemu-ga did not create its socket")
-        time.sleep(0.02)
+    agent = QemuGA(state)
+    agent.start()
     try:
-        yield sock
+        yield agent.socket
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        agent.stop()
 
 
 @pytest.fixture(scope="session")
@@ -105,14 +134,8 @@ class Libvirtd:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        process, self.process = self.process, None
+        stop_process(process, grace=10.0)
 
 
 @pytest.fixture

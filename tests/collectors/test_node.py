@@ -21,8 +21,8 @@ from guestinfo.broker import EmbeddedBroker
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
-from tests.collectors.conftest import QemuGA
 from tests.collectors.fake_agent import Answer, fake_agent, returning, sync_reply
+from tests.conftest import QemuGA
 
 UID = "5e1d3f8a-0c6b-4a77-9d1e-7f00c0ffee01"
 
