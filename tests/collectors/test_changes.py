@@ -89,6 +89,8 @@ def test_the_outbox_keeps_one_state_per_vmi() -> None:
     outbox.put_back([*taken.domains, *taken.agents])
     assert outbox.agents["ns/a"].hostname == "newer" and outbox.agents["ns/a"].users == []
     assert outbox.domains["ns/b"].removed, "a removal is kept until sent"
+    outbox.put(TickReports(domains=[domain("b", 5.0)]))
+    assert not outbox.domains["ns/b"].removed, "a live report of the VMI voids its pending removal"
 
 
 async def test_kafka_away_buffers_the_latest_state_then_republishes_everything() -> None:

@@ -1,7 +1,7 @@
-"""Removals that cannot be published are kept and sent again; a live report of the VMI voids them.
+"""`publish`: every report sent, the undelivered ones returned (and counted), whatever way Kafka fails.
 
-Kafka failures cannot be provoked on demand from a real broker, so these tests give the publisher a
-producer that records what it is sent and fails while told to.
+Kafka failures cannot be provoked on demand from a real broker, so these tests give it a producer that
+records what it is sent and fails while told to (the real-broker outage is tests/collectors/test_broker_outage.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import orjson
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from prometheus_client import REGISTRY
 
-from collectors.publisher import ReportPublisher
+from collectors.publisher import publish
 from schemas.events import AgentReport, DomainReport, VMIRef
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
 
@@ -50,31 +50,19 @@ def published(name: str) -> float:
     return REGISTRY.get_sample_value("guestinfo_collector_reports_published_total", {"topic": name}) or 0.0
 
 
-async def test_undelivered_removals_are_sent_with_the_next_reports() -> None:
+async def test_undelivered_reports_are_returned_and_delivered_ones_counted() -> None:
     producer = FlakyProducer()
-    publisher = ReportPublisher(producer)  # type: ignore[arg-type]
     producer.down = True
-    await publisher.send([domain("a", 1.0, removed=True)], [])
+    refused = await publish(producer, [domain("a", 1.0, removed=True)], [])  # type: ignore[arg-type]
     producer.late = True
-    await publisher.send([domain("b", 2.0, removed=True)], [agent("c", 2.0)])
-    assert {r.vmi.name for r in publisher.pending_removals} == {"a", "b"}
+    lost = await publish(producer, [domain("b", 2.0, removed=True)], [agent("c", 2.0)])  # type: ignore[arg-type]
+    assert [r.vmi.name for r in refused] == ["a"] and sorted(r.vmi.name for r in lost) == ["b", "c"]
     assert producer.delivered == []
 
     producer.down = producer.late = False
     before = published(DOMAIN_TOPIC), published(AGENT_TOPIC)
-    await publisher.send([domain("c", 3.0)], [agent("c", 3.0)])
-    assert publisher.pending_removals == []
+    failed = await publish(producer, [domain("c", 3.0), *refused], [agent("c", 3.0)])  # type: ignore[arg-type]
+    assert failed == []
     assert [(topic, key, record["removed"]) for topic, key, record in producer.delivered if topic == DOMAIN_TOPIC] \
-        == [(DOMAIN_TOPIC, b"ns/c", False), (DOMAIN_TOPIC, b"ns/a", True), (DOMAIN_TOPIC, b"ns/b", True)]
-    assert (published(DOMAIN_TOPIC), published(AGENT_TOPIC)) == (before[0] + 3, before[1] + 1)
-
-
-async def test_a_pending_removal_is_dropped_when_the_vmi_is_alive_again() -> None:
-    producer = FlakyProducer()
-    publisher = ReportPublisher(producer)  # type: ignore[arg-type]
-    producer.down = True
-    await publisher.send([domain("a", 1.0, removed=True)], [])
-    producer.down = False
-    await publisher.send([domain("a", 2.0)], [])
-    assert publisher.pending_removals == []
-    assert [(key, record["removed"]) for _, key, record in producer.delivered] == [(b"ns/a", False)]
+        == [(DOMAIN_TOPIC, b"ns/c", False), (DOMAIN_TOPIC, b"ns/a", True)]
+    assert (published(DOMAIN_TOPIC), published(AGENT_TOPIC)) == (before[0] + 2, before[1] + 1)
