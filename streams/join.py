@@ -301,10 +301,6 @@ def encode_with_digest(record: VMIRecord) -> tuple[bytes, str]:
     return orjson.dumps(data), hashlib.blake2b(orjson.dumps(content), digest_size=16).hexdigest()
 
 
-def content_digest(record: VMIRecord) -> str:
-    """A digest of what a record says, leaving out its revision and observation time."""
-    return encode_with_digest(record)[1]
-
 
 def _emit(state: VMIState) -> JoinResult:
     state = _judge_agent_version(state)
