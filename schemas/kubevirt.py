@@ -1,14 +1,17 @@
 """KubeVirt API types whose JSON is byte-for-byte KubeVirt's (kubevirt-reference §1).
 
 Go's `omitempty` drops "", 0, false, null and empty lists; a struct-valued field is never dropped.
-Each model names its omitempty fields (JSON names) in `_omitempty`; everything else is always written.
+A field annotated `OmitEmpty` has Go's omitempty; everything else is always written. The rule runs
+per field inside pydantic's serializer (`exclude_if`), not as a model-wide wrap: records are
+serialised on every join event, so this is on the hot path.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import operator
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_serializer
 from pydantic.alias_generators import to_camel
 
 from schemas.limits import MAX_DISKS, MAX_ITEMS, GuestString
@@ -26,86 +29,68 @@ def camel_case_config(extra: Literal["ignore", "forbid"]) -> ConfigDict:
     )
 
 
-def _is_go_empty(value: Any) -> bool:
-    return value is None or value is False or value == 0 or value == "" or value == [] or value == {}
+#: Go's `omitempty` on a field: left out of the JSON when empty. Go's empty values ("", 0, false, nil,
+#: an empty list or map) are exactly Python's falsy ones for the scalar and list types it is put on
+#: (never on a struct-valued field: Go never drops those), and `operator.not_` tests that in C.
+OMIT_EMPTY = Field(exclude_if=operator.not_)
+OmitEmptyString = Annotated[GuestString, OMIT_EMPTY]
 
 
 class KubeVirtModel(BaseModel):
-    """Base of the KubeVirt JSON types: camelCase names, immutable, Go omitempty on output."""
+    """Base of the KubeVirt JSON types: camelCase names, immutable, Go omitempty where annotated."""
 
     model_config = camel_case_config(extra="ignore")
-    _omitempty: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = self._go_values(handler(self))
-        for key in self._omitempty:
-            if key in data and _is_go_empty(data[key]):
-                del data[key]
-        return data
-
-    def _go_values(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Where Go writes a value differently from Python; the default writes it as it is."""
-        return data
 
 
 class GuestOSInfo(KubeVirtModel):
     """VirtualMachineInstanceGuestOSInfo: `status.guestOSInfo` and the `os` of guestosinfo."""
 
-    _omitempty = frozenset(
-        {"name", "kernelRelease", "version", "prettyName", "versionId", "kernelVersion", "machine", "id"}
-    )
-    name: GuestString = ""
-    kernel_release: GuestString = ""
-    version: GuestString = ""
-    pretty_name: GuestString = ""
-    version_id: GuestString = ""
-    kernel_version: GuestString = ""
-    machine: GuestString = ""
-    id: GuestString = ""
+    name: OmitEmptyString = ""
+    kernel_release: OmitEmptyString = ""
+    version: OmitEmptyString = ""
+    pretty_name: OmitEmptyString = ""
+    version_id: OmitEmptyString = ""
+    kernel_version: OmitEmptyString = ""
+    machine: OmitEmptyString = ""
+    id: OmitEmptyString = ""
 
 
 class GuestAgentCommandInfo(KubeVirtModel):
     """One supported command: `enabled:false` is dropped by omitempty."""
 
-    _omitempty = frozenset({"enabled"})
     name: GuestString
-    enabled: bool = False
+    enabled: Annotated[bool, OMIT_EMPTY] = False
 
 
 class GuestOSUser(KubeVirtModel):
     """VirtualMachineInstanceGuestOSUser; `loginTime` is float seconds since the epoch."""
 
-    _omitempty = frozenset({"domain", "loginTime"})
     user_name: GuestString
-    domain: GuestString = ""
-    login_time: float = Field(default=0.0, ge=0.0, le=1e11, allow_inf_nan=False)
+    domain: OmitEmptyString = ""
+    login_time: Annotated[float, OMIT_EMPTY] = Field(default=0.0, ge=0.0, le=1e11, allow_inf_nan=False)
 
-    def _go_values(self, data: dict[str, Any]) -> dict[str, Any]:
+    @field_serializer("login_time")
+    def _go_float(self, value: float) -> float | int:
         # Go writes a whole float64 without a fraction (1718000000, not 1718000000.0).
-        if self.login_time and self.login_time.is_integer():
-            data["loginTime"] = int(self.login_time)
-        return data
+        return int(value) if value.is_integer() else value
 
 
 class FileSystemDisk(KubeVirtModel):
     """VirtualMachineInstanceFileSystemDisk: `serial` omitempty, `busType` always written."""
 
-    _omitempty = frozenset({"serial"})
-    serial: GuestString = ""
+    serial: OmitEmptyString = ""
     bus_type: GuestString = ""
 
 
 class FileSystem(KubeVirtModel):
     """VirtualMachineInstanceFileSystem: the five scalars are always written, `disk` is omitempty."""
 
-    _omitempty = frozenset({"disk"})
     disk_name: GuestString = ""
     mount_point: GuestString = ""
     file_system_type: GuestString = ""
     used_bytes: int = Field(default=0, ge=0, le=2**63 - 1)
     total_bytes: int = Field(default=0, ge=0, le=2**63 - 1)
-    disk: list[FileSystemDisk] = Field(default_factory=list, max_length=MAX_DISKS)
+    disk: Annotated[list[FileSystemDisk], OMIT_EMPTY] = Field(default_factory=list, max_length=MAX_DISKS)
 
 
 class FileSystemInfo(KubeVirtModel):
@@ -113,26 +98,24 @@ class FileSystemInfo(KubeVirtModel):
 
     disks: list[FileSystem] | None = None
 
-    def _go_values(self, data: dict[str, Any]) -> dict[str, Any]:
-        if not data.get("disks"):
-            data["disks"] = None
-        return data
+    @field_serializer("disks", mode="wrap")
+    def _nil_when_empty(self, value: list[FileSystem] | None, handler: SerializerFunctionWrapHandler) -> Any:
+        return handler(value) if value else None
 
 
 class GuestAgentInfo(KubeVirtModel):
     """VirtualMachineInstanceGuestAgentInfo: the body of the `guestosinfo` subresource."""
 
-    _omitempty = frozenset(
-        {"guestAgentVersion", "supportedCommands", "hostname", "timezone", "userList", "fsFreezeStatus"}
+    guest_agent_version: OmitEmptyString = ""
+    supported_commands: Annotated[list[GuestAgentCommandInfo], OMIT_EMPTY] = Field(
+        default_factory=list, max_length=MAX_ITEMS
     )
-    guest_agent_version: GuestString = ""
-    supported_commands: list[GuestAgentCommandInfo] = Field(default_factory=list, max_length=MAX_ITEMS)
-    hostname: GuestString = ""
+    hostname: OmitEmptyString = ""
     os: GuestOSInfo = Field(default_factory=GuestOSInfo)
-    timezone: str = ""
-    user_list: list[GuestOSUser] = Field(default_factory=list)
+    timezone: Annotated[str, OMIT_EMPTY] = ""
+    user_list: Annotated[list[GuestOSUser], OMIT_EMPTY] = Field(default_factory=list)
     fs_info: FileSystemInfo = Field(default_factory=FileSystemInfo)
-    fs_freeze_status: GuestString = ""
+    fs_freeze_status: OmitEmptyString = ""
 
 
 class ListMeta(KubeVirtModel):
@@ -159,40 +142,26 @@ InfoSource = str  # tokens "domain", "guest-agent", "multus-status" joined by ",
 class NetworkInterface(KubeVirtModel):
     """VirtualMachineInstanceNetworkInterface (`status.interfaces[]`): every field omitempty."""
 
-    _omitempty = frozenset(
-        {
-            "ipAddress",
-            "mac",
-            "name",
-            "ipAddresses",
-            "podInterfaceName",
-            "interfaceName",
-            "infoSource",
-            "queueCount",
-            "linkState",
-        }
-    )
-    ip_address: str = ""
-    mac: str = ""
-    name: str = ""
-    ip_addresses: list[str] = Field(default_factory=list)
-    pod_interface_name: str = ""
-    interface_name: str = ""
-    info_source: InfoSource = ""
-    queue_count: int = 0
-    link_state: Literal["", "up", "down"] = ""
+    ip_address: Annotated[str, OMIT_EMPTY] = ""
+    mac: Annotated[str, OMIT_EMPTY] = ""
+    name: Annotated[str, OMIT_EMPTY] = ""
+    ip_addresses: Annotated[list[str], OMIT_EMPTY] = Field(default_factory=list)
+    pod_interface_name: Annotated[str, OMIT_EMPTY] = ""
+    interface_name: Annotated[str, OMIT_EMPTY] = ""
+    info_source: Annotated[InfoSource, OMIT_EMPTY] = ""
+    queue_count: Annotated[int, OMIT_EMPTY] = 0
+    link_state: Annotated[Literal["", "up", "down"], OMIT_EMPTY] = ""
 
 
 class VMICondition(KubeVirtModel):
     """VirtualMachineInstanceCondition. metav1.Time fields are written as null when unset."""
 
-    _omitempty = frozenset({"reason", "message"})
     type: str
     status: Literal["True", "False", "Unknown"]
     last_probe_time: str | None = None
     last_transition_time: str | None = None
-    reason: str = ""
-    message: str = ""
+    reason: Annotated[str, OMIT_EMPTY] = ""
+    message: Annotated[str, OMIT_EMPTY] = ""
 
 
 AGENT_CONNECTED = "AgentConnected"
