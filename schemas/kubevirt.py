@@ -18,8 +18,12 @@ from schemas.limits import MAX_DISKS, MAX_ITEMS, GuestString
 
 
 def camel_case_config(extra: Literal["ignore", "forbid"]) -> ConfigDict:
-    """The model config of every JSON type here: camelCase names (either spelling accepted), immutable."""
+    """The model config of every JSON type here: camelCase names (either spelling accepted), immutable,
+    finite numbers only."""
     return ConfigDict(
+        # JSON has no NaN or Infinity; pydantic's parser would take them: a time that compares
+        # false with everything would break the join's ordering.
+        allow_inf_nan=False,
         alias_generator=to_camel,
         validate_by_name=True,
         validate_by_alias=True,

@@ -7,7 +7,6 @@ stream. Faust's settings follow shared/broker-notes.md for the Tansu broker.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.codec import DecodeError, decode, encode
@@ -24,6 +24,7 @@ from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, PARTITIONS, VMI_TOPIC
 from streams.join import JoinResult, VMIState, apply_agent, apply_domain
 from streams.metrics import DEAD_LETTERS, EMITTED, EVENTS
+from streams.output import Send, deliver, make_output_producer
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ def build_app(config: JoinConfig) -> faust.App:
     app = faust.App(config.app_id, **settings)
 
     raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
-    merged_topic = app.topic(VMI_TOPIC, key_type=bytes, value_type=bytes, partitions=config.partitions)
-    dead_letters = app.topic(DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes)
     # Writes happen per key after a batch: the changelog partition comes from the key (the same
     # partitioner as the raw topics), not from the batch's last event (broker-notes §3).
     table = app.Table(
@@ -92,68 +91,71 @@ def build_app(config: JoinConfig) -> faust.App:
 
     dead_letter_log = OncePerMinute(log)
 
-    async def send_dead_letter(message: Any, kind: str, reason: str) -> None:
+    def dead_letter_send(message: Any, kind: str, reason: str) -> Send:
         DEAD_LETTERS.labels(kind).inc()
         dead_letter_log.warning(
             kind, "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
         )
-        await dead_letters.send(key=message.key, value=dead_letter(message, reason))
+        return Send(DEAD_LETTER_TOPIC, message.key or b"", dead_letter(message, reason))
 
-    async def send_output(key: bytes, result: JoinResult) -> None:
-        if result.record is not None:
-            await merged_topic.send(key=key, value=result.record_bytes())
+    def count_output(key: bytes, result: JoinResult) -> None:
+        record = result.record
+        if record is not None:
             EMITTED.labels("record").inc()
-            record = result.record
             (log.info if record.revision == 1 else log.debug)(
                 "VMI %s revision %d from node %s", record.vmi.key, record.revision, record.node
             )
         elif result.tombstone:
-            await merged_topic.send(key=key, value=None)
             EMITTED.labels("tombstone").inc()
             log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
 
-    async def send_with_retries(key: bytes, output: JoinResult, attempts: int = 3) -> bool:
-        """Hand the output to the producer; a refusal is retried (a lost tombstone would never come
-        again: a removed VMI sends no more events)."""
-        for attempt in range(1, attempts + 1):
-            try:
-                await send_output(key, output)
-                return True
-            except Exception as exc:
-                log.warning(
-                    "sending the merged output of %r failed (attempt #%d/%d): %s", key[:300], attempt, attempts, exc
-                )
-                await asyncio.sleep(0.1 * attempt)
-        return False
-
-    async def process_key(key: bytes, messages: list[Any]) -> None:
-        """All events of one VMI in a batch: one table write and at most one send (see `fold_batch`).
-
-        The state is written only after the send was accepted, so a failed send leaves the state as
-        it was and the next event of that VMI produces the record again.
-        """
-        stored = table.get(key)
-        batch = fold_batch(stored, key, messages)
-        for message, kind, reason in batch.refused:
-            await send_dead_letter(message, kind, reason)
-        if batch.output is not None and not await send_with_retries(key, batch.output):
-            refused = {id(message) for message, _, _ in batch.refused}
-            for message in messages:
-                if id(message) not in refused:
-                    await send_dead_letter(message, "unsendable", "merged output not sent after retries")
-            return
-        if batch.state != stored:
-            table[key] = batch.state
+    async def process_batch(producer: AIOKafkaProducer, by_key: dict[bytes, list[Any]]) -> None:
+        """Fold each VMI's events (`fold_batch`), send all outputs and dead letters at once, then write
+        the states: a VMI whose output was not delivered keeps its stored state, so its next event
+        produces the record again, and its events go to the dead-letter topic (a lost tombstone would
+        never come again: a removed VMI sends no more events)."""
+        folded = [(key, stored, fold_batch(stored, key, messages), messages)
+                  for key, messages in by_key.items() for stored in (table.get(key),)]
+        sends: list[Send] = []
+        output_at: dict[bytes, int] = {}
+        for key, _, batch, _ in folded:
+            sends += [dead_letter_send(message, kind, reason) for message, kind, reason in batch.refused]
+            if batch.output is not None:
+                output_at[key] = len(sends)
+                sends.append(Send(VMI_TOPIC, key, batch.output.record_bytes()))
+        errors = await deliver(producer, sends) if sends else []
+        unsendable: list[Send] = []
+        for key, stored, batch, messages in folded:
+            at = output_at.get(key)
+            if at is not None and errors[at] is not None:
+                refused = {id(message) for message, _, _ in batch.refused}
+                unsendable += [dead_letter_send(message, "unsendable", f"merged output not sent: {errors[at]}")
+                               for message in messages if id(message) not in refused]
+                continue
+            if batch.output is not None:
+                count_output(key, batch.output)
+            if batch.state != stored:
+                table[key] = batch.state
+        outputs = set(output_at.values())
+        lost = sum(error is not None for at, error in enumerate(errors) if at not in outputs)
+        if unsendable:
+            lost += sum(error is not None for error in await deliver(producer, unsendable))
+        if lost:
+            log.error("%d dead letters could not be sent: their raw events are dropped", lost)
 
     @app.agent(raw_topics, concurrency=1)
     async def join(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
-        async for events in batches:
-            by_key: dict[bytes, list[Any]] = {}
-            for event in events:
-                by_key.setdefault(event.message.key or b"", []).append(event.message)
-            for key, messages in by_key.items():
-                await process_key(key, messages)
+        producer = make_output_producer(config.bootstrap_servers, MAX_RECORD_BYTES)
+        await producer.start()
+        try:
+            batches = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
+            async for events in batches:
+                by_key: dict[bytes, list[Any]] = {}
+                for event in events:
+                    by_key.setdefault(event.message.key or b"", []).append(event.message)
+                await process_batch(producer, by_key)
+        finally:
+            await producer.stop()
 
     return app
 

@@ -9,6 +9,7 @@ import pytest
 
 from schemas import kubevirt
 from schemas.codec import DecodeError, decode, encode, encode_kubevirt_body
+from schemas.events import DomainReport
 
 CASES = sorted((Path(__file__).parent / "golden").glob("*.json"))
 MODELS = {
@@ -40,6 +41,10 @@ def test_golden_round_trip(case: Path) -> None:
     ("payload", "reason"),
     [
         (b"{not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[" * 100_000, "not JSON"),
+        (b'{"userName": "x", "loginTime": NaN}', "invalid GuestOSUser"),
+        (b'{"userName": "x", "loginTime": Infinity}', "invalid GuestOSUser"),
         (b'{"userName": 5}', "invalid GuestOSUser"),
         (b'{"userName": "x", "loginTime": -1}', "invalid GuestOSUser"),
         (b'{"userName": "' + b"a" * 5000 + b'"}', "invalid GuestOSUser"),
@@ -48,3 +53,11 @@ def test_golden_round_trip(case: Path) -> None:
 def test_decode_errors_say_why(payload: bytes, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         decode(kubevirt.GuestOSUser, payload)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_raw_event_times_must_be_finite(literal: bytes) -> None:
+    """A time that compares false with everything (NaN) or beats every later one would break ordering."""
+    payload = b'{"vmi": {"namespace": "ns", "name": "vm"}, "node": "n", "observedAt": ' + literal + b"}"
+    with pytest.raises(DecodeError, match="invalid DomainReport"):
+        decode(DomainReport, payload)
