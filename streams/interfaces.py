@@ -17,6 +17,7 @@ The output depends only on the input, so an unchanged input never yields a diffe
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -67,8 +68,11 @@ def group_by_mac(guest: Sequence[GuestInterface]) -> list[list[GuestInterface]]:
     return groups
 
 
+@functools.lru_cache(maxsize=8192)
 def is_link_local_or_invalid(address: str) -> bool:
-    """fe80::/10 and 169.254/16 (Go's netip IsLinkLocalUnicast), or not an address at all."""
+    """fe80::/10 and 169.254/16 (Go's netip IsLinkLocalUnicast), or not an address at all.
+
+    Cached (bounded): the same addresses come back in every report, and parsing is most of the cost."""
     try:
         return ipaddress.ip_address(address).is_link_local
     except ValueError:
