@@ -52,8 +52,8 @@ class JoinConfig(BaseModel):
     )
 
 
-def build_app(config: JoinConfig) -> faust.App:
-    """A Faust app with the raw topics, the merged topic, the state table and the join agent."""
+def faust_settings(config: JoinConfig) -> dict[str, Any]:
+    """The Faust app settings of the join worker (shared/broker-notes.md for Tansu)."""
     settings: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in config.bootstrap_servers.split(",")],
         "store": "memory://",
@@ -74,7 +74,12 @@ def build_app(config: JoinConfig) -> faust.App:
         settings["web_port"] = config.web_port
     if config.one_record_batches:
         settings["producer_max_batch_size"] = 1
-    app = faust.App(config.app_id, **settings)
+    return settings
+
+
+def build_app(config: JoinConfig) -> faust.App:
+    """A Faust app with the raw topics, the state table and the join agent."""
+    app = faust.App(config.app_id, **faust_settings(config))
 
     raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
     # Writes happen per key after a batch: the changelog partition comes from the key (the same
@@ -262,12 +267,16 @@ def dead_letter(message: Any, reason: str) -> bytes:
 
 
 def run_join_worker(config: JoinConfig) -> None:
-    """Run the join worker in this process until SIGINT/SIGTERM; blocks and owns the event loop.
+    """Run the join worker in this process until SIGINT/SIGTERM; blocks and owns the event loop."""
+    log.info("join worker %s starting on %s", config.app_id, config.bootstrap_servers)
+    run_worker(build_app(config))
+
+
+def run_worker(app: faust.App) -> None:
+    """Run a Faust app's worker in this process until SIGINT/SIGTERM; blocks and owns the event loop.
 
     Logging stays as the caller configured it (Faust's own set-up is not applied).
     """
-    app = build_app(config)
     worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
     worker.spinner = None  # the spinner would turn the root logger to DEBUG (broker-notes §2)
-    log.info("join worker %s starting on %s", config.app_id, config.bootstrap_servers)
     worker.execute_from_commandline()
