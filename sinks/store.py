@@ -77,7 +77,8 @@ def describe_url(url: str) -> str:
 async def open_store(url: str) -> Store:
     """Open (and create the table of) the store named by `url`.
 
-    `sqlite:///ABS/PATH.db` uses aiosqlite in WAL mode; `postgresql://user@host:port/db` (or
+    `sqlite:///ABS/PATH.db` uses SQLite in WAL mode: batches are written through aiosqlite, and
+    primary-key reads run on the event loop (see `SQLiteStore`); `postgresql://user@host:port/db` (or
     `postgres://`) uses an asyncpg pool. Any other scheme is a `StoreError`.
     """
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""

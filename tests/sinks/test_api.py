@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from sinks.serve import start_api
-from sinks.store import Store
+from sinks.store import Store, Tombstone, open_store
 from tests.sinks.conftest import golden
 from tests.sinks.records import empty_record, full_record
 
@@ -252,3 +252,30 @@ async def test_a_read_of_an_unchanged_vmi_reads_only_its_version(store: Store, u
     finally:
         await runner.cleanup()
     assert len(set(bodies)) == 1 and bodies[0] == golden("guestosinfo-full.json")
+
+
+async def test_a_write_by_another_store_connection_is_served_at_once(
+    api: str, store_url: str, unique: str
+) -> None:
+    """As when the store sink (or another serve process) writes: every committed revision is the next body."""
+    ns = f"ns-{unique}"
+    url = f"{api}{PREFIX}/v1/namespaces/{ns}/virtualmachineinstances/full/guestosinfo"
+    writer = await open_store(store_url)
+    try:
+        record = full_record(ns, "full")
+        async with aiohttp.ClientSession() as session:
+            for revision in range(2, 12):
+                hostname = f"host-{revision}"
+                record = record.model_copy(update={
+                    "revision": revision,
+                    "guest_agent_info": record.guest_agent_info.model_copy(update={"hostname": hostname}),
+                })
+                await writer.write_batch([record])
+                async with session.get(url) as response:
+                    assert response.status == 200
+                    assert orjson.loads(await response.read())["hostname"] == hostname
+            await writer.write_batch([Tombstone(ns, "full")])
+            async with session.get(url) as response:
+                assert response.status == 404
+    finally:
+        await writer.close()

@@ -109,3 +109,68 @@ async def test_postgres_row_has_revision_and_time(store: Store, store_url: str, 
 async def test_bad_url_is_a_clear_error(url: str, message: str) -> None:
     with pytest.raises(StoreError, match=message):
         await open_store(url)
+
+
+async def test_reads_see_a_batch_committed_by_another_writer_at_once(store: Store, store_url: str, unique: str) -> None:
+    """Another connection's (or process's) committed batch is read back right after it commits."""
+    ns = f"ns-{unique}"
+    other = await open_store(store_url)
+    try:
+        for revision in range(1, 21):
+            await other.write_batch([full_record(ns, "vm1", revision=revision)])
+            version = await store.version(ns, "vm1")
+            record = await store.get(ns, "vm1")
+            assert version is not None and version[0] == revision
+            assert record is not None and record.revision == revision
+        await other.write_batch([Tombstone(ns, "vm1")])
+        assert await store.version(ns, "vm1") is None
+        assert await store.get(ns, "vm1") is None
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_sqlite_reads_leave_no_read_transaction_open(store: Store, store_url: str, unique: str) -> None:
+    """A read that kept its snapshot would hide later batches and keep the WAL from being checkpointed."""
+    await store.upsert(full_record(f"ns-{unique}", "vm1"))
+    assert await store.version(f"ns-{unique}", "vm1") is not None
+    assert await store.get(f"ns-{unique}", "vm1") is not None
+    assert await store.get(f"ns-{unique}", "ghost") is None
+    with sqlite3.connect(store_url.removeprefix("sqlite://")) as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+
+
+class _LockedFile:
+    """A `sqlite3.Connection` stand-in that finds the file locked, as SQLite reports it, or failing otherwise."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.calls = 0
+
+    def execute(self, sql: str, params: object) -> sqlite3.Cursor:
+        self.calls += 1
+        error = sqlite3.OperationalError("database is locked" if self.code == sqlite3.SQLITE_BUSY else "disk I/O error")
+        error.sqlite_errorcode = self.code
+        raise error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_sqlite_read_of_a_locked_file_waits_in_the_reader_thread(
+    store: Store, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop-thread read never waits for a lock: it hands the read to the aiosqlite reader instead."""
+    record = full_record(f"ns-{unique}", "vm1", revision=4)
+    await store.upsert(record)
+    locked = _LockedFile(sqlite3.SQLITE_BUSY)
+    monkeypatch.setattr(store, "_fast", locked)
+    assert await store.get(f"ns-{unique}", "vm1") == record
+    version = await store.version(f"ns-{unique}", "vm1")
+    assert version is not None and version[0] == 4
+    assert locked.calls == 2
+    monkeypatch.setattr(store, "_fast", _LockedFile(sqlite3.SQLITE_IOERR))
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        await store.get(f"ns-{unique}", "vm1")
