@@ -412,6 +412,48 @@ async def measure_raw_join(bootstrap: str, total: int) -> JoinResult:
     return await run_join_child(Child("plain aiokafka join loop", argv), port, total)
 
 
+async def measure_faust_ceiling(bootstrap: str, total: int, workdir: Path, with_table: bool) -> JoinResult:
+    """What one Faust worker can do at most on this machine: the join's app (same settings, same
+    `take_events` batches) doing no join work, with or without one table write per key and batch."""
+    app_id = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    argv = [sys.executable, "-m", "guestinfo.bench", "faust-ceiling", "--bootstrap-servers", bootstrap,
+            "--app-id", app_id, "--datadir", str(workdir / app_id), "--metrics-port", str(port)]
+    if with_table:
+        argv.append("--table")
+    name = "Faust ceiling" + (" with table writes" if with_table else "")
+    progress(f"{name}: starting it as its own process")
+    return await run_join_child(Child(name, argv), port, total)
+
+
+def ceiling_app(bootstrap: str, app_id: str, datadir: Path, with_table: bool) -> Any:
+    """The join worker's Faust app without the join: events are counted (and with `with_table`, the
+    last value per key of each batch is written to a changelog-backed table, as the join writes its
+    state) and nothing is sent."""
+    from streams.app import TABLE_NAME, JoinConfig, faust_settings
+    from streams.fetching import ShortFetchApp
+    from streams.metrics import EVENTS
+
+    config = JoinConfig(bootstrap_servers=bootstrap, app_id=app_id, datadir=datadir)
+    app = ShortFetchApp(app_id, **faust_settings(config))
+    raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
+    table = app.Table(TABLE_NAME, default=None, partitions=config.partitions, key_type=bytes, value_type=bytes,
+                      use_partitioner=True)
+
+    @app.agent(raw_topics, concurrency=1)
+    async def ceiling(stream: Any) -> None:
+        async for events in stream.take_events(config.batch_size, within=config.batch_wait):
+            latest: dict[bytes, bytes] = {}
+            for event in events:
+                EVENTS.labels(event.message.topic).inc()
+                latest[event.message.key or b""] = event.message.value
+            if with_table:
+                for key, value in latest.items():
+                    table[key] = value
+
+    return app
+
+
 # -------------------------------------------------------------------------------- the plain join loop
 
 
@@ -503,6 +545,7 @@ def make_records(count: int) -> list[Any]:
 @dataclass(frozen=True)
 class RestResult:
     requests: int
+    #: Responses whose status was not 200.
     errors: int
     elapsed_s: float
     requests_per_s: float
@@ -512,6 +555,10 @@ class RestResult:
     max_ms: float
     body_bytes: int
     concurrency: int
+    #: 200 responses whose body was not the expected body of the VMI asked for.
+    wrong_bodies: int = 0
+    #: CPU seconds the generator process used during the timed requests.
+    client_cpu_s: float = 0.0
     #: CPU seconds the API process used while the generator ran (filled in by `measure_rest`).
     api_cpu_s: float = 0.0
 
@@ -522,66 +569,190 @@ def percentile(sorted_values: Sequence[float], share: float) -> float:
     return sorted_values[index]
 
 
-async def rest_load(base_url: str, vmis: int, requests: int, concurrency: int, seed: int = 1) -> RestResult:
-    """GET guestosinfo of random VMIs, `concurrency` at a time over keep-alive connections."""
+#: What the REST load generator is, for the table and the README.
+REST_CLIENT = "raw asyncio HTTP/1.1 keep-alive client, guestinfo.bench.rest_load"
+
+
+class _RestRun:
+    """One run of requests shared by all connections: which VMI each request asks for, and the outcome."""
+
+    def __init__(self, order: Sequence[int], connections: int) -> None:
+        self.order = order
+        self.next = 0
+        self.active = connections
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.wrong_bodies = 0
+        self.body_bytes = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _KeepAliveGet(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a GET, its whole response, then the next GET (no pipelining).
+
+    Each latency runs from writing the request to having the last byte of its body. Every response
+    must carry a Content-Length; its status is counted and its body compared with the expected one.
+    """
+
+    def __init__(self, requests: Sequence[bytes], expected: Sequence[bytes]) -> None:
+        self._requests = requests
+        self._expected = expected
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._run: _RestRun | None = None
+        self._index = -1
+        self._started = 0.0
+        self._body_at = -1  # where the body starts in the buffer once the head is in
+        self._need = 0  # bytes of the whole response
+        self._status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def start(self, run: _RestRun) -> None:
+        self._run = run
+        self._send_next()
+
+    def _send_next(self) -> None:
+        run = self._run
+        assert run is not None and self._transport is not None
+        if run.next >= len(run.order):
+            self._run = None
+            run.active -= 1
+            if run.active == 0 and not run.done.done():
+                run.done.set_result(None)
+            return
+        self._index = run.order[run.next]
+        run.next += 1
+        self._started = time.perf_counter()
+        self._transport.write(self._requests[self._index])
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, reason: str) -> None:
+        run, self._run = self._run, None
+        if run is not None and not run.done.done():
+            run.done.set_exception(ConnectionError(reason))
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        if self._run is None:
+            self._fail(f"{len(buffer)} unexpected bytes from the server")
+            return
+        if self._body_at < 0:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).lower()
+            start = head.find(b"\r\ncontent-length:")
+            if not head.startswith(b"http/1.1 ") or start < 0:
+                self._fail(f"not an HTTP/1.1 response with a Content-Length: {head[:200]!r}")
+                return
+            line_end = head.find(b"\r\n", start + 2)
+            self._status = int(head[9:12])
+            self._body_at = end + 4
+            self._need = self._body_at + int(head[start + 17:line_end if line_end >= 0 else len(head)])
+        if len(buffer) < self._need:
+            return
+        if len(buffer) > self._need:
+            self._fail(f"{len(buffer) - self._need} bytes after the response")
+            return
+        elapsed = time.perf_counter() - self._started
+        run = self._run
+        body = bytes(buffer[self._body_at:])
+        buffer.clear()
+        self._body_at = -1
+        run.latencies.append(elapsed)
+        run.body_bytes = len(body)
+        if self._status != 200:
+            run.errors += 1
+        elif body != self._expected[self._index]:
+            run.wrong_bodies += 1
+        self._send_next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._run is not None:
+            self._fail(f"connection lost during the run: {exc}")
+
+
+async def rest_load(base_url: str, expected: dict[str, bytes], requests: int, concurrency: int,
+                    seed: int = 1) -> RestResult:
+    """GET guestosinfo of random VMIs, `concurrency` at a time over keep-alive connections.
+
+    `expected` is the guestosinfo body of each VMI name. The client is a minimal HTTP/1.1 one on
+    asyncio's protocol API: it shares the machine's cores with the API, and aiohttp's client cost about
+    as much CPU per request as the server. 200 warm-up requests are not counted.
+    """
+    host, _, port = base_url.removeprefix("http://").rstrip("/").partition(":")
+    prefix = f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances"
+    names = sorted(expected)
+    wire = [f"GET {prefix}/{name}/guestosinfo HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() for name in names]
+    bodies = [expected[name] for name in names]
     rng = random.Random(seed)
-    prefix = f"{base_url}/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances"
-    urls = [f"{prefix}/{vmi_name(i)}/guestosinfo" for i in range(vmis)]
-    latencies: list[float] = []
-    errors = 0
-    body_bytes = 0
-    remaining = requests
-
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal errors, body_bytes
-        started = time.perf_counter()
-        async with session.get(rng.choice(urls)) as response:
-            body = await response.read()
-            if response.status != 200:
-                errors += 1
-        latencies.append(time.perf_counter() - started)
-        body_bytes = len(body)
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await one(session)
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(min(200, requests)):  # warm-up: connections open, code paths hot
-            await one(session)
-        latencies.clear()
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
+    order = [rng.randrange(len(names)) for _ in range(requests)]
+    warmup = [rng.randrange(len(names)) for _ in range(min(200, requests))]
+    loop = asyncio.get_running_loop()
+    connections = [
+        (await loop.create_connection(lambda: _KeepAliveGet(wire, bodies), host, int(port)))[1]
+        for _ in range(concurrency)
+    ]
+    try:
+        for phase in ("warm-up", "timed"):
+            run = _RestRun(warmup if phase == "warm-up" else order, len(connections))
+            cpu_before, started = time.process_time(), time.perf_counter()
+            for connection in connections:
+                connection.start(run)
+            await run.done
+            elapsed, client_cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    finally:
+        for connection in connections:
+            connection.close()
+    ordered = sorted(run.latencies)
     return RestResult(
-        requests=len(ordered), errors=errors, elapsed_s=elapsed, requests_per_s=len(ordered) / elapsed,
+        requests=len(ordered), errors=run.errors, elapsed_s=elapsed, requests_per_s=len(ordered) / elapsed,
         p50_ms=percentile(ordered, 0.5) * 1000, p95_ms=percentile(ordered, 0.95) * 1000,
-        p99_ms=percentile(ordered, 0.99) * 1000, max_ms=ordered[-1] * 1000, body_bytes=body_bytes,
-        concurrency=concurrency,
+        p99_ms=percentile(ordered, 0.99) * 1000, max_ms=ordered[-1] * 1000, body_bytes=run.body_bytes,
+        concurrency=concurrency, wrong_bodies=run.wrong_bodies, client_cpu_s=client_cpu,
     )
 
 
 async def measure_rest(size: Size, workdir: Path) -> RestResult:
-    """Fill a SQLite store, serve it with the real API, drive it from a separate generator process."""
+    """Fill a SQLite store, serve it with the real API, drive it from a separate generator process.
+
+    Each VMI's record has its own hostname, so each body is distinct and the generator can tell that
+    the body it got is the one of the VMI it asked for.
+    """
+    from schemas.codec import encode_kubevirt_body
     from sinks.serve import start_api
     from sinks.store import open_store
 
     store = await open_store(f"sqlite:///{workdir}/rest.db")
     try:
         progress(f"REST: writing {size.rest_records:,} records to a SQLite store")
-        records = make_records(size.rest_records)
+        records = [
+            record.model_copy(update={
+                "guest_agent_info": record.guest_agent_info.model_copy(update={"hostname": record.vmi.name}),
+            })
+            for record in make_records(size.rest_records)
+        ]
         for start in range(0, len(records), 1000):
             await store.write_batch(records[start:start + 1000])
+        expected = workdir / "rest-expected.json"
+        expected.write_text(json.dumps(
+            {record.vmi.name: encode_kubevirt_body(record.guest_agent_info).decode() for record in records}
+        ))
         runner, port = await start_api(store, "127.0.0.1", 0)
         try:
             progress(f"REST: {size.rest_requests:,} guestosinfo GETs, concurrency {size.rest_concurrency}, "
-                     f"from a separate process against http://127.0.0.1:{port}")
+                     f"from a separate process ({REST_CLIENT}) against http://127.0.0.1:{port}")
             cpu_before = time.process_time()  # this process serves the API and does nothing else meanwhile
-            result = await _run_rest_generator(f"http://127.0.0.1:{port}", size)
+            result = await _run_rest_generator(f"http://127.0.0.1:{port}", expected, size)
             return replace(result, api_cpu_s=time.process_time() - cpu_before)
         finally:
             await runner.cleanup()
@@ -589,9 +760,9 @@ async def measure_rest(size: Size, workdir: Path) -> RestResult:
         await store.close()
 
 
-async def _run_rest_generator(base_url: str, size: Size) -> RestResult:
+async def _run_rest_generator(base_url: str, expected: Path, size: Size) -> RestResult:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "guestinfo.bench", "rest-load", "--url", base_url, "--vmis", str(size.rest_records),
+        sys.executable, "-m", "guestinfo.bench", "rest-load", "--url", base_url, "--expected", str(expected),
         "--requests", str(size.rest_requests), "--concurrency", str(size.rest_concurrency),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
@@ -602,6 +773,8 @@ async def _run_rest_generator(base_url: str, size: Size) -> RestResult:
     result = RestResult(**json.loads(stdout))
     if result.errors:
         raise MeasureError(f"{result.errors:,} of {result.requests:,} requests were not 200")
+    if result.wrong_bodies:
+        raise MeasureError(f"{result.wrong_bodies:,} of {result.requests:,} responses had the wrong body")
     return result
 
 
@@ -832,21 +1005,43 @@ def _join_rows(report: Report, faust: JoinResult | None, raw: JoinResult | None,
             f"{raw.cores:.2f} cores; {raw.emitted:,} records out"))
 
 
+def _ceiling_rows(report: Report, ceilings: dict[bool, JoinResult], raw: JoinResult | None, total: int) -> None:
+    """What limits the Faust join: the same app with no join work, then with the table writes added."""
+    labels = {False: ("join_faust_ceiling", "Faust ceiling: take_events, no work (1 process)"),
+              True: ("join_faust_ceiling_table", "Faust ceiling: + one table write per key (1 process)")}
+    for with_table, result in sorted(ceilings.items()):
+        key, label = labels[with_table]
+        report.figures[f"{key}_events_per_s"] = result.events_per_s
+        ratio = f"{result.events_per_s / raw.events_per_s:.2f} of plain" if raw else ""
+        report.rows.append(Row(
+            key, label, result.events_per_s, f"{result.events_per_s:,.0f} ev/s", "-", None, ratio,
+            f"{result.cpu_s_total / total * 1e6:,.0f} µs CPU/event, {result.cores:.2f} cores: the most one Faust "
+            "worker does here" + (" when it writes its state" if with_table else "")))
+
+
 def _rest_rows(report: Report, rest: RestResult) -> None:
+    from aiohttp import http_parser
+
     report.figures.update({
         "rest_requests_per_s": rest.requests_per_s, "rest_p50_ms": rest.p50_ms,
         "rest_p95_ms": rest.p95_ms, "rest_p99_ms": rest.p99_ms,
     })
     per_request_us = rest.api_cpu_s / max(1, rest.requests) * 1e6
+    client_us = rest.client_cpu_s / max(1, rest.requests) * 1e6
     report.figures["rest_api_cpu_us_per_request"] = per_request_us
+    report.figures["rest_client_cpu_us_per_request"] = client_us
+    # aiohttp falls back to its pure-Python HTTP parser without its C extensions (or with AIOHTTP_NO_EXTENSIONS).
+    parser = "C" if http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser" else "pure-Python"
     report.rows.append(Row("rest_rps", "REST guestosinfo reads/s", rest.requests_per_s,
                            f"{rest.requests_per_s:,.0f} req/s", "≥ 5,000 req/s", rest.requests_per_s >= 5000,
                            note=f"{rest.requests:,} GETs, {rest.body_bytes:,} B bodies, concurrency "
-                           f"{rest.concurrency}; API {per_request_us:,.0f} µs CPU/request; the generator "
-                           "shares the cores"))
+                           f"{rest.concurrency}, every status and body checked; API {per_request_us:,.0f} µs "
+                           f"CPU/request (aiohttp {parser} parser); generator ({REST_CLIENT}) {client_us:,.0f} µs "
+                           "CPU/request on the same cores"))
     report.rows.append(Row("rest_latency", "REST guestosinfo latency p50 / p99", rest.p99_ms,
                            f"{rest.p50_ms:.1f} / {rest.p99_ms:.1f} ms", "p99 < 20 ms", rest.p99_ms < 20,
-                           note=f"measured in the generator; max {rest.max_ms:.1f} ms"))
+                           note=f"measured in the generator, request written to last body byte; max "
+                           f"{rest.max_ms:.1f} ms"))
 
 
 def format_table(report: Report) -> str:
@@ -910,7 +1105,16 @@ async def _join_phase(report: Report, size: Size, broker: EmbeddedBroker, workdi
     except MeasureError as exc:
         report.failed = True
         report.rows.append(Row("join_raw", "join, plain aiokafka loop (1 process)", note=f"not measured: {exc}"))
+    ceilings: dict[bool, JoinResult] = {}
+    for with_table in (False, True):
+        try:
+            ceilings[with_table] = await measure_faust_ceiling(bootstrap, size.events, workdir, with_table)
+            progress(f"  Faust ceiling{' with table writes' if with_table else ''}: "
+                     f"{ceilings[with_table].events_per_s:,.0f} ev/s")
+        except MeasureError as exc:
+            report.notes.append(f"Faust ceiling{' with table writes' if with_table else ''} not measured: {exc}")
     _join_rows(report, faust, raw, size.events)
+    _ceiling_rows(report, ceilings, raw, size.events)
 
 
 async def _rest_phase(report: Report, size: Size, workdir: Path) -> None:
@@ -987,9 +1191,16 @@ def _helper_parser() -> argparse.ArgumentParser:
     raw.add_argument("--output-topic", required=True)
     raw.add_argument("--changelog-topic", required=True)
     raw.add_argument("--metrics-port", type=int, required=True)
+    ceiling = roles.add_parser("faust-ceiling", help="the join's Faust app without the join (runs until SIGTERM)")
+    ceiling.add_argument("--bootstrap-servers", required=True)
+    ceiling.add_argument("--app-id", required=True)
+    ceiling.add_argument("--datadir", type=Path, required=True)
+    ceiling.add_argument("--metrics-port", type=int, required=True)
+    ceiling.add_argument("--table", action="store_true", help="write the latest value per key to a table")
     load = roles.add_parser("rest-load", help="REST load generator: prints its figures as JSON")
     load.add_argument("--url", required=True)
-    load.add_argument("--vmis", type=int, required=True)
+    load.add_argument("--expected", type=Path, required=True,
+                      help="JSON object: VMI name -> its expected guestosinfo body")
     load.add_argument("--requests", type=int, required=True)
     load.add_argument("--concurrency", type=int, default=32)
     return parser
@@ -998,7 +1209,8 @@ def _helper_parser() -> argparse.ArgumentParser:
 def helper_main(argv: Sequence[str] | None = None) -> int:
     args = _helper_parser().parse_args(argv)
     if args.role == "rest-load":
-        result = asyncio.run(rest_load(args.url, args.vmis, args.requests, args.concurrency))
+        expected = {name: body.encode() for name, body in json.loads(args.expected.read_text()).items()}
+        result = asyncio.run(rest_load(args.url, expected, args.requests, args.concurrency))
         print(json.dumps(asdict(result)), flush=True)
         return 0
     import prometheus_client
@@ -1006,6 +1218,11 @@ def helper_main(argv: Sequence[str] | None = None) -> int:
     from guestinfo.lifecycle import run_until_signalled
 
     prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1")
+    if args.role == "faust-ceiling":
+        from streams.app import run_worker
+
+        run_worker(ceiling_app(args.bootstrap_servers, args.app_id, args.datadir, args.table))
+        return 0
     loop = raw_join(args.bootstrap_servers, args.group, args.output_topic, args.changelog_topic)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_until_signalled(loop, "raw-join"))

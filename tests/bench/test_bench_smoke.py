@@ -15,6 +15,8 @@ POSITIVE_FIGURES = (
     "join_faust_events_per_s",
     "join_raw_events_per_s",
     "join_ratio_faust_raw",
+    "join_faust_ceiling_events_per_s",
+    "join_faust_ceiling_table_events_per_s",
     "rest_requests_per_s",
     "rest_p99_ms",
 )
@@ -28,6 +30,7 @@ def test_small_bench_prints_the_table_and_writes_figures(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "join, Faust worker" in done.stdout
+    assert "Faust ceiling: take_events, no work" in done.stdout
     assert "REST guestosinfo reads/s" in done.stdout
     assert "Traceback" not in done.stderr
     figures = json.loads(output.read_text())["figures"]
