@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.codec import DecodeError, decode, encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, PARTITIONS, VMI_TOPIC
+from streams.fetching import ShortFetchApp
 from streams.join import JoinResult, VMIState, apply_agent, apply_domain
 from streams.metrics import DEAD_LETTERS, EMITTED, EVENTS
 from streams.output import Send, deliver, make_output_producer
@@ -79,7 +80,7 @@ def faust_settings(config: JoinConfig) -> dict[str, Any]:
 
 def build_app(config: JoinConfig) -> faust.App:
     """A Faust app with the raw topics, the state table and the join agent."""
-    app = faust.App(config.app_id, **faust_settings(config))
+    app = ShortFetchApp(config.app_id, **faust_settings(config))
 
     raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
     # Writes happen per key after a batch: the changelog partition comes from the key (the same
