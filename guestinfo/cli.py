@@ -140,10 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     join = commands.add_parser("join", help="join worker (Faust): raw topics -> merged topic guestinfo.vmi.v1")
     _add_bootstrap(join, required=True)
     join.add_argument("--app-id", default="guestinfo-join", help="Faust app id (consumer group, table prefix)")
-    join.add_argument(
-        "--broker-is-tansu", action=argparse.BooleanOptionalAction, default=True,
-        help="send one record per batch, which Tansu needs for correct table recovery (default on)",
-    )
     _add_metrics_option(join)
 
     serve = commands.add_parser("serve", help="store sink + REST API at the KubeVirt subresource paths")

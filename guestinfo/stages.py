@@ -77,11 +77,12 @@ def join(args: argparse.Namespace) -> int:
     from streams.app import JoinConfig, run_join_worker
 
     serve_metrics(args.metrics_listen)
+    datadir = (Path(args.state_dir) / "join").absolute()
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     config = JoinConfig(
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
         app_id=args.app_id,
-        datadir=(Path(args.state_dir) / "join").absolute(),
-        one_record_batches=args.broker_is_tansu,
+        datadir=datadir,
     )
     run_join_worker(config)
     return 0

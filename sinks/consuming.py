@@ -47,7 +47,7 @@ def make_consumer(bootstrap_servers: str, group_id: str) -> AIOKafkaConsumer:
         heartbeat_interval_ms=1000,
         # Tansu answers a held fetch on its own schedule within this wait, not when data arrives: the
         # wait adds to every record's latency (500 ms default: median 59 ms, up to 0.22 s; 100 ms:
-        # 17 ms, up to 37 ms). See streams/fetching.py.
+        # 17 ms, up to 37 ms). See streams/consumer.py.
         fetch_max_wait_ms=100,
     )
 

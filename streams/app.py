@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.codec import DecodeError, decode, encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, PARTITIONS, VMI_TOPIC
-from streams.fetching import ShortFetchApp
+from streams.consumer import JoinApp
 from streams.join import JoinResult, VMIState, apply_agent, apply_domain
 from streams.metrics import DEAD_LETTERS, EMITTED, EVENTS
 from streams.output import Send, deliver, make_output_producer
@@ -46,15 +46,13 @@ class JoinConfig(BaseModel):
     session_timeout: float = Field(default=6.0, description="Consumer session timeout, seconds")
     batch_size: int = Field(default=1000, ge=1, description="Raw events taken from the stream at once")
     batch_wait: float = Field(default=0.05, gt=0, description="Seconds to wait for a batch to fill")
-    one_record_batches: bool = Field(
-        default=True,
-        description="Send one record per produce batch: needed on Tansu, whose ListOffsets(LATEST) is "
-        "wrong for multi-record batches and breaks table recovery (broker-notes §1)",
-    )
 
 
 def faust_settings(config: JoinConfig) -> dict[str, Any]:
-    """The Faust app settings of the join worker (shared/broker-notes.md for Tansu)."""
+    """The Faust app settings of the join worker (shared/broker-notes.md for Tansu).
+
+    The changelog goes out in ordinary multi-record batches on every broker: `streams.consumer`
+    confirms the highwaters that table recovery reads, which Tansu under-reports after such batches."""
     settings: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in config.bootstrap_servers.split(",")],
         "store": "memory://",
@@ -73,14 +71,12 @@ def faust_settings(config: JoinConfig) -> dict[str, Any]:
     }
     if config.web_port is not None:
         settings["web_port"] = config.web_port
-    if config.one_record_batches:
-        settings["producer_max_batch_size"] = 1
     return settings
 
 
 def build_app(config: JoinConfig) -> faust.App:
     """A Faust app with the raw topics, the state table and the join agent."""
-    app = ShortFetchApp(config.app_id, **faust_settings(config))
+    app = JoinApp(config.app_id, **faust_settings(config))
 
     raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
     # Writes happen per key after a batch: the changelog partition comes from the key (the same
