@@ -47,8 +47,15 @@ class LibvirtAgentTransport:
         self.timeout = timeout
         self._executor = executor
 
+    @property
+    def max_call_seconds(self) -> float:
+        return self.timeout + 1.5  # its asyncio timeout is `timeout` + 1 s
+
     async def sync(self) -> None:
         await self.execute("guest-ping")
+
+    def try_skip_sync(self) -> bool:
+        return False  # holds no connection of its own: each poll asks `guest-ping` first
 
     async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         request = encode_request(command, arguments).decode()

@@ -67,6 +67,10 @@ class AgentPoll:
         return fit_report(report)
 
 
+#: The duration histogram of each command (`labels` looks the child up on every call otherwise).
+_DURATIONS: dict[str, Any] = {}
+
+
 async def _measured(command: str, call: Awaitable[T]) -> T:
     """Await one agent call, counting its time and, when it fails, its error."""
     started = time.monotonic()
@@ -76,7 +80,10 @@ async def _measured(command: str, call: Awaitable[T]) -> T:
         AGENT_ERRORS.labels(command, error_kind(exc)).inc()
         raise
     finally:
-        AGENT_CALL_DURATION.labels(command).observe(time.monotonic() - started)
+        histogram = _DURATIONS.get(command)
+        if histogram is None:
+            histogram = _DURATIONS[command] = AGENT_CALL_DURATION.labels(command)
+        histogram.observe(time.monotonic() - started)
 
 
 async def poll_into(
@@ -84,25 +91,31 @@ async def poll_into(
 ) -> None:
     """Sync, then run each command; a failing command is recorded and its field left null.
 
-    An unreachable or silent agent ends the poll: the remaining commands are not tried this tick.
+    The sync is skipped on a connection that needs none (`AgentTransport.try_skip_sync`): the first
+    command then stands for it, and when it gets no answer at all (timeout, connection lost) the poll
+    is recorded as if the sync had failed. An unreachable or silent agent ends the poll: the remaining
+    commands are not tried this tick.
     """
-    try:
-        await _measured(SYNC, transport.sync())
-    except AgentError as exc:
-        poll.errors[SYNC] = short_reason(exc)
-        poll.timed_out = isinstance(exc, AgentTimeout)
-        return
-    poll.synced = True
+    skipped = bool(commands) and transport.try_skip_sync()
+    if not skipped:
+        try:
+            await _measured(SYNC, transport.sync())
+        except AgentError as exc:
+            poll.errors[SYNC] = short_reason(exc)
+            poll.timed_out = isinstance(exc, AgentTimeout)
+            return
+        poll.synced = True
     for command in commands:
         field_name = CONVERTERS[command][0]
         try:
             poll.fields[field_name] = await _measured(command, _converted(transport, command))
         except (AgentUnavailable, AgentTimeout) as exc:
-            poll.errors[command] = short_reason(exc)
+            poll.errors[command if poll.synced else SYNC] = short_reason(exc)
             poll.timed_out = isinstance(exc, AgentTimeout)
             return
         except AgentError as exc:
             poll.errors[command] = short_reason(exc)
+        poll.synced = True  # it answered (a skipped sync is confirmed by the first answer)
 
 
 async def _converted(transport: AgentTransport, command: str) -> Any:
@@ -121,12 +134,25 @@ class BudgetedTransport:
         self.inner = inner
         self.remaining = budget
         self._slots = slots
+        #: Longest an inner call can take by its own timeout (the budget needs no timer of its own above).
+        self._call_limit = inner.max_call_seconds
+        #: The next call is the poll's first (a skipped sync): it waits for a slot as a sync does.
+        self._first = True
+
+    @property
+    def max_call_seconds(self) -> float:
+        return min(self._call_limit, max(self.remaining, 0.0))
 
     async def sync(self) -> None:
+        self._first = False
         await self._run(self.inner.sync, first=True)
 
+    def try_skip_sync(self) -> bool:
+        return self.remaining > 0 and self.inner.try_skip_sync()
+
     async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        return await self._run(lambda: self.inner.execute(command, arguments), first=False)
+        first, self._first = self._first, False
+        return await self._run(lambda: self.inner.execute(command, arguments), first=first)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -137,6 +163,8 @@ class BudgetedTransport:
                 raise BudgetExceeded
             started = time.monotonic()
             try:
+                if self.remaining > self._call_limit:  # the call's own timeout ends it within the budget
+                    return await call()
                 async with asyncio.timeout(self.remaining):
                     return await call()
             except TimeoutError:

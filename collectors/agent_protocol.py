@@ -6,6 +6,14 @@ lines left from before) are skipped, up to `MAX_STRAY_LINES` per reply. A reply 
 taken only from an agent whose `guest-sync` reply on this connection did not echo the id either
 (an agent too old to echo ids); from one that does, it is stray too.
 
+A connection is synchronised with `guest-sync` when it opens, and again (as libvirt's agent code
+does) only when it may be out of step: after stray lines were seen on it, when it has not answered
+for `RESYNC_AFTER_IDLE` seconds, or with an agent that does not echo ids (whose replies only the sync
+tells apart). A timeout, a bad reply or a lost connection drops it, so the next call opens and
+synchronises a new one. A poll on a connection that needs none skips the sync (`try_skip_sync`): its
+first call then stands for it, and a connection it finds closed by the agent (restarted since the
+last poll) is counted in `reconnects`, replaced and synchronised, and the call asked again once.
+
 Every reply is guest-written: it is bounded in size and depth before it is looked at, and anything
 unexpected is an `AgentProtocolError`, never a crash.
 """
@@ -39,14 +47,26 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
 #: Stray lines skipped while waiting for one reply (the `guest-sync` reply included) before giving up.
 MAX_STRAY_LINES = 32
+#: A held connection that has not answered for this many seconds is synchronised again before use.
+RESYNC_AFTER_IDLE = 60.0
 _MAX_ERROR_TEXT = 512
 
 
 class AgentTransport(Protocol):
     """A way to talk to one guest agent: a direct unix socket or libvirt's agent channel."""
 
+    @property
+    def max_call_seconds(self) -> float:
+        """The longest one call can take before its own timeout ends it."""
+        ...
+
     async def sync(self) -> None:
         """Make sure the agent answers; raises an `AgentError` when it does not."""
+        ...
+
+    def try_skip_sync(self) -> bool:
+        """True when the next call may go without a `sync` first (it then stands for the sync: a
+        connection it finds closed is replaced at once); False when `sync` is needed."""
         ...
 
     async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
@@ -105,7 +125,10 @@ def decode_reply(line: bytes | str) -> dict[str, Any]:
     return reply
 
 
-def check_depth(reply: dict[str, Any]) -> None:
+def check_depth(reply: dict[str, Any], line: bytes | None = None) -> None:
+    """`reply` (decoded from `line`, when given) is nested no deeper than `MAX_REPLY_DEPTH`."""
+    if line is not None and line.count(b"{") + line.count(b"[") <= MAX_REPLY_DEPTH:
+        return  # each level opens a bracket: fewer brackets than levels allowed (the common case)
     if json_depth(reply) > MAX_REPLY_DEPTH:
         raise AgentProtocolError(f"reply nested deeper than {MAX_REPLY_DEPTH}")
 
@@ -133,9 +156,10 @@ class AgentSocketClient:
 
     Calls are serialised (the agent handles one request at a time and accepts one client). A new
     connection is synchronised with `guest-sync` before use; any transport or protocol failure drops
-    the connection so that the next call reconnects and re-synchronises. `sync` on a held connection
-    that the agent closed in the meantime (it was restarted) counts it in `reconnects` and reconnects
-    once at once; a connection this client dropped itself (timeout, bad reply) is not counted.
+    the connection so that the next call reconnects and re-synchronises. `sync` always asks the agent.
+    `sync` on a held connection that the agent closed in the meantime (it was restarted) counts it in
+    `reconnects` and reconnects once at once, and so does the first call after `try_skip_sync`; a
+    connection this client dropped itself (timeout, bad reply) is not counted.
     """
 
     def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -147,9 +171,19 @@ class AgentSocketClient:
         self._writer: asyncio.StreamWriter | None = None
         #: Whether this connection's agent echoed the id of our `guest-sync`.
         self._echoes_ids = True
+        #: The connection is in step: synchronised, and no stray line seen on it since.
+        self._in_sync = False
+        #: Loop time of the last reply read on this connection.
+        self._answered_at = 0.0
+        #: The next call stands for a skipped sync (`try_skip_sync`).
+        self._confirm_next = False
         self._lock = asyncio.Lock()
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
+
+    @property
+    def max_call_seconds(self) -> float:
+        return self.timeout + 1.5  # its timeout covers the whole call, then closing waits 1 s at most
 
     @property
     def connected(self) -> bool:
@@ -161,14 +195,35 @@ class AgentSocketClient:
         """The agent echoed our request id in its last `guest-sync` reply (true until known)."""
         return self._echoes_ids
 
+    @property
+    def sync_needed(self) -> bool:
+        """A `sync` must come before the next call: no connection is held, or the one held may be out
+        of step (stray lines seen, closed by the agent, silent for `RESYNC_AFTER_IDLE` seconds, or an
+        agent that does not echo ids)."""
+        return (
+            self._writer is None or self._reader is None or not self._in_sync or not self._echoes_ids
+            or self._reader.at_eof()
+            or asyncio.get_running_loop().time() - self._answered_at > RESYNC_AFTER_IDLE
+        )
+
+    def try_skip_sync(self) -> bool:
+        """Skip the sync when none is needed: the next call then stands for it (a connection it finds
+        closed is counted in `reconnects`, replaced and synchronised, and the call asked again)."""
+        if self._lock.locked() or self.sync_needed:
+            return False
+        self._confirm_next = True
+        return True
+
     async def sync(self) -> None:
         """Make sure the agent answers now: connect if needed, then a fresh `guest-sync` round."""
         async with self._lock:
+            self._confirm_next = False
             await self._guarded(self._resynchronise())
 
     async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         async with self._lock:
-            return await self._guarded(self._call(command, arguments))
+            confirm, self._confirm_next = self._confirm_next, False
+            return await self._guarded(self._call(command, arguments, confirm=confirm))
 
     async def close(self) -> None:
         writer = self._drop()
@@ -181,6 +236,7 @@ class AgentSocketClient:
 
     def _drop(self) -> asyncio.StreamWriter | None:
         writer, self._reader, self._writer = self._writer, None, None
+        self._in_sync = self._confirm_next = False
         if writer is not None:
             writer.close()
         return writer
@@ -212,11 +268,14 @@ class AgentSocketClient:
         try:
             await self._synchronise()
         except (AgentUnavailable, OSError) as exc:
-            # The agent closed the held connection since the last call (it was restarted): one new try.
-            log.debug("agent socket %s: held connection lost (%s), reconnecting", self.path, exc)
-            self._drop()
-            self.reconnects += 1  # counted even when the agent is not back yet: it did close on us
-            await self._ensure_connected()
+            await self._replace_lost(exc)
+
+    async def _replace_lost(self, exc: BaseException) -> None:
+        """The agent closed the held connection since the last call (it was restarted): one new try."""
+        log.debug("agent socket %s: held connection lost (%s), reconnecting", self.path, exc)
+        self._drop()
+        self.reconnects += 1  # counted even when the agent is not back yet: it did close on us
+        await self._ensure_connected()
 
     async def _ensure_connected(self) -> None:
         if self._writer is not None:
@@ -245,6 +304,8 @@ class AgentSocketClient:
                 continue
             if reply.get("return") == token and reply.get("id", request_id) == request_id:
                 self._echoes_ids = "id" in reply
+                self._in_sync = True
+                self._answered_at = asyncio.get_running_loop().time()
                 return
             if "id" in reply and reply["id"] == request_id:
                 answer = reply["error"] if "error" in reply else reply.get("return")
@@ -252,7 +313,17 @@ class AgentSocketClient:
             self._stray("other_id" if "id" in reply else "stale_sync", line)
         raise AgentProtocolError(f"no guest-sync reply among {MAX_STRAY_LINES} stray lines")
 
-    async def _call(self, command: str, arguments: Mapping[str, Any] | None) -> Any:
+    async def _call(self, command: str, arguments: Mapping[str, Any] | None, *, confirm: bool = False) -> Any:
+        if confirm and self._writer is not None:
+            request_id = self._next_id()
+            try:
+                await self._send(encode_request(command, arguments, request_id=request_id))
+                reply = await self._read_reply(command, request_id)
+            except (AgentUnavailable, OSError) as exc:
+                # Found closed by the first call of a poll that skipped its sync: as that sync would have.
+                await self._replace_lost(exc)
+            else:
+                return reply_value(command, reply)
         await self._ensure_connected()
         request_id = self._next_id()
         await self._send(encode_request(command, arguments, request_id=request_id))
@@ -269,11 +340,13 @@ class AgentSocketClient:
             elif "id" not in reply and self._echoes_ids:
                 self._stray("no_id", line)
             else:
-                check_depth(reply)
+                check_depth(reply, line)
+                self._answered_at = asyncio.get_running_loop().time()
                 return reply
         raise AgentProtocolError(f"{command}: no reply among {MAX_STRAY_LINES} stray lines")
 
     def _stray(self, reason: str, line: bytes) -> None:
+        self._in_sync = False  # the connection carries what we did not ask for: synchronise it again
         AGENT_STRAY_LINES.labels(reason).inc()
         log.debug("agent socket %s: stray line skipped (%s): %.120r", self.path, reason, line[:120])
 

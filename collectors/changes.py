@@ -61,8 +61,9 @@ def normalised(value: Any) -> bytes:
     return orjson.dumps(_plain(value), option=orjson.OPT_SORT_KEYS)
 
 
-def _domain_content(report: DomainReport) -> dict[str, Any]:
-    return report.model_dump(mode="json", exclude={"observed_at"})
+def same_domain_content(older: DomainReport, newer: DomainReport) -> bool:
+    """The two reports say the same (all but `observed_at`), compared field by field as models."""
+    return {**older.__dict__, "observed_at": 0.0} == {**newer.__dict__, "observed_at": 0.0}
 
 
 def merge_agent(older: AgentReport, newer: AgentReport) -> AgentReport:
@@ -88,6 +89,8 @@ class ChangeTracker:
         self._domains: dict[str, DomainReport] = {}
         #: The whole state of the current session: every field the agent answered in it, latest first.
         self._agents: dict[str, AgentReport] = {}
+        #: `normalised` of the fields of `_agents` compared so far (each is encoded once per change).
+        self._normal: dict[str, dict[str, bytes]] = {}
         self._resync_at: dict[str, float] = {}
 
     def changes(self, reports: TickReports) -> TickReports:
@@ -97,6 +100,7 @@ class ChangeTracker:
             if domain.removed:
                 self._domains.pop(key, None)
                 self._agents.pop(key, None)
+                self._normal.pop(key, None)
                 self._resync_at.pop(key, None)
                 out.domains.append(domain)
                 continue
@@ -104,7 +108,7 @@ class ChangeTracker:
             self._domains[key] = domain
             if key not in self._resync_at:  # the first resync at a random point: VMIs drift apart
                 self._resync_at[key] = self._clock() + self.resync_interval * self._rng.uniform(0.5, 1 + self.jitter)
-            if previous is None or _domain_content(previous) != _domain_content(domain):
+            if previous is None or not same_domain_content(previous, domain):
                 out.domains.append(domain)
             else:
                 REPORTS_UNCHANGED.labels("domain").inc()
@@ -124,14 +128,20 @@ class ChangeTracker:
         known = self._agents.get(key)
         if known is None or known.session != report.session:
             self._agents[key] = report  # a new session: what came before is void, this is all it has
+            self._normal[key] = {}
             return report
         unchanged: dict[str, Any] = {}
         changed = report.connected != known.connected or report.errors != known.errors
+        known_normal = self._normal.setdefault(key, {})
         for name in AGENT_FIELDS:
             value = getattr(report, name)
             if value is None:
                 continue
-            if normalised(value) == normalised(getattr(known, name)):
+            before = known_normal.get(name)
+            if before is None:
+                before = normalised(getattr(known, name))
+            now = known_normal[name] = normalised(value)  # the merged state holds this value from here on
+            if now == before:
                 unchanged[name] = None
             else:
                 changed = True

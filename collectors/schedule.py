@@ -5,6 +5,14 @@ a resume, a reboot) every command is due at once; then each waits `warmup` secon
 after each poll until it reaches the command's interval. Commands whose interval is at most `warmup`
 poll at their interval from the start. Every wait is stretched by a random factor in
 [1 - jitter, 1 + jitter], so VMIs started together drift apart.
+
+A poll asks the commands due, and with them each command of the VMI that would be due before the
+next poll could come (within (1 + jitter) x the shortest interval) and whose wait has reached the
+short end of that range ((1 - jitter) x its period): `ready`, as if its random factor had come out
+lower. The commands asked in one poll share one random factor. So one VMI's commands keep coming
+in one poll (e.g. users with every second freeze-status poll, the others with the freeze-status poll
+just before they are due) instead of drifting into polls of their own, and no wait is shorter or
+longer than the jitter allows.
 """
 
 from __future__ import annotations
@@ -24,9 +32,13 @@ class CommandSchedule:
         self.intervals = {command: intervals[command] for command in POLLED_COMMANDS if command in intervals}
         self.warmup = warmup
         self.jitter = jitter
+        #: The longest time between two polls of a command of the shortest interval.
+        self._horizon = (1 + jitter) * min(self.intervals.values(), default=0.0)
         self._rng = rng or random.Random()
         self.period: dict[str, float] = {}
         self.due_at: dict[str, float] = {}
+        #: From when each command may be asked along with a due one.
+        self.ready_at: dict[str, float] = {}
         self.restart(0.0)
 
     def _stretch(self, seconds: float) -> float:
@@ -38,24 +50,34 @@ class CommandSchedule:
         offset = self._rng.uniform(0, spread) if spread > 0 else 0.0
         for command, interval in self.intervals.items():
             self.period[command] = min(self.warmup, interval)
-            self.due_at[command] = now + offset
+            self.due_at[command] = self.ready_at[command] = now + offset
 
     def due(self, now: float) -> tuple[str, ...]:
         """The commands due at `now`, in polling order."""
         return tuple(command for command, at in self.due_at.items() if at <= now)
 
+    def ready(self, now: float) -> tuple[str, ...]:
+        """The commands to ask in a poll at `now` (when some are due): the due ones, and those whose wait
+        has reached (1 - jitter) x its period, in polling order."""
+        return tuple(command for command, at in self.ready_at.items() if at <= now)
+
     def polled(self, commands: Iterable[str], now: float) -> None:
         """`commands` were asked (answered or failed): each is next due after its period, which doubles."""
+        factor = self._stretch(1.0)  # one factor for the poll: the commands asked together stay in step
         for command in commands:
             period = self.period[command]
-            self.due_at[command] = now + self._stretch(period)
+            self.due_at[command] = now + period * factor
+            self.ready_at[command] = max(now + period * (1 - self.jitter), self.due_at[command] - self._horizon)
             self.period[command] = min(period * 2, self.intervals[command])
 
     def defer(self, commands: Iterable[str], now: float) -> None:
         """`commands` were due but not asked (no agent, backed off, cut short): try again after one
         warm-up period (or their interval, when shorter), without doubling."""
+        factor = self._stretch(1.0)
         for command in commands:
-            self.due_at[command] = now + self._stretch(min(self.warmup, self.intervals[command]))
+            wait = min(self.warmup, self.intervals[command])
+            self.due_at[command] = now + wait * factor
+            self.ready_at[command] = max(now + wait * (1 - self.jitter), self.due_at[command] - self._horizon)
 
     def next_due(self) -> float:
         return min(self.due_at.values(), default=float("inf"))

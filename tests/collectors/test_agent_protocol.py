@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
@@ -399,3 +400,142 @@ async def test_sync_on_an_open_connection_asks_the_agent_again(sock: Path) -> No
             assert [r["execute"] for r in agent.requests].count("guest-sync") == 2
         finally:
             await client.close()
+
+
+def executed(agent: Any) -> list[str]:
+    return [request["execute"] for request in agent.requests]
+
+
+async def test_a_connection_that_answered_in_step_is_not_synced_again(sock: Path) -> None:
+    async with fake_agent(sock, replying(guest_ping=ok({}))) as agent:
+        client = AgentSocketClient(str(sock), timeout=0.5)
+        try:
+            assert not client.try_skip_sync(), "a new connection is synced"
+            await client.sync()
+            assert client.try_skip_sync()
+            assert await client.execute("guest-ping") == {}
+            assert client.try_skip_sync()
+            assert await client.execute("guest-ping") == {}
+            assert executed(agent) == ["guest-sync", "guest-ping", "guest-ping"]
+            assert agent.connections == 1 and client.reconnects == 0
+        finally:
+            await client.close()
+
+
+async def test_a_stray_line_has_the_next_poll_sync_again(sock: Path) -> None:
+    """Request ids still reject a stale reply on an unsynced call, and the connection is synced again."""
+    calls = 0
+
+    def script(request: dict[str, Any]) -> Answer:
+        nonlocal calls
+        if request["execute"] == "guest-sync":
+            return sync_reply(request)
+        calls += 1
+        stale = [b'{"return": "frozen", "id": "earlier-1"}\n'] if calls == 1 else []
+        return [*stale, *returning(request, "thawed")]
+
+    before = stray_count("other_id")
+    async with fake_agent(sock, script) as agent:
+        client = AgentSocketClient(str(sock), timeout=0.5)
+        try:
+            await client.sync()
+            assert client.try_skip_sync()
+            assert await client.execute("guest-fsfreeze-status") == "thawed"
+            assert stray_count("other_id") == before + 1
+            assert not client.try_skip_sync(), "stray data: out of step"
+            await client.sync()
+            assert client.try_skip_sync()
+            assert executed(agent) == ["guest-sync", "guest-fsfreeze-status", "guest-sync"]
+        finally:
+            await client.close()
+
+
+async def test_a_connection_silent_for_long_or_of_an_agent_without_ids_is_synced_again(
+    sock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with fake_agent(sock, replying(echo_ids=False, guest_ping=raw(b'{"return": {}}\n'))):
+        client = AgentSocketClient(str(sock), timeout=0.5)
+        try:
+            await client.sync()
+            assert not client.echoes_ids and not client.try_skip_sync(), "only the sync tells its replies apart"
+        finally:
+            await client.close()
+    async with fake_agent(sock, replying(guest_ping=ok({}))):
+        client = AgentSocketClient(str(sock), timeout=0.5)
+        try:
+            await client.sync()
+            assert client.try_skip_sync()
+            await client.execute("guest-ping")
+            monkeypatch.setattr("collectors.agent_protocol.RESYNC_AFTER_IDLE", 0.0)
+            await asyncio.sleep(0.01)
+            assert not client.try_skip_sync(), "silent since longer than RESYNC_AFTER_IDLE"
+        finally:
+            await client.close()
+
+
+async def test_a_connection_the_agent_closed_is_synced_again_and_counted(sock: Path) -> None:
+    async with fake_agent(sock, replying(guest_ping=ok({}))) as agent:
+        client = AgentSocketClient(str(sock), timeout=0.5)
+        await client.sync()
+        agent.drop_connections()  # the agent restarted between two polls
+        await asyncio.sleep(0.05)
+        assert not client.try_skip_sync(), "the closed connection is seen: sync"
+        await client.sync()
+        try:
+            assert client.reconnects == 1 and agent.connections == 2
+        finally:
+            await client.close()
+
+
+async def test_the_call_standing_for_a_skipped_sync_replaces_a_closed_connection(sock: Path) -> None:
+    """A connection closed just as the poll starts (not seen before the call) is found by its first call:
+    counted as the agent's restart, replaced and synchronised, and the call asked again."""
+    pings = 0
+
+    def script(request: dict[str, Any]) -> Answer:
+        nonlocal pings
+        if request["execute"] == "guest-sync":
+            return sync_reply(request)
+        pings += 1
+        return "close" if pings == 1 else returning(request, "pong")
+
+    async with fake_agent(sock, script) as agent:
+        client = AgentSocketClient(str(sock), timeout=0.5)
+        try:
+            await client.sync()
+            assert client.try_skip_sync()
+            assert await client.execute("guest-ping") == "pong"
+            assert client.reconnects == 1 and agent.connections == 2
+            assert executed(agent) == ["guest-sync", "guest-ping", "guest-sync", "guest-ping"]
+            assert len({request["id"] for request in agent.requests}) == 4
+        finally:
+            await client.close()
+
+
+async def test_a_hung_agent_asked_without_a_sync_is_reported_unreachable(sock: Path) -> None:
+    hung = False
+
+    def script(request: dict[str, Any]) -> Answer:
+        if hung:
+            return None
+        return sync_reply(request) if request["execute"] == "guest-sync" else returning(request, "thawed")
+
+    vmi = VMIRef(namespace="ns", name="vm")
+    async with fake_agent(sock, script) as agent:
+        client = AgentSocketClient(str(sock), timeout=0.2)
+        try:
+            first, synced = await poll_agent(client, vmi, node="n", observed_at=1.0, budget=5,
+                                             commands=("guest-fsfreeze-status",))
+            assert synced and first.fs_freeze_status == "thawed"
+            second, synced = await poll_agent(client, vmi, node="n", observed_at=2.0, budget=5,
+                                              commands=("guest-fsfreeze-status",))
+            assert synced and second.connected and second.fs_freeze_status == "thawed"
+            hung = True
+            third, synced = await poll_agent(client, vmi, node="n", observed_at=3.0, budget=5,
+                                             commands=("guest-fsfreeze-status", "guest-get-users"))
+        finally:
+            await client.close()
+    assert executed(agent) == ["guest-sync", "guest-fsfreeze-status", "guest-fsfreeze-status", "guest-fsfreeze-status"]
+    assert not synced and not third.connected and third.fs_freeze_status is None
+    assert set(third.errors) == {"guest-sync"} and "no answer" in third.errors["guest-sync"]
+    assert not client.connected, "the timed-out connection is dropped: the next poll syncs a new one"

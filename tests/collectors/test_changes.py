@@ -144,3 +144,25 @@ def test_an_agent_report_beside_its_vmis_removal_is_dropped() -> None:
     ))
     assert [d.removed for d in out.domains] == [True] and out.agents == []
     assert tracker.full().agents == [] and tracker.full().domains == []
+
+
+def test_changes_are_found_against_the_state_handed_over_field_by_field() -> None:
+    """Each poll asks some commands: a field is compared with its last value handed over (whichever poll
+    brought it), a change back is a change too, and a nested domain change is seen."""
+    tracker = ChangeTracker(300.0, clock=Clock())
+    tracker.changes(TickReports(agents=[agent("a", 1.0, hostname="h", fs_freeze_status="thawed")]))
+    assert not tracker.changes(TickReports(agents=[agent("a", 2.0, fs_freeze_status="thawed")])).agents
+    (frozen,) = tracker.changes(TickReports(agents=[agent("a", 3.0, fs_freeze_status="frozen")])).agents
+    assert frozen.fs_freeze_status == "frozen" and frozen.hostname is None
+    assert not tracker.changes(TickReports(agents=[agent("a", 4.0, hostname="h")])).agents
+    (thawed,) = tracker.changes(TickReports(agents=[agent("a", 5.0, fs_freeze_status="thawed")])).agents
+    assert thawed.fs_freeze_status == "thawed", "back to the earlier value is a change"
+    assert tracker.full([vmi("a").key]).agents[0].hostname == "h"
+
+    up = DomainReport.model_validate({**domain("b", 1.0).model_dump(), "interfaces": [{"name": "x"}]})
+    down = DomainReport.model_validate(
+        {**up.model_dump(), "observedAt": 2.0, "interfaces": [{"name": "x", "linkState": "down"}]}
+    )
+    assert tracker.changes(TickReports(domains=[up])).domains == [up]
+    assert tracker.changes(TickReports(domains=[up.model_copy(update={"observed_at": 3.0})])).domains == []
+    assert tracker.changes(TickReports(domains=[down])).domains == [down]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import re
 import socket
 import time
@@ -106,7 +107,9 @@ async def test_collector_publishes_domain_and_agent_reports(
         agent_sockets={"default/demo": str(qemu_ga)},
         node_name=node,
         interval=0.5,
-        poll_warmup=1.0,
+        # Only guest-get-users is asked again within the test: the real qemu-ga reports this host's
+        # filesystems, whose used bytes do change between two polls (that change would be published).
+        poll_warmup=5.0,
         poll_intervals={"guest-get-users": 0.5},
     )
     published = metric("guestinfo_collector_reports_published_total", {"topic": AGENT_TOPIC})
@@ -268,29 +271,37 @@ async def test_session_is_renewed_when_the_domain_restarts(qemu_ga: Path, tmp_pa
 
 
 async def test_a_timeout_then_an_answer_keeps_the_session(tmp_path: Path) -> None:
-    """No answer (a timeout under load) is no evidence of a restart: the session goes on."""
+    """No answer (a timeout under load) is no evidence of a restart: the session goes on. The hung
+    agent is asked without a sync (its connection answered just before): its first command stands for
+    the sync, so no answer to it reports the agent unreachable; the next poll opens and syncs anew."""
     silent = False
 
     def script(request: dict[str, Any]) -> Answer:
-        if request["execute"] == "guest-sync":
-            return None if silent else sync_reply(request)
-        return returning(request, {})
+        if silent:
+            return None
+        return sync_reply(request) if request["execute"] == "guest-sync" else returning(request, {})
 
     uri = write_domains(tmp_path / "node.xml", ["vm"])
     sock = tmp_path / "agent.sock"
-    async with fake_agent(sock, script):
+    async with fake_agent(sock, script) as agent:
         collector = collector_of(uri, {"default/vm": sock}, agent_timeout=0.2)
         try:
             answered = one_agent(await collector.collect_once())
             silent = True
+            asked = len(agent.requests)
             lost = one_agent(await collector.collect_once())
+            assert [r["execute"] for r in agent.requests[asked:]] == ["guest-info"], "no sync on a live connection"
             silent = False
             assert not (await collector.collect_once()).agents, "a timed-out agent is backed off one tick"
+            asked = len(agent.requests)
             found = one_agent(await collector.collect_once())
+            assert agent.requests[asked]["execute"] == "guest-sync", "after a timeout the new connection syncs"
+            assert agent.connections == 2
         finally:
             await collector.close()
             collector.shutdown()
     assert answered.connected and not lost.connected and found.connected
+    assert set(lost.errors) == {"guest-sync"}
     assert SESSION.fullmatch(lost.session)
     assert answered.session == lost.session == found.session
 
@@ -523,3 +534,59 @@ async def test_a_removed_domain_cancels_its_poll_and_nothing_follows_the_removal
             collector.shutdown()
     assert [[(d.vmi.key, d.removed) for d in reports.domains] for reports in emitted] == [[("default/slow", True)]]
     assert all(not reports.agents for reports in emitted)
+
+
+async def test_scheduled_polls_start_when_due_and_never_for_a_vmi_mid_poll(tmp_path: Path) -> None:
+    """`next_due` names the time the next poll is due (VMIs mid-poll left out: at that time `poll_due`
+    always has a poll to start), and `poll_due` asks each VMI no earlier than its schedule says."""
+    names = [f"vm{i}" for i in range(6)]
+    uri = write_domains(tmp_path / "node.xml", names)
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    loop = asyncio.get_running_loop()
+    asked: dict[str, list[tuple[float, list[str]]]] = {}
+
+    def recording(name: str) -> Any:
+        def script(request: dict[str, Any]) -> Answer:
+            if request["execute"] != "guest-sync":
+                asked.setdefault(name, []).append((loop.time(), [request["execute"]]))
+            return healthy_script(request)
+        return script
+
+    intervals = {command: 2.0 for command in ("guest-info", "guest-get-users", "guest-fsfreeze-status")}
+    async with contextlib.AsyncExitStack() as stack:
+        for name in names:
+            await stack.enter_async_context(fake_agent(sockets / f"default_{name}.sock", recording(name)))
+        collector = NodeCollector(CollectorConfig(
+            bootstrap_servers="127.0.0.1:1", libvirt_uris=[uri], node_name="n", agent_socket_dir=str(sockets),
+            poll_warmup=1.0, jitter=0.0, poll_intervals=intervals,
+        ))
+
+        async def emit(reports: TickReports) -> None:
+            pass
+
+        try:
+            listed_at = loop.time()
+            await collector.tick(emit, scheduled=True)  # VMIs of a first listing: first due within the warm-up
+            end = listed_at + 4.3  # (first offset ≤ 1 s) + 1 s + 2 s, and a margin
+            while (due := collector.next_due()) < end:
+                assert due >= listed_at
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                started = await collector.poll_due(emit)
+                assert started, "the VMI named due is not mid-poll: its poll starts"
+            await asyncio.sleep(0.2)
+        finally:
+            await collector.close()
+            collector.shutdown()
+
+    def times(name: str, command: str) -> list[float]:
+        seen = [at for at, commands in asked.get(name, []) if command in commands]
+        return sorted(seen)
+
+    for name in names:
+        freeze, info = times(name, "guest-fsfreeze-status"), times(name, "guest-info")
+        assert freeze[0] <= listed_at + 1.2, "first polled within the warm-up offset of a first listing"
+        gaps = [b - a for a, b in itertools.pairwise(freeze)]
+        assert len(freeze) >= 3 and all(0.95 <= gap <= 1.3 for gap in gaps[:1]) and all(
+            1.95 <= gap <= 2.3 for gap in gaps[1:]), (name, gaps)  # warm-up 1 s, then the 2 s interval
+        assert len(info) >= 2 and info[1] - info[0] >= 0.95

@@ -59,3 +59,36 @@ def test_jitter_spreads_vmis_started_together() -> None:
     schedule = CommandSchedule({"guest-get-users": 10.0}, warmup=10.0, jitter=0.1, rng=random.Random(7))
     schedule.polled(["guest-get-users"], 0.0)
     assert 9.0 <= schedule.due_at["guest-get-users"] <= 11.0
+
+
+def test_commands_nearly_due_ride_along_within_the_jitter() -> None:
+    """A poll also asks the commands whose wait reached (1 - jitter) x their period, so users (10 s)
+    keeps coming with every second freeze-status poll (5 s); no wait is shorter than the jitter allows."""
+    schedule = CommandSchedule(
+        {"guest-fsfreeze-status": 5.0, "guest-get-users": 10.0}, warmup=10.0, jitter=0.1, rng=random.Random(3)
+    )
+    asked: dict[str, list[float]] = {"guest-fsfreeze-status": [], "guest-get-users": []}
+    polls = 0
+    now = 0.0
+    while now <= 600:
+        if schedule.due(now):
+            polls += 1
+            ready = schedule.ready(now)
+            assert set(schedule.due(now)) <= set(ready)
+            for command in ready:
+                asked[command].append(now)
+            schedule.polled(ready, now)
+        now = round(now + 0.1, 1)
+    users = [b - a for a, b in itertools.pairwise(asked["guest-get-users"])]
+    freezes = [b - a for a, b in itertools.pairwise(asked["guest-fsfreeze-status"])]
+    assert all(8.95 <= gap <= 11.05 for gap in users) and all(4.45 <= gap <= 5.55 for gap in freezes)
+    assert polls == len(asked["guest-fsfreeze-status"]), "users never needs a poll of its own"
+    assert 0.95 <= 600 / len(users) / 10 <= 1.05
+
+
+def test_without_jitter_nothing_is_asked_before_it_is_due() -> None:
+    schedule = CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.0)
+    schedule.polled(schedule.due(0.0), 0.0)
+    schedule.polled(["guest-fsfreeze-status"], 5.0)
+    assert schedule.ready(9.99) == schedule.due(9.99) == ()
+    assert set(schedule.ready(10.0)) == set(schedule.due(10.0)) == set(DEFAULT_POLL_INTERVALS)
