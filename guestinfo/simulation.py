@@ -29,13 +29,14 @@ Reusable pieces (for `guestinfo bench`):
 
 - `fleet = await start_fleet(bootstrap, nodes, vmis_per_node, interval, state_dir, seed, events=True)`;
   `await fleet.stop()` (collectors first, then the agents).
-- `fleet.agents_pid`, `fleet.collector_pids()` (to read CPU from /proc), `fleet.vmi_keys`,
+- `fleet.agents_pids()`, `fleet.collector_pids()` (to read CPU from /proc), `fleet.vmi_keys`,
   `fleet.nodes` (`SimNode`: name, node file, socket dir, metrics port), `fleet.stats()` (the agents'
   counters: requests served, events by kind), `await fleet.reports_published()` (sum over collectors).
 - `await fleet.set_hostname(key, name) -> float`: from now on the VMI's agent answers `guest-get-host-name`
   with `name`; returns the wall time of the change. `await fleet.served(key, name, timeout) -> float | None`:
-  the wall time the agent first served that name to a collector. Both go through the agents'
-  control socket `<state>/simulation/control.sock` (one JSON line per request and reply:
+  the wall time the agent first served that name to a collector. Both go through the control socket of
+  the agents process serving the VMI, `<state>/simulation/control-<group>.sock` (one JSON line per
+  request and reply:
   `{"op": "set_hostname", "vmi": KEY, "value": NAME}` → `{"at": T}`;
   `{"op": "served", "vmi": KEY, "value": NAME}` → `{"at": T | null}`; `{"op": "stats"}` → counters).
   With `events=False` the models stay still (no logins, reboots ...), for steady measurements.
@@ -63,7 +64,10 @@ from guestinfo.domains import kubevirt_domain_xml
 log = logging.getLogger(__name__)
 
 SIM_DIR = "simulation"
-CONTROL_SOCKET = "control.sock"
+#: The VMIs one agents process serves at most (each holds two file descriptors: its listening socket and
+#: the collector's connection; the usual per-process limit is 20,000). Nodes are grouped into processes;
+#: a simulated migration stays within its group.
+VMIS_PER_AGENTS_PROCESS = 4000
 #: Per-second chances of the rare events of one VMI.
 REBOOT_RATE = 1 / 3600
 DISCONNECT_RATE = 1 / 3600
@@ -235,9 +239,12 @@ class GuestModel:
 class AgentServer:
     """Serves every VMI's simulated agent on its socket; steps the models; a control socket."""
 
-    def __init__(self, root: Path, nodes: int, specs: list[VMISpec], seed: int, events: bool) -> None:
+    def __init__(self, root: Path, nodes: list[int], specs: list[VMISpec], seed: int, events: bool,
+                 control: str) -> None:
         self.root = root
+        #: The nodes of this process's group: its VMIs run on them and migrate among them.
         self.nodes = nodes
+        self.control_socket = control
         self.specs = specs
         self.models = {spec.key: GuestModel.create(spec, seed) for spec in specs}
         self.events_on = events
@@ -327,11 +334,11 @@ class AgentServer:
                 "up": len(self.servers)}
 
     async def run(self) -> None:
-        for node in range(self.nodes):
+        for node in self.nodes:
             (node_dir(self.root, node) / "sockets").mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
             await self.open(spec)
-        control_path = self.root / CONTROL_SOCKET
+        control_path = self.root / self.control_socket
         control_path.unlink(missing_ok=True)
         control = await asyncio.start_unix_server(self.control, path=str(control_path))
         print(json.dumps({"ready": True}), flush=True)
@@ -370,26 +377,22 @@ class AgentServer:
                 self.events["disconnects"] += 1
                 await self.close(spec)
                 model.away_until = wall + self.rng.uniform(10, 40)
-            elif event == "migrate" and self.nodes > 1:
+            elif event == "migrate" and len(self.nodes) > 1:
                 self.events["migrations"] += 1
                 source = spec.node
                 await self.close(spec)
-                spec.node = self.rng.choice([n for n in range(self.nodes) if n != source])
+                spec.node = self.rng.choice([n for n in self.nodes if n != source])
                 write_node_file(self.root, source, self.specs)
                 write_node_file(self.root, spec.node, self.specs)
                 await self.open(spec)
                 print(json.dumps({"migrate": {"vmi": spec.key, "from": source, "to": spec.node}}), flush=True)
 
 
-def _load_spec(path: Path) -> tuple[Path, int, list[VMISpec], int, bool]:
-    data = json.loads(path.read_text())
-    specs = [VMISpec(**item) for item in data["vmis"]]
-    return Path(data["root"]), int(data["nodes"]), specs, int(data["seed"]), bool(data["events"])
-
-
 def _agents_main(spec_file: str) -> int:
-    root, nodes, specs, seed, events = _load_spec(Path(spec_file))
-    server = AgentServer(root, nodes, specs, seed, events)
+    data = json.loads(Path(spec_file).read_text())
+    specs = [VMISpec(**item) for item in data["vmis"]]
+    server = AgentServer(Path(data["root"]), [int(n) for n in data["nodes"]], specs, int(data["seed"]),
+                         bool(data["events"]), str(data["control"]))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -429,23 +432,32 @@ class Fleet:
     interval: float | None
     nodes: list[SimNode]
     vmi_keys: list[str]
-    agents: asyncio.subprocess.Process
+    #: The agents processes, each with the name of its control socket.
+    agents: list[tuple[asyncio.subprocess.Process, str]]
+    #: The control socket serving each VMI.
+    control_of: dict[str, str]
     verbosity: int = 0
-    _stats: dict[str, Any] = field(default_factory=dict)
-    _reader: asyncio.Task[None] | None = None
+    _stats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _readers: list[asyncio.Task[None]] = field(default_factory=list)
     _restarts: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
 
-    @property
-    def agents_pid(self) -> int:
-        return self.agents.pid
+    def agents_pids(self) -> list[int]:
+        return [process.pid for process, _ in self.agents]
 
     def collector_pids(self) -> list[int]:
         return [node.process.pid for node in self.nodes if node.process is not None]
 
     def stats(self) -> dict[str, Any]:
-        """The agents' last counters: requests (served), events (by kind), vmis, up (sockets open)."""
-        return dict(self._stats)
+        """The agents' last counters, summed over their processes: requests (served), events (by kind),
+        vmis, up (sockets open)."""
+        total: dict[str, Any] = {"requests": 0, "vmis": 0, "up": 0, "events": {}}
+        for stats in self._stats.values():
+            for name in ("requests", "vmis", "up"):
+                total[name] += stats.get(name, 0)
+            for kind, count in stats.get("events", {}).items():
+                total["events"][kind] = total["events"].get(kind, 0) + count
+        return total
 
     async def start_collector(self, node: SimNode) -> None:
         log_args = ["-v"] * max(self.verbosity, 0) + ["-q"] * max(-self.verbosity, 0)
@@ -464,15 +476,15 @@ class Fleet:
         if process is not None:
             await terminate(process, node.name, grace=10.0)
 
-    async def _read_agents(self) -> None:
-        assert self.agents.stdout is not None
-        while line := await self.agents.stdout.readline():
+    async def _read_agents(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
             try:
                 message = json.loads(line)
             except ValueError:
                 continue
             if "stats" in message:
-                self._stats = message["stats"]
+                self._stats[process.pid] = message["stats"]
             elif "migrate" in message:
                 move = message["migrate"]
                 log.info("simulated migration of %s: node %s → %s", move["vmi"], move["from"], move["to"])
@@ -488,7 +500,10 @@ class Fleet:
                 await self.start_collector(node)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
-        reader, writer = await asyncio.open_unix_connection(str(self.root / CONTROL_SOCKET))
+        socket = self.control_of.get(str(request.get("vmi", "")))
+        if socket is None:
+            return {"error": "no such VMI"}
+        reader, writer = await asyncio.open_unix_connection(str(self.root / socket))
         try:
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
@@ -520,15 +535,15 @@ class Fleet:
         from guestinfo.supervisor import terminate
 
         self._stopping = True  # no restart starts a collector from now on
-        if self._reader is not None:  # and no migration asks for one
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for reader in self._readers:  # and no migration asks for one
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
         for task in list(self._restarts):
             task.cancel()
         await asyncio.gather(*self._restarts, return_exceptions=True)
         await asyncio.gather(*(self.stop_collector(node) for node in self.nodes))
-        await terminate(self.agents, "simulated agents", grace=10.0)
+        await asyncio.gather(*(terminate(process, f"simulated agents ({socket})", grace=10.0)
+                               for process, socket in self.agents))
 
 
 def _published(port: int) -> int:
@@ -567,30 +582,51 @@ async def start_fleet(
         (folder / "sockets").mkdir(parents=True, exist_ok=True)
         sim_nodes.append(SimNode(index=index, name=f"sim-node-{index}", node_file=write_node_file(root, index, specs),
                                  socket_dir=folder / "sockets", metrics_port=free_port()))
-    spec_file = root / "spec.json"
-    spec_file.write_text(json.dumps({"root": str(root), "nodes": nodes, "seed": seed, "events": events,
-                                     "vmis": [vars(spec) for spec in specs]}))
-    agents = await asyncio.create_subprocess_exec(
+    group_size = max(1, VMIS_PER_AGENTS_PROCESS // vmis_per_node)
+    groups = [list(range(start, min(start + group_size, nodes))) for start in range(0, nodes, group_size)]
+    agents: list[tuple[asyncio.subprocess.Process, str]] = []
+    control_of: dict[str, str] = {}
+    try:
+        for number, group in enumerate(groups):
+            control = f"control-{number}.sock"
+            members = [spec for spec in specs if spec.node in group]
+            control_of.update(dict.fromkeys((spec.key for spec in members), control))
+            agents.append((await _start_agents(root, number, group, members, seed, events, control), control))
+    except BaseException:
+        for process, _ in agents:
+            process.kill()
+            await process.wait()
+        raise
+    fleet = Fleet(root=root, bootstrap=bootstrap, interval=interval, nodes=sim_nodes,
+                  vmi_keys=[spec.key for spec in specs], agents=agents, control_of=control_of, verbosity=verbosity)
+    fleet._readers = [asyncio.create_task(fleet._read_agents(process)) for process, _ in agents]
+    for node in sim_nodes:
+        await fleet.start_collector(node)
+    log.info("simulated fleet: %d node(s) x %d VMI(s); agents pids %s, collectors %s", nodes, vmis_per_node,
+             fleet.agents_pids(), fleet.collector_pids())
+    return fleet
+
+
+async def _start_agents(root: Path, number: int, nodes: list[int], specs: list[VMISpec], seed: int, events: bool,
+                        control: str) -> asyncio.subprocess.Process:
+    """One agents process for the VMIs of `nodes`; returns once it serves them all."""
+    spec_file = root / f"spec-{number}.json"
+    spec_file.write_text(json.dumps({"root": str(root), "nodes": nodes, "seed": seed + number, "events": events,
+                                     "control": control, "vmis": [vars(spec) for spec in specs]}))
+    process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "guestinfo.simulation", "agents", str(spec_file),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, limit=2**20,
     )
-    assert agents.stdout is not None
+    assert process.stdout is not None
     try:
-        first = await asyncio.wait_for(agents.stdout.readline(), timeout=60.0)
+        first = await asyncio.wait_for(process.stdout.readline(), timeout=60.0)
     except TimeoutError:
         first = b""
     if b"ready" not in first:
-        agents.kill()
-        await agents.wait()
-        raise RuntimeError("the simulated agents did not start")
-    fleet = Fleet(root=root, bootstrap=bootstrap, interval=interval, nodes=sim_nodes,
-                  vmi_keys=[spec.key for spec in specs], agents=agents, verbosity=verbosity)
-    fleet._reader = asyncio.create_task(fleet._read_agents())
-    for node in sim_nodes:
-        await fleet.start_collector(node)
-    log.info("simulated fleet: %d node(s) x %d VMI(s); agents pid %d, collectors %s", nodes, vmis_per_node,
-             agents.pid, fleet.collector_pids())
-    return fleet
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"the simulated agents of nodes {nodes} did not start")
+    return process
 
 
 # --- `guestinfo simulate` ------------------------------------------------------------------------------

@@ -65,12 +65,18 @@ async def test_simulate_publishes_reports_of_every_vmi_of_both_nodes(tmp_path: P
 
 
 @pytest.mark.integration
-async def test_fleet_hostname_change_is_served_to_the_collector(broker: EmbeddedBroker, tmp_path: Path) -> None:
+async def test_fleet_hostname_change_is_served_to_the_collector(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes, one agents process each (as 10,000 VMIs need: file descriptors); the change goes to the
+    process that serves the VMI."""
     await ensure_topics(broker.bootstrap_servers)
-    fleet = await start_fleet(broker.bootstrap_servers, 1, 2, 0.5, tmp_path, seed=3, events=False)
+    monkeypatch.setattr(simulation, "VMIS_PER_AGENTS_PROCESS", 2)
+    fleet = await start_fleet(broker.bootstrap_servers, 2, 2, 0.5, tmp_path, seed=3, events=False)
     try:
-        assert len(fleet.collector_pids()) == 1 and fleet.agents_pid
-        key = fleet.vmi_keys[0]
+        assert len(fleet.collector_pids()) == 2 and len(fleet.agents_pids()) == 2
+        key = fleet.vmi_keys[-1]  # on the second node: the second agents process
+        assert fleet.control_of[key] != fleet.control_of[fleet.vmi_keys[0]]
         changed = await fleet.set_hostname(key, "renamed")
         served = await fleet.served(key, "renamed", timeout=15)
         assert served is not None and served >= changed
@@ -83,7 +89,7 @@ async def test_fleet_hostname_change_is_served_to_the_collector(broker: Embedded
         assert published > 0
     finally:
         await fleet.stop()
-    assert fleet.collector_pids() == [] and fleet.agents.returncode is not None
+    assert fleet.collector_pids() == [] and all(process.returncode is not None for process, _ in fleet.agents)
 
 
 async def test_reboots_disconnects_and_migrations_move_the_agents_sockets(
@@ -93,7 +99,7 @@ async def test_reboots_disconnects_and_migrations_move_the_agents_sockets(
     for node in range(2):
         (tmp_path / f"node-{node}").mkdir()
         write_node_file(tmp_path, node, specs)
-    server = AgentServer(tmp_path, 2, specs, 7, events=True)
+    server = AgentServer(tmp_path, [0, 1], specs, 7, events=True, control="control-0.sock")
     task = asyncio.create_task(server.run())
     await asyncio.sleep(0.2)
     spec = specs[0]
