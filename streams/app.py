@@ -7,12 +7,14 @@ stream. Faust's settings follow shared/broker-notes.md for the Tansu broker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 
 TABLE_NAME = "vmi-state"
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+#: How long a stopping worker waits for the batch in hand before it leaves without committing it.
+STOP_GRACE = 20.0
+#: The exit status of a worker that leaves without committing (EX_SOFTWARE).
+ABANDONED = 70
 
 
 class JoinConfig(BaseModel):
@@ -112,12 +118,14 @@ def build_app(config: JoinConfig) -> faust.App:
             log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
 
     async def process_batch(producer: AIOKafkaProducer, by_key: dict[bytes, list[Any]]) -> None:
-        """Fold each VMI's events (`fold_batch`), send all outputs and dead letters at once, then write
-        the states: a VMI whose output was not delivered keeps its stored state, so its next event
-        produces the record again, and its events go to the dead-letter topic (a lost tombstone would
-        never come again: a removed VMI sends no more events)."""
-        folded = [(key, stored, fold_batch(stored, key, messages), messages)
-                  for key, messages in by_key.items() for stored in (table.get(key),)]
+        """Fold each VMI's events (`fold_batch`), send all outputs and dead letters at once (`deliver`
+        waits out a broker outage), then write the states. An output the broker refuses for good
+        (too large for it, say) is not written as state, so the VMI's next event produces the record
+        again, and the VMI's events go to the dead-letter topic with the reason."""
+        folded = []
+        for key, messages in by_key.items():
+            stored = table.get(key)
+            folded.append((key, stored, fold_batch(stored, key, messages), messages))
         sends: list[Send] = []
         output_at: dict[bytes, int] = {}
         for key, _, batch, _ in folded:
@@ -125,25 +133,44 @@ def build_app(config: JoinConfig) -> faust.App:
             if batch.output is not None:
                 output_at[key] = len(sends)
                 sends.append(Send(VMI_TOPIC, key, batch.output.record_bytes()))
-        errors = await deliver(producer, sends) if sends else []
+        refused = await deliver(producer, sends) if sends else []
         unsendable: list[Send] = []
         for key, stored, batch, messages in folded:
             at = output_at.get(key)
-            if at is not None and errors[at] is not None:
-                refused = {id(message) for message, _, _ in batch.refused}
-                unsendable += [dead_letter_send(message, "unsendable", f"merged output not sent: {errors[at]}")
-                               for message in messages if id(message) not in refused]
+            if at is not None and refused[at] is not None:
+                bad = {id(message) for message, _, _ in batch.refused}
+                unsendable += [dead_letter_send(message, "unsendable", f"the broker refuses the merged output: "
+                                                f"{refused[at]}") for message in messages if id(message) not in bad]
                 continue
             if batch.output is not None:
                 count_output(key, batch.output)
             if batch.state != stored:
                 table[key] = batch.state
         outputs = set(output_at.values())
-        lost = sum(error is not None for at, error in enumerate(errors) if at not in outputs)
+        lost = [error for at, error in enumerate(refused) if at not in outputs and error is not None]
         if unsendable:
-            lost += sum(error is not None for error in await deliver(producer, unsendable))
+            lost += [error for error in await deliver(producer, unsendable) if error is not None]
         if lost:
-            log.error("%d dead letters could not be sent: their raw events are dropped", lost)
+            log.error("the broker refuses %d dead letters (e.g. %s): their raw events are logged here only",
+                      len(lost), lost[0])
+
+    async def finish(batch: Awaitable[None]) -> None:
+        """Run one batch to its end before Faust acknowledges its events (`take_events` does so when the
+        agent's loop body ends, however it ends). A stop or rebalance that cancels the agent mid-batch
+        waits for the batch; a bug, or a batch that cannot finish within `STOP_GRACE`, ends the process
+        at once, before the events are committed: the group reads them again (at-least-once)."""
+        task = asyncio.ensure_future(batch)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE)
+            except BaseException as exc:
+                abandon(f"stopping mid-batch, the batch did not finish within {STOP_GRACE:.0f}s ({exc!r})")
+            raise
+        except Exception:
+            log.critical("the join failed on a batch", exc_info=True)
+            abandon("a bug on a batch")
 
     @app.agent(raw_topics, concurrency=1)
     async def join(stream: faust.StreamT[bytes]) -> None:
@@ -155,7 +182,7 @@ def build_app(config: JoinConfig) -> faust.App:
                 by_key: dict[bytes, list[Any]] = {}
                 for event in events:
                     by_key.setdefault(event.message.key or b"", []).append(event.message)
-                await process_batch(producer, by_key)
+                await finish(process_batch(producer, by_key))
         finally:
             await producer.stop()
 
@@ -236,6 +263,14 @@ class OncePerMinute:
             self._logger.warning(message + " (more of this kind within a minute go to debug)", *args)
         else:
             self._logger.debug(message, *args)
+
+
+def abandon(why: str) -> NoReturn:
+    """End the process at once, without Faust's graceful stop: that would commit the offsets of the
+    batch in hand, whose outputs are not all delivered. The consumer group reads them again."""
+    log.critical("leaving without committing the batch in hand: %s", why)
+    logging.shutdown()
+    os._exit(ABANDONED)
 
 
 def load_state(stored: bytes | None) -> VMIState:

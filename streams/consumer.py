@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ async def confirmed_highwaters(servers: Sequence[str], reported: Mapping[Any, in
         return {}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=list(servers), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_partition_fetch_bytes=1, client_id="guestinfo-join-highwaters",
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS, client_id="guestinfo-join-highwaters",
     )
     await consumer.start()
     try:
@@ -58,7 +59,11 @@ async def confirmed_highwaters(servers: Sequence[str], reported: Mapping[Any, in
                 log.warning("no fetch answer for %s within %.0fs: recovering them to the reported highwater",
                             ", ".join(missing), CONFIRM_TIMEOUT)
                 break
-            await consumer.getmany(timeout_ms=200)
+            try:
+                await consumer.getmany(timeout_ms=200)
+            except KafkaError as exc:  # the high watermark is all this fetch is for: try again
+                log.debug("fetching for the highwaters: %s", exc)
+                await asyncio.sleep(0.2)
         confirmed: dict[Any, int] = {}
         for partition, tp in partitions.items():
             fetched = consumer.highwater(partition)
@@ -72,7 +77,8 @@ async def confirmed_highwaters(servers: Sequence[str], reported: Mapping[Any, in
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    _servers: list[str] = []
+    #: The bootstrap servers, as the consumer got them.
+    _servers: list[str]
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         self._servers = faust_aiokafka.server_list(transport.url, transport.default_port)

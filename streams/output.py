@@ -4,8 +4,8 @@ They go out on a producer of the join's own, not Faust's: Faust's producer sends
 produce batch on Tansu (broker-notes §1: the table's changelog needs that, or its recovery reads a
 wrong highwater), which costs a produce round trip per record and partition. The merged and
 dead-letter topics are never recovered from, so they batch normally: one batch of raw events gives
-one burst of sends, all awaited before the batch's events are acknowledged (at-least-once: an event
-whose output was not delivered is read again after a restart).
+one burst of sends, all awaited (resent while the broker is away) before the batch's events are
+acknowledged: at-least-once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,28 @@ def make_output_producer(bootstrap_servers: str, max_request_size: int) -> AIOKa
     )
 
 
-async def deliver(producer: AIOKafkaProducer, sends: Sequence[Send], attempts: int = 3) -> list[Exception | None]:
-    """Send everything and wait for the acks; what fails is retried, up to `attempts` in all.
+#: Pauses between rounds of resending what failed for a passing reason: doubling up to the last.
+RETRY_PAUSES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
-    Returns, per send, None when delivered or the last error.
+
+def passing(error: KafkaError) -> bool:
+    """A failure that sending again can cure: the broker away or slow, a leader moving."""
+    return bool(error.retriable) or isinstance(error, KafkaTimeoutError | KafkaConnectionError)
+
+
+async def deliver(producer: AIOKafkaProducer, sends: Sequence[Send]) -> list[KafkaError | None]:
+    """Send everything and wait for the acks.
+
+    What fails for a passing reason (`passing`: the broker away, a timeout, a leader moving) is sent
+    again, pausing longer each round (`RETRY_PAUSES`), for as long as it takes: the caller acknowledges
+    the raw events only after this returns, so an outage delays output and never loses it. Returns,
+    per send, None when delivered or the error no resend can cure (the broker refuses the record:
+    too large, an invalid topic...). Anything that is not a Kafka error is a bug and is raised.
     """
-    outcome: list[Exception | None] = [None] * len(sends)
+    outcome: list[KafkaError | None] = [None] * len(sends)
     todo = list(range(len(sends)))
-    for attempt in range(1, attempts + 1):
+    rounds = 0
+    while True:
         failed: list[int] = []
         futures: list[tuple[int, asyncio.Future[object]]] = []
         for index in todo:
@@ -66,20 +80,18 @@ async def deliver(producer: AIOKafkaProducer, sends: Sequence[Send], attempts: i
                 failed.append(index)
         results = await asyncio.gather(*(future for _, future in futures), return_exceptions=True)
         for (index, _), result in zip(futures, results, strict=True):
-            if isinstance(result, Exception):
+            if isinstance(result, KafkaError):
                 outcome[index] = result
                 failed.append(index)
             elif isinstance(result, BaseException):
                 raise result
             else:
                 outcome[index] = None
-        if not failed:
-            break
-        log.warning(
-            "%d of %d sends failed (attempt #%d/%d), e.g. to %s: %s",
-            len(failed), len(todo), attempt, attempts, sends[failed[0]].topic, outcome[failed[0]],
-        )
-        todo = sorted(failed)
-        if attempt < attempts:
-            await asyncio.sleep(0.1 * attempt)
-    return outcome
+        todo = sorted(index for index in failed if passing(outcome[index]))  # type: ignore[arg-type]
+        if not todo:
+            return outcome
+        pause = RETRY_PAUSES[min(rounds, len(RETRY_PAUSES) - 1)]
+        rounds += 1
+        log.warning("%d of %d sends failed (round %d), e.g. to %s: %s; sending them again in %.1fs",
+                    len(todo), len(sends), rounds, sends[todo[0]].topic, outcome[todo[0]], pause)
+        await asyncio.sleep(pause)

@@ -8,6 +8,7 @@ The next event of a VMI whose state came back stale would then produce revision 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -43,25 +44,32 @@ async def started(config: JoinConfig) -> faust.App:
     return app
 
 
-async def latest_revisions(bootstrap: str, namespace: str, wanted: int) -> dict[str, int]:
-    """The highest revision on the merged topic per VMI of `namespace`, once `wanted` records were read."""
+async def latest_records(bootstrap: str, namespace: str, hostname: str) -> dict[str, VMIRecord]:
+    """The latest merged record per VMI of `namespace`, read until every one of the `VMIS` shows
+    `hostname` (or 60 s passed)."""
     consumer = AIOKafkaConsumer(VMI_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
-    revisions: dict[str, int] = {}
-    count = 0
+    latest: dict[str, VMIRecord] = {}
     try:
         deadline = time.monotonic() + 60
-        while count < wanted and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     if record.value is None or not record.key or not record.key.startswith(f"{namespace}/".encode()):
                         continue
                     merged = decode(VMIRecord, record.value)
-                    count += 1
-                    revisions[merged.vmi.key] = max(revisions.get(merged.vmi.key, 0), merged.revision)
+                    if merged.vmi.key not in latest or merged.revision >= latest[merged.vmi.key].revision:
+                        latest[merged.vmi.key] = merged
+            shown = [r for r in latest.values() if r.guest_agent_info.hostname == hostname]
+            if len(shown) == VMIS:
+                break
     finally:
         await consumer.stop()
-    return revisions
+    return latest
+
+
+def revisions(records: dict[str, VMIRecord]) -> dict[str, int]:
+    return {key: record.revision for key, record in records.items()}
 
 
 async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker, unique: str, tmp_path: Path) -> None:
@@ -78,8 +86,8 @@ async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker
         await produce(bootstrap, [(AGENT_TOPIC, r.key, encode(AgentReport(vmi=r, node="node-a", observed_at=11.0,
                                                                           connected=True, hostname="first")))
                                   for r in refs])
-        before = await latest_revisions(bootstrap, namespace, 2 * VMIS)
-        assert len(before) == VMIS and set(before.values()) == {2}
+        before = revisions(await latest_records(bootstrap, namespace, "first"))
+        assert len(before) == VMIS
     finally:
         await app.stop()
 
@@ -101,59 +109,70 @@ async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker
         await produce(bootstrap, [(AGENT_TOPIC, r.key, encode(AgentReport(vmi=r, node="node-a", observed_at=12.0,
                                                                           connected=True, hostname="second")))
                                   for r in refs])
-        after = await latest_revisions(bootstrap, namespace, 3 * VMIS)
+        after = revisions(await latest_records(bootstrap, namespace, "second"))
     finally:
         await app.stop()
-    stale = sorted(key for key, revision in after.items() if revision != 3)
+    stale = sorted(key for key in before if after.get(key) != before[key] + 1)
     assert not stale, f"{len(stale)} VMIs restarted their revisions (state not recovered): {stale[:5]}"
 
 
-def join_worker(bootstrap: str, app_id: str, state_dir: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "guestinfo", "--state-dir", str(state_dir), "join", "--bootstrap-servers", bootstrap,
-         "--app-id", app_id],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+def join_worker(bootstrap: str, app_id: str, state_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """A `guestinfo join` process; its log goes to a file (a pipe nobody reads could fill and block it)."""
+    log_path = state_dir.with_suffix(".log")
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "guestinfo", "--state-dir", str(state_dir), "join", "--bootstrap-servers",
+             bootstrap, "--app-id", app_id],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    return process, log_path
 
 
-def stopped(worker: subprocess.Popen[bytes]) -> str:
-    """Stop a worker; its log, to show when an assertion fails."""
+def stop(worker: subprocess.Popen[bytes]) -> None:
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
         try:
             worker.wait(20)
         except subprocess.TimeoutExpired:
             worker.kill()
-    assert worker.stderr is not None
-    return worker.stderr.read().decode(errors="replace")
+            worker.wait()
 
 
 async def test_a_second_worker_takes_partitions_over_with_their_states(
     broker: EmbeddedBroker, unique: str, tmp_path: Path
 ) -> None:
-    """Two workers, changelog in multi-record batches: the rebalance neither crashes a worker (Faust's
-    ConsistencyError when a persisted offset is above the highwater) nor loses a state."""
+    """Two workers, changelog in multi-record batches: the second worker is given partitions, and the
+    rebalance neither crashes a worker (Faust's ConsistencyError when a persisted offset is above the
+    highwater) nor loses a state."""
     bootstrap = broker.bootstrap_servers
     await ensure_topics(bootstrap)
     namespace = f"ns-{unique}"
     app_id = f"join-{unique}"
     refs = [VMIRef(namespace=namespace, name=f"vm-{i:03d}", uid=f"u{i}") for i in range(VMIS)]
-    first = join_worker(bootstrap, app_id, tmp_path / "a")
-    second = None
+    first, first_log = join_worker(bootstrap, app_id, tmp_path / "a")
+    second, second_log = None, tmp_path / "b.log"
     try:
         await produce(bootstrap, [(DOMAIN_TOPIC, r.key, encode(DomainReport(vmi=r, node="node-a", observed_at=10.0)))
                                   for r in refs])
-        assert len(await latest_revisions(bootstrap, namespace, VMIS)) == VMIS
-        second = join_worker(bootstrap, app_id, tmp_path / "b")
-        await asyncio.sleep(20)  # the group rebalances (Tansu: about 10 s with a 6 s session)
+        before = revisions(await latest_records(bootstrap, namespace, ""))
+        assert len(before) == VMIS
+        second, second_log = join_worker(bootstrap, app_id, tmp_path / "b")
+        deadline = time.monotonic() + 60
+        while not re.search(r"ready: raw partitions \[\d", second_log.read_text()):
+            assert time.monotonic() < deadline, f"no partitions for worker 2:\n{second_log.read_text()[-2000:]}"
+            assert second.poll() is None, second_log.read_text()[-2000:]
+            await asyncio.sleep(0.5)
         await produce(bootstrap, [(AGENT_TOPIC, r.key, encode(AgentReport(vmi=r, node="node-a", observed_at=11.0,
                                                                           connected=True, hostname="second")))
                                   for r in refs])
-        after = await latest_revisions(bootstrap, namespace, 2 * VMIS)
+        after = revisions(await latest_records(bootstrap, namespace, "second"))
         alive = (first.poll() is None, second.poll() is None)
     finally:
-        logs = [stopped(w) for w in (first, second) if w is not None]
-    assert alive == (True, True), f"a worker died: {[log[-2000:] for log in logs]}"
-    assert "ConsistencyError" not in "".join(logs)
-    stale = sorted(key for key, revision in after.items() if revision != 2)
-    assert len(after) == VMIS and not stale, f"{len(stale)} VMIs lost their state: {stale[:5]}"
+        for worker in (first, second):
+            if worker is not None:
+                stop(worker)
+    logs = first_log.read_text() + (second_log.read_text() if second is not None else "")
+    assert alive == (True, True), f"a worker died:\n{logs[-3000:]}"
+    assert "ConsistencyError" not in logs
+    stale = sorted(key for key in before if after.get(key) != before[key] + 1)
+    assert not stale, f"{len(stale)} VMIs lost their state: {stale[:5]}"
