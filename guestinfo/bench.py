@@ -681,6 +681,10 @@ class _KeepAliveGet(asyncio.Protocol):
             self._fail(f"connection lost during the run: {exc}")
 
 
+#: The longest one phase of the REST load may take (a connection that stops answering ends the run).
+REST_RUN_TIMEOUT = 120.0
+
+
 async def rest_load(base_url: str, expected: dict[str, bytes], requests: int, concurrency: int,
                     seed: int = 1) -> RestResult:
     """GET guestosinfo of random VMIs, `concurrency` at a time over keep-alive connections.
@@ -708,7 +712,11 @@ async def rest_load(base_url: str, expected: dict[str, bytes], requests: int, co
             cpu_before, started = time.process_time(), time.perf_counter()
             for connection in connections:
                 connection.start(run)
-            await run.done
+            try:
+                await asyncio.wait_for(run.done, REST_RUN_TIMEOUT)
+            except TimeoutError:
+                raise ConnectionError(f"the {phase} requests were not all answered within {REST_RUN_TIMEOUT:.0f}s "
+                                      f"({len(run.latencies):,} were)") from None
             elapsed, client_cpu = time.perf_counter() - started, time.process_time() - cpu_before
     finally:
         for connection in connections:
@@ -1213,7 +1221,11 @@ def helper_main(argv: Sequence[str] | None = None) -> int:
     args = _helper_parser().parse_args(argv)
     if args.role == "rest-load":
         expected = {name: body.encode() for name, body in json.loads(args.expected.read_text()).items()}
-        result = asyncio.run(rest_load(args.url, expected, args.requests, args.concurrency))
+        try:
+            result = asyncio.run(rest_load(args.url, expected, args.requests, args.concurrency))
+        except OSError as exc:  # refused, reset, or a phase not answered in time
+            print(f"rest-load: {exc}", file=sys.stderr, flush=True)
+            return 1
         print(json.dumps(asdict(result)), flush=True)
         return 0
     import prometheus_client

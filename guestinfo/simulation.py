@@ -514,7 +514,10 @@ class Fleet:
 
     async def set_hostname(self, key: str, name: str) -> float:
         """The VMI's agent answers `guest-get-host-name` with `name` from now on; the wall time of the change."""
-        return float((await self._control({"op": "set_hostname", "vmi": key, "value": name}))["at"])
+        answer = await self._control({"op": "set_hostname", "vmi": key, "value": name})
+        if "at" not in answer:
+            raise ValueError(f"cannot change the hostname of {key}: {answer.get('error', answer)}")
+        return float(answer["at"])
 
     async def served(self, key: str, name: str, timeout: float = 30.0) -> float | None:
         """The wall time the VMI's agent first served hostname `name`, waiting up to `timeout` seconds."""
@@ -600,8 +603,12 @@ async def start_fleet(
     fleet = Fleet(root=root, bootstrap=bootstrap, interval=interval, nodes=sim_nodes,
                   vmi_keys=[spec.key for spec in specs], agents=agents, control_of=control_of, verbosity=verbosity)
     fleet._readers = [asyncio.create_task(fleet._read_agents(process)) for process, _ in agents]
-    for node in sim_nodes:
-        await fleet.start_collector(node)
+    try:
+        for node in sim_nodes:
+            await fleet.start_collector(node)
+    except BaseException:
+        await fleet.stop()  # the agents processes and the collectors started so far
+        raise
     log.info("simulated fleet: %d node(s) x %d VMI(s); agents pids %s, collectors %s", nodes, vmis_per_node,
              fleet.agents_pids(), fleet.collector_pids())
     return fleet
