@@ -10,6 +10,11 @@ AGENT_TOPIC: Final = "guestinfo.agent.v1"
 VMI_TOPIC: Final = "guestinfo.vmi.v1"
 DEAD_LETTER_TOPIC: Final = "guestinfo.deadletter.v1"
 
+#: The header of a tombstone on the merged topic that names the uid of the VMI it removes (its value is
+#: the uid, UTF-8; absent when the uid is unknown): a consumer that is behind can tell a tombstone of an
+#: earlier VMI from the removal of the one that now has the name.
+UID_HEADER: Final = "guestinfo-uid"
+
 #: Default partition count of every guestinfo topic.
 PARTITIONS: Final = 4
 

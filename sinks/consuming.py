@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.codec import DecodeError, decode
 from schemas.events import split_vmi_key
-from schemas.topics import VMI_TOPIC
+from schemas.topics import UID_HEADER, VMI_TOPIC
 from schemas.vmi import VMIRecord
 from sinks.metrics import RECORDS_SKIPPED
 
@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class VMIChange:
-    """One decoded topic record: `record` None is a tombstone (the VMI went away)."""
+    """One decoded topic record: `record` None is a tombstone (the VMI went away); a tombstone's `uid`
+    is the removed VMI's, when the join knew it."""
 
     namespace: str
     name: str
     record: VMIRecord | None
+    uid: str = ""
 
     @property
     def key(self) -> str:
@@ -73,7 +75,7 @@ def decode_message(msg: ConsumerRecord[bytes, bytes], sink: str) -> VMIChange | 
             log.warning("%s sink: skipping tombstone with bad key %r at %s", sink, msg.key, _where(msg))
             RECORDS_SKIPPED.labels(sink, "bad_key").inc()
             return None
-        return VMIChange(ref[0], ref[1], None)
+        return VMIChange(ref[0], ref[1], None, tombstone_uid(msg))
     try:
         record = decode(VMIRecord, msg.value)
     except DecodeError as exc:
@@ -82,6 +84,14 @@ def decode_message(msg: ConsumerRecord[bytes, bytes], sink: str) -> VMIChange | 
         RECORDS_SKIPPED.labels(sink, "undecodable").inc()
         return None
     return VMIChange(record.vmi.namespace, record.vmi.name, record)
+
+
+def tombstone_uid(msg: ConsumerRecord[bytes, bytes]) -> str:
+    """The uid a tombstone names in `UID_HEADER`; "" when it names none (or not readably)."""
+    for name, value in msg.headers or ():
+        if name == UID_HEADER and value:
+            return value.decode("utf-8", errors="replace")[:128]
+    return ""
 
 
 #: Records fetched per batch.

@@ -85,19 +85,22 @@ def _patch(vmi: JsonObject, desired: JsonObject) -> Patch:
     return _with_test(vmi, ops)
 
 
-def status_patch(vmi: JsonObject, record: VMIRecord | None) -> Patch:
+def status_patch(vmi: JsonObject, record: VMIRecord | None, removed_uid: str = "") -> Patch:
     """The JSON patch bringing `vmi` to the record's status; `[]` when nothing would change.
 
-    `record` None (tombstone) only removes our AgentConnected condition.
+    `record` None (tombstone) only removes our agent conditions, unless the tombstone names another
+    uid (`removed_uid`): it removed an earlier VMI with this name, not this one.
     """
     status = vmi.get("status") if isinstance(vmi.get("status"), dict) else {}
     assert isinstance(status, dict)
     conditions = _as_list(status.get("conditions"))
+    uid = vmi.get("metadata", {}).get("uid")
     if record is None:
+        if removed_uid and uid and removed_uid != uid:
+            return []
         if not any(c.get("type") in OWNED_CONDITIONS for c in conditions):
             return []
         return _patch(vmi, {"conditions": desired_conditions(None, conditions)})
-    uid = vmi.get("metadata", {}).get("uid")
     if record.vmi.uid and uid and record.vmi.uid != uid:
         return []  # the record is of an earlier VMI with this name
     desired: JsonObject = {

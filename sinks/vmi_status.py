@@ -107,7 +107,7 @@ async def _send_patch(api: client.CustomObjectsApi, namespace: str, name: str, p
 async def sync_once(api: client.CustomObjectsApi, change: VMIChange) -> str:
     """One read-compute-write round; raises ApiException/transport errors for the caller to judge."""
     vmi = await _get_vmi(api, change.namespace, change.name)
-    patch = status_patch(vmi, change.record)
+    patch = status_patch(vmi, change.record, change.uid)
     if not patch:
         return Outcome.UNCHANGED
     await _send_patch(api, change.namespace, change.name, patch)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.codec import DecodeError, decode, encode
 from schemas.events import AgentReport, DomainReport
-from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, PARTITIONS, VMI_TOPIC
+from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, PARTITIONS, UID_HEADER, VMI_TOPIC
 from streams.consumer import JoinApp
 from streams.join import JoinResult, VMIState, apply_agent, apply_domain
 from streams.metrics import DEAD_LETTERS, EMITTED, EVENTS
@@ -132,7 +132,7 @@ def build_app(config: JoinConfig) -> faust.App:
             sends += [dead_letter_send(message, kind, reason) for message, kind, reason in batch.refused]
             if batch.output is not None:
                 output_at[key] = len(sends)
-                sends.append(Send(VMI_TOPIC, key, batch.output.record_bytes()))
+                sends.append(output_send(key, batch.output))
         refused = await deliver(producer, sends) if sends else []
         unsendable: list[Send] = []
         for key, stored, batch, messages in folded:
@@ -263,6 +263,13 @@ class OncePerMinute:
             self._logger.warning(message + " (more of this kind within a minute go to debug)", *args)
         else:
             self._logger.debug(message, *args)
+
+
+def output_send(key: bytes, output: JoinResult) -> Send:
+    """The merged record, or the tombstone with the removed VMI's uid in `UID_HEADER`."""
+    if output.record is not None or not output.state.removed_uid:
+        return Send(VMI_TOPIC, key, output.record_bytes())
+    return Send(VMI_TOPIC, key, None, ((UID_HEADER, output.state.removed_uid.encode()),))
 
 
 def abandon(why: str) -> NoReturn:

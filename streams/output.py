@@ -28,6 +28,7 @@ class Send:
     topic: str
     key: bytes
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def make_output_producer(bootstrap_servers: str, max_request_size: int) -> AIOKafkaProducer:
@@ -74,7 +75,9 @@ async def deliver(producer: AIOKafkaProducer, sends: Sequence[Send]) -> list[Kaf
         for index in todo:
             send = sends[index]
             try:
-                futures.append((index, await producer.send(send.topic, send.value, key=send.key)))
+                futures.append(
+                    (index, await producer.send(send.topic, send.value, key=send.key, headers=list(send.headers)))
+                )
             except KafkaError as exc:
                 outcome[index] = exc
                 failed.append(index)

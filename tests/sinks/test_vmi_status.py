@@ -10,11 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
 from kmock import Request
 from kubernetes_asyncio import client
 
 from schemas.kubevirt import VMICondition
-from sinks.consuming import VMIChange
+from schemas.topics import UID_HEADER, VMI_TOPIC
+from sinks.consuming import VMIChange, decode_message
 from sinks.status_patch import status_patch
 from sinks.vmi_status import Outcome, StatusConfig, make_api_client, run_status_sink, sync_vmi
 from tests.conftest import EmbeddedBroker
@@ -200,6 +202,15 @@ def test_patch_is_empty_for_a_tombstone_without_our_condition() -> None:
     assert status_patch(vmi, None) == []
 
 
+def test_a_tombstone_of_an_earlier_vmi_leaves_the_new_one_alone() -> None:
+    """The sink is behind: the name's VMI was deleted and created again before the tombstone came."""
+    vmi = {"metadata": {"resourceVersion": "3", "uid": "uid-2"}, "status": {"conditions": [READY, AGENT]}}
+    assert status_patch(vmi, None, removed_uid="uid-1") == []
+    for removed in ("uid-2", ""):  # its own removal, or a tombstone that names no uid
+        ops = status_patch(vmi, None, removed_uid=removed)
+        assert ops[-1] == {"op": "replace", "path": "/status/conditions", "value": [READY]}
+
+
 async def test_run_status_sink_end_to_end(
     broker: EmbeddedBroker, kmock: StrictKubernetesEmulator, unique: str
 ) -> None:
@@ -266,3 +277,11 @@ def test_agent_version_not_supported_is_written_and_keeps_its_probe_time() -> No
     assert conditions["value"] == [READY, AGENT, earlier]
     gone = status_patch({"metadata": {"resourceVersion": "2"}, "status": {"conditions": [READY, earlier]}}, None)
     assert gone[-1] == {"op": "replace", "path": "/status/conditions", "value": [READY]}
+
+
+def test_a_tombstone_names_its_uid_in_a_header() -> None:
+    def tombstone(headers: list[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:
+        return ConsumerRecord(VMI_TOPIC, 0, 7, 0, 0, b"ns/vm1", None, None, 0, 0, headers)
+
+    assert decode_message(tombstone([(UID_HEADER, b"uid-1")]), "status") == VMIChange("ns", "vm1", None, "uid-1")
+    assert decode_message(tombstone([]), "status") == VMIChange("ns", "vm1", None, "")

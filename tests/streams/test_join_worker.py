@@ -10,12 +10,13 @@ from pathlib import Path
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from guestinfo.broker import EmbeddedBroker, ensure_topics
 from schemas.codec import decode, encode
 from schemas.events import AgentReport, DomainInterface, DomainReport, VMIRef
 from schemas.kubevirt import GuestOSInfo
-from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
+from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, UID_HEADER, VMI_TOPIC
 from schemas.vmi import VMIRecord
 from streams.app import JoinConfig, build_app
 
@@ -48,19 +49,25 @@ async def produce(bootstrap: str, messages: list[tuple[str, str, bytes]]) -> Non
         await producer.stop()
 
 
-async def read_merged(bootstrap: str, key: str, count: int, topic: str = VMI_TOPIC) -> list[bytes | None]:
+async def read_merged_records(
+    bootstrap: str, key: str, count: int, topic: str = VMI_TOPIC
+) -> list[ConsumerRecord[bytes, bytes]]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
-    found: list[bytes | None] = []
+    found: list[ConsumerRecord[bytes, bytes]] = []
     try:
         deadline = time.monotonic() + 30
         while len(found) < count and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
-                found += [r.value for r in records if r.key == key.encode()]
+                found += [r for r in records if r.key == key.encode()]
     finally:
         await consumer.stop()
     return found
+
+
+async def read_merged(bootstrap: str, key: str, count: int, topic: str = VMI_TOPIC) -> list[bytes | None]:
+    return [record.value for record in await read_merged_records(bootstrap, key, count, topic)]
 
 
 async def test_join_emits_records_then_tombstone(broker: EmbeddedBroker, join_app: faust.App, unique: str) -> None:
@@ -80,7 +87,8 @@ async def test_join_emits_records_then_tombstone(broker: EmbeddedBroker, join_ap
     assert len(await read_merged(bootstrap, vmi.key, 2)) == 2
     unchanged = domain.model_copy(update={"observed_at": 101.5})
     await produce(bootstrap, [(DOMAIN_TOPIC, vmi.key, encode(unchanged)), (DOMAIN_TOPIC, vmi.key, encode(gone))])
-    merged = await read_merged(bootstrap, vmi.key, 3)
+    records = await read_merged_records(bootstrap, vmi.key, 3)
+    merged = [record.value for record in records]
     assert len(merged) == 3, "the unchanged domain report emitted nothing"
     first, second = (decode(VMIRecord, value) for value in merged[:2] if value is not None)
     assert (first.revision, second.revision) == (1, 2)
@@ -89,6 +97,7 @@ async def test_join_emits_records_then_tombstone(broker: EmbeddedBroker, join_ap
     assert second.status.guest_os_info.name == "Debian GNU/Linux"
     assert [c.type for c in second.status.conditions] == ["AgentConnected"]
     assert merged[2] is None  # tombstone
+    assert list(records[2].headers) == [(UID_HEADER, b"u1")], "the tombstone names the VMI it removes"
 
 
 async def test_undecodable_raw_event_goes_to_dead_letters(

@@ -21,7 +21,9 @@ class ScriptedProducer:
         self.scripts = scripts
         self.sent: dict[bytes, int] = dict.fromkeys(scripts, 0)
 
-    async def send(self, topic: str, value: bytes | None, key: bytes) -> asyncio.Future[object]:
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[object]:
         script = self.scripts[key]
         outcome = script[min(self.sent[key], len(script) - 1)]
         self.sent[key] += 1
