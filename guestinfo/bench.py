@@ -497,9 +497,10 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
 
 async def _raw_process_key(producer: Any, states: dict[bytes, bytes], key: bytes, messages: list[Any],
                            output_topic: str, changelog_topic: str) -> list[asyncio.Future[Any]]:
-    """The same work as the Faust agent's `process_key`, on a plain producer: `streams.app.fold_batch`."""
+    """The same work per VMI as the Faust agent's `process_batch`, on a plain producer:
+    `streams.app.fold_batch`, and the output as `streams.app.output_send` makes it."""
     from schemas.topics import DEAD_LETTER_TOPIC
-    from streams.app import dead_letter, fold_batch
+    from streams.app import dead_letter, fold_batch, output_send
     from streams.metrics import EMITTED
 
     futures: list[asyncio.Future[Any]] = []
@@ -508,9 +509,9 @@ async def _raw_process_key(producer: Any, states: dict[bytes, bytes], key: bytes
     for message, _kind, reason in batch.refused:
         futures.append(await producer.send(DEAD_LETTER_TOPIC, dead_letter(message, reason), key=key))
     if batch.output is not None:
-        value = batch.output.record_bytes()
-        futures.append(await producer.send(output_topic, value, key=key))
-        EMITTED.labels("record" if value is not None else "tombstone").inc()
+        send = output_send(key, batch.output)
+        futures.append(await producer.send(output_topic, send.value, key=key, headers=list(send.headers)))
+        EMITTED.labels("record" if send.value is not None else "tombstone").inc()
     if batch.state != stored:
         states[key] = batch.state
         futures.append(await producer.send(changelog_topic, batch.state, key=key))

@@ -70,7 +70,6 @@ async def deliver(producer: AIOKafkaProducer, sends: Sequence[Send]) -> list[Kaf
     todo = list(range(len(sends)))
     rounds = 0
     while True:
-        failed: list[int] = []
         futures: list[tuple[int, asyncio.Future[object]]] = []
         for index in todo:
             send = sends[index]
@@ -80,17 +79,15 @@ async def deliver(producer: AIOKafkaProducer, sends: Sequence[Send]) -> list[Kaf
                 )
             except KafkaError as exc:
                 outcome[index] = exc
-                failed.append(index)
         results = await asyncio.gather(*(future for _, future in futures), return_exceptions=True)
         for (index, _), result in zip(futures, results, strict=True):
             if isinstance(result, KafkaError):
                 outcome[index] = result
-                failed.append(index)
             elif isinstance(result, BaseException):
                 raise result
             else:
                 outcome[index] = None
-        todo = sorted(index for index in failed if passing(outcome[index]))  # type: ignore[arg-type]
+        todo = [index for index in todo if (error := outcome[index]) is not None and passing(error)]
         if not todo:
             return outcome
         pause = RETRY_PAUSES[min(rounds, len(RETRY_PAUSES) - 1)]

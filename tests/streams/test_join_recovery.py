@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -24,24 +23,13 @@ from schemas.codec import decode, encode
 from schemas.events import AgentReport, DomainReport, VMIRef
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
 from schemas.vmi import VMIRecord
-from streams.app import TABLE_NAME, JoinConfig, build_app
+from streams.app import TABLE_NAME, JoinConfig
 from streams.consumer import confirmed_highwaters
-from tests.streams.test_join_worker import produce
+from tests.streams.test_join_worker import produce, started
 
 pytestmark = pytest.mark.integration
 
 VMIS = 300
-
-
-async def started(config: JoinConfig) -> faust.App:
-    app = build_app(config)
-    app.finalize()
-    await app.start()
-    deadline = time.monotonic() + 60
-    while not app.consumer.assignment() or app.rebalancing:
-        assert time.monotonic() < deadline, "join worker got no partitions (or did not recover) within 60s"
-        await asyncio.sleep(0.1)
-    return app
 
 
 async def latest_records(bootstrap: str, namespace: str, hostname: str) -> dict[str, VMIRecord]:
@@ -79,7 +67,7 @@ async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker
     config = JoinConfig(bootstrap_servers=bootstrap, app_id=f"join-{unique}", datadir=tmp_path)
     refs = [VMIRef(namespace=namespace, name=f"vm-{i:03d}", uid=f"u{i}") for i in range(VMIS)]
 
-    app = await started(config)
+    app = await started(config, timeout=60)
     try:
         await produce(bootstrap, [(DOMAIN_TOPIC, r.key, encode(DomainReport(vmi=r, node="node-a", observed_at=10.0)))
                                   for r in refs])
@@ -104,7 +92,7 @@ async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker
     confirmed = await confirmed_highwaters([bootstrap], reported)
     assert any(confirmed[p] > reported[p] for p in partitions), f"ListOffsets was right: {reported}"
 
-    app = await started(config)
+    app = await started(config, timeout=60)
     try:
         await produce(bootstrap, [(AGENT_TOPIC, r.key, encode(AgentReport(vmi=r, node="node-a", observed_at=12.0,
                                                                           connected=True, hostname="second")))

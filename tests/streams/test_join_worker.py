@@ -26,17 +26,24 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def join_app(broker: EmbeddedBroker, unique: str, tmp_path: Path) -> AsyncIterator[faust.App]:
     await ensure_topics(broker.bootstrap_servers)
-    app = build_app(JoinConfig(bootstrap_servers=broker.bootstrap_servers, app_id=f"join-{unique}", datadir=tmp_path))
-    app.finalize()
-    await app.start()
-    deadline = time.monotonic() + 30
-    while not app.consumer.assignment() or app.rebalancing:
-        assert time.monotonic() < deadline, "join worker got no partitions within 30s"
-        await asyncio.sleep(0.1)
+    app = await started(JoinConfig(bootstrap_servers=broker.bootstrap_servers, app_id=f"join-{unique}",
+                                   datadir=tmp_path))
     try:
         yield app
     finally:
         await app.stop()
+
+
+async def started(config: JoinConfig, timeout: float = 30.0) -> faust.App:
+    """A join worker in this process, once it has its partitions (and recovered its table)."""
+    app = build_app(config)
+    app.finalize()
+    await app.start()
+    deadline = time.monotonic() + timeout
+    while not app.consumer.assignment() or app.rebalancing:
+        assert time.monotonic() < deadline, f"join worker got no partitions (or did not recover) within {timeout:.0f}s"
+        await asyncio.sleep(0.1)
+    return app
 
 
 async def produce(bootstrap: str, messages: list[tuple[str, str, bytes]]) -> None:
