@@ -9,8 +9,15 @@ Ordering (at-least-once delivery, two topics read in no fixed order between them
   so a crash between the state write and the send never loses a record.
 - A removed VMI leaves a small marker (when, which uid, the last revision): reports observed before
   the removal are stale and ignored, so a late event cannot bring a ghost back.
-- A report of another uid under the same name is a new VMI: newer, it replaces the old state;
-  older, it is ignored. Revisions keep growing across incarnations of a name.
+- A report of another uid under the same name is a new VMI (a restart): newer, it replaces the old
+  state; older, it is ignored. Revisions keep growing across incarnations of a name. Clocks are
+  compared only between reports of one node: a new uid on another node that does not look newer is
+  held as the incoming side and takes over when the old VMI's domain goes.
+- The two raw topics have no order between them: an agent report may come before the domain report
+  of its tick. Agent answers that no applied domain report claims yet (before the first one, of a new
+  uid, of a migration target) are held (`pending`) and adopted when a domain report of their node and
+  uid is taken; answers that can only be of the past (of the node that removed the VMI from before
+  the removal, of an earlier uid, of the node a migration left) are dropped.
 
 Ownership (live migration: two nodes report the same VMI):
 - The node whose domain report was applied owns the VMI. Another node's report is remembered as the
@@ -73,6 +80,10 @@ class VMIState(EventModel):
     removed_at: float | None = None
     removed_uid: str = ""
     removed_node: str = ""
+    #: Agent answers that no applied domain report claims yet: before the first one, of a new uid whose
+    #: domain report is still on its way, of a migration target. Adopted when a domain report of their
+    #: node and uid is taken (the two raw topics have no order between them).
+    pending: AgentReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +113,7 @@ def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
     if owner is None:
         return JoinResult(state) if report.removed else _take(state, report)
     if _other_vmi(owner.vmi.uid, report.vmi.uid):
-        if report.observed_at <= owner.observed_at or report.removed:
-            return JoinResult(state)
-        return _take(VMIState(revision=state.revision), report)  # re-created under the same name
+        return _other_incarnation(state, report)
     if report.node != owner.node:
         return _from_other_node(state, report)
     if report.observed_at <= owner.observed_at:
@@ -121,18 +130,35 @@ def _other_vmi(uid: str, other_uid: str) -> bool:
     return bool(uid and other_uid and uid != other_uid)
 
 
+def _fresh(state: VMIState) -> VMIState:
+    """The state a new incarnation of the name starts from: revisions keep growing, and agent answers
+    held for it stay held."""
+    return VMIState(revision=state.revision, pending=state.pending)
+
+
 def _after_removal(state: VMIState, report: DomainReport) -> JoinResult:
-    """The VMI was removed: a report of the removing node from before that is stale; a report of
-    another uid, or of another node (the migration target we had not heard of yet), or a later one
-    brings the name back as a new incarnation (revisions keep growing)."""
+    """The VMI was removed: a report of the removing node from before that, or of the node its last
+    migration left, is stale; any other brings the name back as a new incarnation (revisions keep
+    growing)."""
+    if report.removed or _late(state, report):
+        return JoinResult(state)
+    return _take(_fresh(state), report)
+
+
+def _other_incarnation(state: VMIState, report: DomainReport) -> JoinResult:
+    """A report of another uid than the owner's. On the owner's node (one clock) a newer one is a new
+    VMI and an older one is of the past. From another node, clocks are not comparable: a report that
+    looks newer is taken (the old VMI's node may be down for good), one that does not is held as the
+    incoming side, which takes over when the owner's domain goes (KubeVirt removes a VMI before it
+    creates the next one of the name, so the owner's removal is on its way)."""
+    assert state.domain is not None
     if report.removed:
         return JoinResult(state)
-    same_vmi = not _other_vmi(state.removed_uid, report.vmi.uid)
-    if same_vmi and report.node == state.removed_node and report.observed_at <= (state.removed_at or 0.0):
+    if report.observed_at > state.domain.observed_at:
+        return _take(_fresh(state), report)
+    if report.node == state.domain.node:
         return JoinResult(state)
-    if same_vmi and report.node == state.left_node:
-        return JoinResult(state)  # the source of the last migration, late
-    return _take(VMIState(revision=state.revision), report)
+    return JoinResult(state.model_copy(update={"incoming": report}))
 
 
 def _switch_over(owner: DomainReport, incoming: DomainReport) -> bool:
@@ -171,20 +197,25 @@ def _owner_gone(state: VMIState, report: DomainReport) -> JoinResult:
         removed_uid=report.vmi.uid,
         removed_node=report.node,
         left_node=state.left_node,
+        pending=state.pending,
     )
     return JoinResult(marker, tombstone=state.revision > 0)
 
 
 def _move(state: VMIState, report: DomainReport) -> JoinResult:
-    """Ownership moves to `report`'s node; the node it leaves is remembered as the source."""
+    """Ownership moves to `report`'s node; the node it leaves is remembered as the source. A report of
+    another uid is a new incarnation there, which starts afresh."""
     assert state.domain is not None
+    if _other_vmi(state.domain.vmi.uid, report.vmi.uid):
+        return _take(_fresh(state), report)
     left = state.domain.node
     return _take(state.model_copy(update={"incoming": None, "left_node": left}), report)
 
 
 def _take(state: VMIState, report: DomainReport) -> JoinResult:
     """Apply `report` as the owner's domain. Agent answers that are not of this VMI on this node
-    (an earlier uid, or a node that does not own it) are dropped."""
+    (an earlier uid, or a node that does not own it) are dropped; answers held for this VMI on this
+    node are adopted."""
     moved = state.domain is not None and state.domain.node != report.node
     agent = state.agent
     observed = dict(state.observed)
@@ -200,7 +231,13 @@ def _take(state: VMIState, report: DomainReport) -> JoinResult:
     update: dict[str, Any] = {
         "domain": report, "agent": agent, "connected_since": connected_since, "observed": observed
     }
-    return _emit(state.model_copy(update=update))
+    taken = state.model_copy(update=update)
+    pending = taken.pending
+    if pending is not None and _claims(report, pending):
+        taken = taken.model_copy(update={"pending": None})
+        if not _stale_agent(taken, pending):
+            taken = _with_agent(taken, pending)
+    return _emit(taken)
 
 
 def _domain_content(report: DomainReport) -> dict[str, Any]:
@@ -211,15 +248,61 @@ def _domain_content(report: DomainReport) -> dict[str, Any]:
 
 
 def apply_agent(state: VMIState, report: AgentReport) -> JoinResult:
-    if state.removed_at is not None:
-        return JoinResult(state)  # a removed VMI takes agent answers again once its domain is back
     owner = state.domain
-    if owner is not None and (report.node != owner.node or _other_vmi(owner.vmi.uid, report.vmi.uid)):
-        return JoinResult(state)  # only the owner node's agent of this very VMI counts
+    if owner is None or not _claims(owner, report):
+        return JoinResult(state if _late(state, report) else _hold(state, report))
+    previous = state.agent
+    if previous is not None and previous.node == report.node and report.observed_at == previous.observed_at:
+        return _redelivered(state)
+    if _stale_agent(state, report):
+        return JoinResult(state)
+    return _emit(_with_agent(state, report))
+
+
+def _claims(domain: DomainReport, agent: AgentReport) -> bool:
+    """The agent answers are of the VMI of this domain report: the same node and uid."""
+    return agent.node == domain.node and not _other_vmi(domain.vmi.uid, agent.vmi.uid)
+
+
+def _stale_agent(state: VMIState, report: AgentReport) -> bool:
+    """Older than (or as old as) the answers already applied from the same node."""
+    previous = state.agent
+    return previous is not None and previous.node == report.node and report.observed_at <= previous.observed_at
+
+
+def _late(state: VMIState, report: AgentReport | DomainReport) -> bool:
+    """A report that can only be of the past: from the node that removed the VMI, observed before the
+    removal (whatever its uid: on that node the next incarnation is observed later); of the VMI from
+    the node its last migration left; or of an earlier uid on the owner's node (one clock)."""
+    if state.removed_at is not None and report.node == state.removed_node and report.observed_at <= state.removed_at:
+        return True
+    owner = state.domain
+    uid = owner.vmi.uid if owner is not None else state.removed_uid
+    if report.node == state.left_node and not _other_vmi(uid, report.vmi.uid):
+        return True
+    return (
+        owner is not None and report.node == owner.node and _other_vmi(uid, report.vmi.uid)
+        and report.observed_at <= owner.observed_at
+    )
+
+
+def _hold(state: VMIState, report: AgentReport) -> VMIState:
+    """Keep agent answers that no domain report claims yet (see `VMIState.pending`): the latest, merged
+    with earlier ones of the same node, uid and session."""
+    pending = state.pending
+    if pending is not None and pending.node == report.node and pending.vmi.uid == report.vmi.uid:
+        if report.observed_at <= pending.observed_at:
+            return state
+        if report.session == pending.session:
+            report = merge_agent(pending, report)
+    return state.model_copy(update={"pending": report})
+
+
+def _with_agent(state: VMIState, report: AgentReport) -> VMIState:
+    """Apply the owner's agent answers (not stale). Within a session a report replaces only the fields
+    it carries; a new session, or another node's agent, replaces the agent data whole."""
     previous = state.agent
     same_source = previous is not None and previous.node == report.node
-    if previous is not None and same_source and report.observed_at <= previous.observed_at:
-        return _redelivered(state) if report.observed_at == previous.observed_at else JoinResult(state)
     new_session = previous is None or not same_source or report.session != previous.session
     agent = report if previous is None or new_session else merge_agent(previous, report)
     observed = {k: v for k, v in state.observed.items() if k not in AGENT_FIELDS.values()}
@@ -229,7 +312,7 @@ def apply_agent(state: VMIState, report: AgentReport) -> JoinResult:
             continue
         unchanged = not new_session and previous is not None and getattr(previous, name) == value
         observed[key] = state.observed[key] if unchanged and key in state.observed else report.observed_at
-    return _emit(state.model_copy(update={"agent": agent, "observed": observed}))
+    return state.model_copy(update={"agent": agent, "observed": observed})
 
 
 def merge_agent(previous: AgentReport, report: AgentReport) -> AgentReport:

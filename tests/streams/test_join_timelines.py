@@ -4,11 +4,19 @@ Each file under data/timelines/ is one rule: `steps` of `{"domain"|"agent": repo
 `expect.emit` is `record`, `tombstone` or `none`; `expect.record` lists fields the emitted record must
 have (objects are matched key by key, lists and scalars exactly; the value "<absent>" means the key
 must not be there, e.g. an omitted empty hostname).
+
+A step `{"tick": {"domain": report, "agent": report}, "expect": ...}` is one collector tick: its two
+reports, which the join may read in either order, in two batches or in one. A timeline with ticks runs
+once per order (`ORDERS`) and each tick's `expect` holds for the last output of the tick in every
+order; `expectAgentAlone` (optional) is what the agent report alone emits when it is read first. The
+revisions of such a timeline differ by order (a tick read domain first emits twice), so its
+expectations name none; every run checks that revisions only grow.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +25,8 @@ import pytest
 from schemas.codec import DecodeError, encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
-from streams.app import apply_event, fold
-from streams.join import VMIState
+from streams.app import apply_event, fold, fold_batch
+from streams.join import JoinResult, VMIState
 
 ABSENT = "<absent>"
 CASES = sorted((Path(__file__).parent / "data" / "timelines").glob("*.json"))
@@ -37,25 +45,102 @@ def assert_contains(actual: Any, expected: Any, path: str = "record") -> None:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
-def test_timeline(case: Path) -> None:
+#: How a tick's two reports may reach the join: in two batches, either first; or in one batch, either first.
+ORDERS = ("agent-first", "domain-first", "one-batch-agent-first", "one-batch-domain-first")
+
+
+def runs(case: Path) -> list[tuple[Path, str]]:
     data = json.loads(case.read_text())
-    stored: bytes | None = None
-    for number, step in enumerate(data["steps"], 1):
-        if "domain" in step:
-            topic, value = DOMAIN_TOPIC, encode(DomainReport.model_validate(step["domain"]))
-        else:
-            topic, value = AGENT_TOPIC, encode(AgentReport.model_validate(step["agent"]))
-        result = fold(stored, topic, value)
-        expect = step["expect"]
-        emitted = "record" if result.record is not None else "tombstone" if result.tombstone else "none"
-        assert emitted == expect["emit"], f"{data['rule']} — step {number}"
+    return [(case, order) for order in ORDERS] if any("tick" in step for step in data["steps"]) else [(case, "")]
+
+
+RUNS = [run for case in CASES for run in runs(case)]
+
+
+def raw(side: str, report: dict[str, Any]) -> tuple[str, bytes]:
+    if side == "domain":
+        return DOMAIN_TOPIC, encode(DomainReport.model_validate(report))
+    return AGENT_TOPIC, encode(AgentReport.model_validate(report))
+
+
+@dataclass
+class Message:
+    """What `fold_batch` reads of a consumer record."""
+
+    topic: str
+    value: bytes
+    key: bytes
+    partition: int = 0
+    offset: int = 0
+
+
+def emitted(result: JoinResult | None) -> str:
+    if result is None:
+        return "none"
+    return "record" if result.record is not None else "tombstone" if result.tombstone else "none"
+
+
+class Timeline:
+    """A VMI's stored state fed event by event (or batch by batch), as the worker does."""
+
+    def __init__(self) -> None:
+        self.stored: bytes | None = None
+        self.revision = 0
+
+    def one(self, side: str, report: dict[str, Any]) -> JoinResult | None:
+        result = fold(self.stored, *raw(side, report))
+        self.stored = encode(result.state)
+        return self.check(result)
+
+    def batch(self, events: list[tuple[str, dict[str, Any]]]) -> JoinResult | None:
+        messages = [Message(*raw(side, report), key=report["vmi"]["namespace"].encode() + b"/"
+                            + report["vmi"]["name"].encode()) for side, report in events]
+        folded = fold_batch(self.stored, messages[0].key, messages)
+        assert not folded.refused, folded.refused
+        self.stored = folded.state
+        return self.check(folded.output)
+
+    def check(self, result: JoinResult | None) -> JoinResult | None:
+        if result is None or (result.record is None and not result.tombstone):
+            return None
         if result.record is not None:
             assert result.record_bytes() == encode(result.record), "the bytes sent are the record's JSON"
-        if "record" in expect:
-            assert result.record is not None
-            assert_contains(json.loads(encode(result.record)), expect["record"], f"step {number}")
-        stored = None if result.state is None else encode(result.state)
+            assert result.record.revision >= self.revision, "revisions never go back"
+            self.revision = result.record.revision
+        return result
+
+
+def check_expectation(result: JoinResult | None, expect: dict[str, Any], where: str) -> None:
+    assert emitted(result) == expect["emit"], where
+    if "record" in expect:
+        assert result is not None and result.record is not None
+        assert_contains(json.loads(encode(result.record)), expect["record"], where)
+
+
+def play_tick(timeline: Timeline, step: dict[str, Any], order: str, where: str) -> JoinResult | None:
+    domain, agent = ("domain", step["tick"]["domain"]), ("agent", step["tick"]["agent"])
+    if order.startswith("one-batch"):
+        return timeline.batch([agent, domain] if order.endswith("agent-first") else [domain, agent])
+    first, second = (agent, domain) if order == "agent-first" else (domain, agent)
+    before = timeline.one(*first)
+    if order == "agent-first" and "expectAgentAlone" in step:
+        check_expectation(before, step["expectAgentAlone"], f"{where}, the agent report alone")
+    after = timeline.one(*second)
+    return after if after is not None else before
+
+
+@pytest.mark.parametrize(("case", "order"), RUNS, ids=[f"{c.stem}[{o}]" if o else c.stem for c, o in RUNS])
+def test_timeline(case: Path, order: str) -> None:
+    data = json.loads(case.read_text())
+    timeline = Timeline()
+    for number, step in enumerate(data["steps"], 1):
+        where = f"{data['rule']} — step {number}{f' ({order})' if order else ''}"
+        if "tick" in step:
+            result = play_tick(timeline, step, order, where)
+        else:
+            side = "domain" if "domain" in step else "agent"
+            result = timeline.one(side, step[side])
+        check_expectation(result, step["expect"], where)
 
 
 def test_state_round_trips_through_the_changelog_encoding() -> None:
