@@ -46,7 +46,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,8 +159,12 @@ def _silence_libvirt(_context: Any, _error: Any) -> None:
 class NodeCollector:
     """State kept between ticks: libvirt connections, agent sockets, the VMIs seen in the last tick."""
 
-    def __init__(self, config: CollectorConfig) -> None:
+    def __init__(self, config: CollectorConfig, *, wake: Callable[[], None] | None = None) -> None:
         self.config = config
+        #: Called when a poll ends and its VMI falls due before the time `next_due` last named: the
+        #: scheduler, asleep until then, must look at the queue again.
+        self._wake = wake
+        self._announced = float("inf")
         libvirt.registerErrorHandler(_silence_libvirt, None)
         # Listing has threads of its own: stuck agent calls (their thread outlives the asyncio timeout)
         # cannot stall it.
@@ -282,11 +286,20 @@ class NodeCollector:
         return polls
 
     def next_due(self) -> float:
-        """The loop time the next scheduled poll is due (VMIs not running or mid-poll are left out)."""
+        """The loop time the next scheduled poll is due (VMIs not running or mid-poll are left out: a
+        poll's end queues its VMI again, and calls `wake` when that is earlier than this answer)."""
         due, queued = self._due, self._queued
         while due and queued.get(due[0][2]) != due[0][0]:
             heapq.heappop(due)  # superseded
-        return due[0][0] if due else float("inf")
+        self._announced = due[0][0] if due else float("inf")
+        return self._announced
+
+    def _poll_ended(self, key: str) -> None:
+        """A VMI's poll ended: queue it at its next due time, and wake the scheduler if it sleeps past it."""
+        self._requeue(key)
+        if self._wake is not None and self._queued.get(key, float("inf")) < self._announced:
+            self._announced = self._queued[key]
+            self._wake()
 
     def _requeue(self, key: str) -> None:
         """Queue `key` at its next due time, or take it out while it cannot be polled (gone, not listed
@@ -556,7 +569,7 @@ class NodeCollector:
             self._poll(report, transport, state, observed_at, emit, override, commands, everything=everything),
             name=f"agent poll of {key}",
         )
-        state.poll.add_done_callback(lambda _poll: self._requeue(key))  # due again once it ended
+        state.poll.add_done_callback(lambda _poll: self._poll_ended(key))
         return state.poll
 
     async def _poll(
@@ -733,10 +746,10 @@ async def run_collector(config: CollectorConfig) -> None:
     (`poll_intervals`), from its last listing. Reports go through a `StatePublisher` (changes only,
     buffered per VMI while Kafka is away, full resyncs), which publishes on a task of its own.
     """
-    collector = NodeCollector(config)
-    publisher = StatePublisher(config.bootstrap_servers, resync_interval=config.resync_interval, jitter=config.jitter)
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
+    collector = NodeCollector(config, wake=wake.set)
+    publisher = StatePublisher(config.bootstrap_servers, resync_interval=config.resync_interval, jitter=config.jitter)
     relist_now: set[str] = set()
 
     def on_event(event: DomainEvent) -> None:
