@@ -22,7 +22,12 @@ an earlier session, so it is renewed only on evidence that the agent (or the gue
 
 No answer (a timeout under load), a paused domain, a bad reply, a skipped poll, or a connection the
 collector dropped itself or that was lost in the middle of a poll is not evidence: the session is
-kept, and what the agent said before stays valid. (A guest reboot while the collector held no
+kept, and what the agent said before stays valid.
+
+A paused domain is not polled, and its agent stays connected (upstream virt-launcher stops its poller
+on a suspend and keeps `agentConnected`; the channel stays open): its domain reports keep
+`agent_connected`, no agent report is sent, and the join keeps the data. On resume every command is
+polled at once. (A guest reboot while the collector held no
 connection and libvirt showed no channel change is not seen; libvirt's reboot events are not used.)
 
 Concurrency: `max_concurrent_agent_calls` caps agent calls, held per call (not per poll); calls of
@@ -125,6 +130,8 @@ class _VMIState:
     schedule: CommandSchedule | None = None
     #: Poll every command at the next chance (a resume, reboot or agent-connected event).
     poll_all: bool = False
+    #: The domain's state in its last listing (a paused domain is not polled; its resume polls everything).
+    listed: DomainState | None = None
 
     def renew(self) -> None:
         self.session = new_session()
@@ -518,6 +525,15 @@ class NodeCollector:
         override = path is not None
         if not override:
             follow_channel(key, state, report.agent_connected)
+        if state.listed == "paused" and report.state == "running":
+            state.poll_all = True  # resumed (also without an event): every command at once, as upstream
+        state.listed = report.state
+        if report.state == "paused":
+            # As upstream, polling stops while the domain is paused and the agent stays connected: the
+            # channel is still open, and what the agent said stays valid (nothing is reported of it).
+            now.domains.append(report.model_copy(update={"agent_connected": bool(state.answered)})
+                               if override else report)
+            return None
         commands = POLLED_COMMANDS
         everything = True  # every command is asked as after a (re)start: the warm-up starts over
         if scheduled and report.state == "running":

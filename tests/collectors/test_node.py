@@ -306,23 +306,43 @@ async def test_a_timeout_then_an_answer_keeps_the_session(tmp_path: Path) -> Non
     assert answered.session == lost.session == found.session
 
 
-async def test_a_paused_domain_keeps_the_session(tmp_path: Path) -> None:
+async def test_a_paused_domain_is_not_polled_and_keeps_its_agent(tmp_path: Path) -> None:
+    """Upstream stops polling on a suspend and keeps the agent connected (issue 8): no agent call and no
+    agent report while paused, the domain report still says connected; the resume asks everything anew
+    in the same session."""
     uri = write_domains(tmp_path / "node.xml", ["vm"])
     sock = tmp_path / "agent.sock"
-    async with fake_agent(sock, quick_script):
+    async with fake_agent(sock, healthy_script) as agent:
         collector = collector_of(uri, {"default/vm": sock})
         try:
             before = one_agent(await collector.collect_once())
             domain = (await collector.connection(uri)).lookupByName("default_vm")
             domain.suspend()
-            paused = one_agent(await collector.collect_once())
+            asked = len(agent.requests)
+            paused = await collector.collect_once()
+            asked_while_paused = len(agent.requests) - asked
             domain.resume()
-            after = one_agent(await collector.collect_once())
+            after = TickReports()
+
+            async def keep(reports: TickReports) -> None:
+                after.domains.extend(reports.domains)
+                after.agents.extend(reports.agents)
+
+            # Scheduled, right after a full poll: nothing is due, but a resume asks every command anew.
+            polls = await collector.tick(keep, scheduled=True)
+            assert polls, "the resume starts a poll"
+            await asyncio.wait(polls)
         finally:
             await collector.close()
             collector.shutdown()
-    assert before.connected and not paused.connected and after.connected
-    assert before.session == paused.session == after.session
+    assert not paused.agents and asked_while_paused == 0
+    (paused_domain,) = paused.domains
+    assert paused_domain.state == "paused" and paused_domain.agent_connected
+    resumed = one_agent(after)
+    assert before.connected and resumed.connected
+    assert before.session == resumed.session
+    assert resumed.os is not None and resumed.info is not None and resumed.fs_freeze_status == "thawed"
+    assert [d.agent_connected for d in after.domains] == [True]
 
 
 def test_the_libvirt_channel_connecting_again_renews_the_session() -> None:
