@@ -50,6 +50,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import signal
 import sys
 import time
@@ -533,6 +534,14 @@ class Fleet:
         counts = await asyncio.gather(*(asyncio.to_thread(_published, node.metrics_port) for node in self.nodes))
         return sum(counts)
 
+    async def agent_calls(self) -> dict[str, float]:
+        """Agent calls the collectors made so far, by command (summed over nodes), from their metrics."""
+        totals: dict[str, float] = {}
+        for calls in await asyncio.gather(*(asyncio.to_thread(_agent_calls, node.metrics_port) for node in self.nodes)):
+            for command, count in calls.items():
+                totals[command] = totals.get(command, 0.0) + count
+        return totals
+
     async def stop(self) -> None:
         """Collectors first, then the agents."""
         from guestinfo.supervisor import terminate
@@ -549,17 +558,33 @@ class Fleet:
                                for process, socket in self.agents))
 
 
-def _published(port: int) -> int:
+def _metrics(port: int) -> str:
+    """A collector's Prometheus text ("" while it does not answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as response:
-            text = response.read().decode()
+            return str(response.read().decode())
     except OSError:
-        return 0
+        return ""
+
+
+def _published(port: int) -> int:
     total = 0.0
-    for line in text.splitlines():
+    for line in _metrics(port).splitlines():
         if line.startswith("guestinfo_collector_reports_published_total"):
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
+
+
+_CALLS = re.compile(r'^guestinfo_collector_agent_call_duration_seconds_count\{command="([^"]+)"\} (\S+)$')
+
+
+def _agent_calls(port: int) -> dict[str, float]:
+    calls: dict[str, float] = {}
+    for line in _metrics(port).splitlines():
+        match = _CALLS.match(line)
+        if match:
+            calls[match[1]] = float(match[2])
+    return calls
 
 
 async def start_fleet(
