@@ -4,7 +4,9 @@ Every command has an interval (`CollectorConfig.poll_intervals`). After a `resta
 a resume, a reboot) every command is due at once; then each waits `warmup` seconds, the wait doubling
 after each poll until it reaches the command's interval. Commands whose interval is at most `warmup`
 poll at their interval from the start. Every wait is stretched by a random factor in
-[1 - jitter, 1 + jitter], so VMIs started together drift apart.
+[1 - jitter, 1 + jitter], so VMIs started together drift apart. A wait counts from when the poll fell
+due, not from when it ended, as upstream's tickers do: a scheduler round that comes late or a slow
+agent does not stretch every later period (users stay at 10 s on average, not 10.5 s).
 
 A poll asks the commands due, and with them each command of the VMI that would be due before the
 next poll could come (within (1 + jitter) x the shortest interval) and whose wait has reached the
@@ -62,12 +64,18 @@ class CommandSchedule:
         return tuple(command for command, at in self.ready_at.items() if at <= now)
 
     def polled(self, commands: Iterable[str], now: float) -> None:
-        """`commands` were asked (answered or failed): each is next due after its period, which doubles."""
-        factor = self._stretch(1.0)  # one factor for the poll: the commands asked together stay in step
-        for command in commands:
+        """`commands` were asked (answered or failed) in a poll that ended at `now`: each is next due one
+        period after the poll fell due, as a ticker, so a poll that started late or took time does not
+        push every later poll back (the scheduler runs rounds up to half a second apart); but never
+        within half a period of `now`, so a very late poll is not followed by a burst. The period doubles."""
+        asked = list(commands)
+        factor = self._stretch(1.0)  # one factor and one origin for the poll: its commands stay in step
+        fell_due = min([now, *(self.due_at[command] for command in asked)])
+        for command in asked:
             period = self.period[command]
-            self.due_at[command] = now + period * factor
-            self.ready_at[command] = max(now + period * (1 - self.jitter), self.due_at[command] - self._horizon)
+            due = max(fell_due + period * factor, now + period * factor / 2)
+            self.due_at[command] = due
+            self.ready_at[command] = min(due, max(now + period * (1 - self.jitter), due - self._horizon))
             self.period[command] = min(period * 2, self.intervals[command])
 
     def defer(self, commands: Iterable[str], now: float) -> None:

@@ -92,3 +92,35 @@ def test_without_jitter_nothing_is_asked_before_it_is_due() -> None:
     schedule.polled(["guest-fsfreeze-status"], 5.0)
     assert schedule.ready(9.99) == schedule.due(9.99) == ()
     assert set(schedule.ready(10.0)) == set(schedule.due(10.0)) == set(DEFAULT_POLL_INTERVALS)
+
+
+def test_late_polls_keep_the_cadence() -> None:
+    """Rounds come up to half a second after a command falls due and a poll takes time: the next poll is
+    still due one period after the last fell due, so users are asked every 10 s and the freeze status
+    every 5 s on average, not every 10.7 and 5.7 s (issue 8)."""
+    schedule = CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.1, rng=random.Random(5))
+    asked: dict[str, int] = {}
+    now = 0.0
+    while now <= 3600:
+        due = schedule.due(now)
+        if due:
+            ready = schedule.ready(now)
+            assert set(due) <= set(ready)
+            ended = now + 0.2  # the poll's own time
+            for command in ready:
+                asked[command] = asked.get(command, 0) + 1
+            schedule.polled(ready, ended)
+            now = ended
+        now = round(now + 0.5, 3)  # the next round
+    assert 0.98 <= asked["guest-fsfreeze-status"] / (3600 / 5) <= 1.02, asked
+    assert 0.98 <= asked["guest-get-users"] / (3600 / 10) <= 1.02, asked
+
+
+def test_a_very_late_poll_is_not_followed_by_a_burst() -> None:
+    schedule = CommandSchedule({"guest-get-users": 10.0}, warmup=10.0, jitter=0.0)
+    schedule.polled(["guest-get-users"], 0.0)
+    assert schedule.due_at["guest-get-users"] == 10.0
+    schedule.polled(["guest-get-users"], 10.4)  # a round 0.4 s late: the cadence holds
+    assert schedule.due_at["guest-get-users"] == 20.0
+    schedule.polled(["guest-get-users"], 29.0)  # 9 s late (the agent timed out): half a period from now
+    assert schedule.due_at["guest-get-users"] == 34.0
