@@ -12,7 +12,8 @@ Ordering (at-least-once delivery, two topics read in no fixed order between them
 - A report of another uid under the same name is a new VMI (a restart): newer, it replaces the old
   state; older, it is ignored. Revisions keep growing across incarnations of a name. Clocks are
   compared only between reports of one node: a new uid on another node that does not look newer is
-  held as the incoming side and takes over when the old VMI's domain goes.
+  held as the incoming side and takes over when the old VMI's domain goes. A replaced uid has ended:
+  its reports are never taken again (`ended_uids`).
 - The two raw topics have no order between them: an agent report may come before the domain report
   of its tick. Agent answers that no applied domain report claims yet (before the first one, of a new
   uid, of a migration target) are held (`pending`) and adopted when a domain report of their node and
@@ -84,6 +85,9 @@ class VMIState(EventModel):
     #: domain report is still on its way, of a migration target. Adopted when a domain report of their
     #: node and uid is taken (the two raw topics have no order between them).
     pending: AgentReport | None = None
+    #: Uids that another uid has replaced under this name, latest first: their reports are never taken
+    #: again, whatever the clocks say (KubeVirt creates a name's next VMI only once the last is deleted).
+    ended_uids: list[str] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,8 @@ class JoinResult:
 
 
 def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
+    if report.removed:
+        state = _forget_pending(state, report)
     if state.removed_at is not None:
         return _after_removal(state, report)
     owner = state.domain
@@ -130,10 +136,28 @@ def _other_vmi(uid: str, other_uid: str) -> bool:
     return bool(uid and other_uid and uid != other_uid)
 
 
-def _fresh(state: VMIState) -> VMIState:
-    """The state a new incarnation of the name starts from: revisions keep growing, and agent answers
-    held for it stay held."""
-    return VMIState(revision=state.revision, pending=state.pending)
+#: How many ended uids a state remembers.
+ENDED_UIDS = 4
+
+
+def _fresh(state: VMIState, ended: str) -> VMIState:
+    """The state a new incarnation of the name starts from, the uid `ended` replaced: revisions keep
+    growing, and agent answers held for the new one stay held."""
+    ended_uids = state.ended_uids
+    if ended and ended not in ended_uids:
+        ended_uids = [ended, *ended_uids][:ENDED_UIDS]
+    pending = state.pending if state.pending is not None and state.pending.vmi.uid not in ended_uids else None
+    return VMIState(revision=state.revision, pending=pending, ended_uids=ended_uids)
+
+
+def _forget_pending(state: VMIState, removal: DomainReport) -> VMIState:
+    """A node's domain went away: answers held from it of that VMI and from before then are of the past
+    (that node's clock); a later stay there brings its own."""
+    pending = state.pending
+    if pending is None or pending.node != removal.node or _other_vmi(pending.vmi.uid, removal.vmi.uid) \
+            or pending.observed_at > removal.observed_at:
+        return state
+    return state.model_copy(update={"pending": None})
 
 
 def _after_removal(state: VMIState, report: DomainReport) -> JoinResult:
@@ -142,22 +166,29 @@ def _after_removal(state: VMIState, report: DomainReport) -> JoinResult:
     growing)."""
     if report.removed or _late(state, report):
         return JoinResult(state)
-    return _take(_fresh(state), report)
+    if _other_vmi(state.removed_uid, report.vmi.uid):
+        return _take(_fresh(state, ended=state.removed_uid), report)
+    return _take(_fresh(state, ended=""), report)
 
 
 def _other_incarnation(state: VMIState, report: DomainReport) -> JoinResult:
-    """A report of another uid than the owner's. On the owner's node (one clock) a newer one is a new
-    VMI and an older one is of the past. From another node, clocks are not comparable: a report that
-    looks newer is taken (the old VMI's node may be down for good), one that does not is held as the
-    incoming side, which takes over when the owner's domain goes (KubeVirt removes a VMI before it
-    creates the next one of the name, so the owner's removal is on its way)."""
+    """A report of another uid than the owner's. An ended uid's, or an older one from the owner's node
+    (one clock), is of the past; a newer one is a new VMI. From another node, clocks are not comparable:
+    a report that looks newer is taken (the old VMI's node may be down for good), one that does not is
+    held as the incoming side, which takes over when the owner's domain goes (KubeVirt removes a VMI
+    before it creates the next one of the name, so the owner's removal is on its way), and is forgotten
+    when its own domain goes."""
     assert state.domain is not None
+    if _late(state, report):
+        return JoinResult(state)
+    incoming = state.incoming
+    same_incoming = incoming is not None and incoming.node == report.node and incoming.vmi.uid == report.vmi.uid
+    if incoming is not None and same_incoming and report.observed_at < incoming.observed_at:
+        return JoinResult(state)
     if report.removed:
-        return JoinResult(state)
+        return JoinResult(state.model_copy(update={"incoming": None})) if same_incoming else JoinResult(state)
     if report.observed_at > state.domain.observed_at:
-        return _take(_fresh(state), report)
-    if report.node == state.domain.node:
-        return JoinResult(state)
+        return _take(_fresh(state, ended=state.domain.vmi.uid), report)
     return JoinResult(state.model_copy(update={"incoming": report}))
 
 
@@ -207,7 +238,7 @@ def _move(state: VMIState, report: DomainReport) -> JoinResult:
     another uid is a new incarnation there, which starts afresh."""
     assert state.domain is not None
     if _other_vmi(state.domain.vmi.uid, report.vmi.uid):
-        return _take(_fresh(state), report)
+        return _take(_fresh(state, ended=state.domain.vmi.uid), report)
     left = state.domain.node
     return _take(state.model_copy(update={"incoming": None, "left_node": left}), report)
 
@@ -271,9 +302,12 @@ def _stale_agent(state: VMIState, report: AgentReport) -> bool:
 
 
 def _late(state: VMIState, report: AgentReport | DomainReport) -> bool:
-    """A report that can only be of the past: from the node that removed the VMI, observed before the
-    removal (whatever its uid: on that node the next incarnation is observed later); of the VMI from
-    the node its last migration left; or of an earlier uid on the owner's node (one clock)."""
+    """A report that can only be of the past: of an ended uid; from the node that removed the VMI,
+    observed before the removal (whatever its uid: on that node the next incarnation is observed
+    later); of the VMI from the node its last migration left; or of an earlier uid on the owner's node
+    (one clock)."""
+    if report.vmi.uid and report.vmi.uid in state.ended_uids:
+        return True
     if state.removed_at is not None and report.node == state.removed_node and report.observed_at <= state.removed_at:
         return True
     owner = state.domain
