@@ -229,6 +229,7 @@ def _owner_gone(state: VMIState, report: DomainReport) -> JoinResult:
         removed_node=report.node,
         left_node=state.left_node,
         pending=state.pending,
+        ended_uids=state.ended_uids,
     )
     return JoinResult(marker, tombstone=state.revision > 0)
 
