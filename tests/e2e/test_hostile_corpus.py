@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from guestinfo.broker import free_port
+from tests.e2e.api_client import get_json
 from tests.e2e.hostile_agent import HOSTILE, ScriptedAgent, serve_agent
 
 pytestmark = pytest.mark.integration
@@ -51,14 +52,6 @@ def node_xml(domains: list[tuple[str, str, str]]) -> str:
 </domain>"""
         for ns, name, mac in domains
     ) + "</node>"
-
-
-async def get_json(session: aiohttp.ClientSession, port: int, path: str) -> tuple[int, Any]:
-    try:
-        async with session.get(f"http://127.0.0.1:{port}{path}") as response:
-            return response.status, await response.json(content_type=None)
-    except (aiohttp.ClientError, ValueError):
-        return 0, None
 
 
 def check_case(case: str, data: dict[str, Any], info: dict[str, Any], users: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ import pytest
 from guestinfo.broker import free_port
 from tests.collectors.fake_agent import Answer, FakeAgent, fake_agent, returning, sync_reply
 from tests.conftest import Libvirtd, QemuGA
+from tests.e2e.api_client import get_json
 from tests.e2e.hostile_agent import HEALTHY
 
 pytestmark = pytest.mark.integration
@@ -78,11 +79,7 @@ def script_of(identity: dict[str, Any]) -> Any:
 
 
 async def get(session: aiohttp.ClientSession, port: int, sub: str) -> tuple[int, Any]:
-    try:
-        async with session.get(f"http://127.0.0.1:{port}{VMI}/{sub}") as response:
-            return response.status, await response.json(content_type=None)
-    except (aiohttp.ClientError, ValueError):
-        return 0, None
+    return await get_json(session, port, f"{VMI}/{sub}")
 
 
 async def shown(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, Any] | None, list[str] | None]:
