@@ -31,7 +31,7 @@ T = TypeVar("T")
 #: tells whether the call is the poll's first (the sync) or one of a poll that has synced.
 Slots = Callable[[bool], AbstractAsyncContextManager[object]]
 
-#: The commands polled every tick, in order (kubevirt-reference §3, the raw-command set).
+#: The commands polled every tick, in order (docs/upstream-behaviour.md §3, the raw-command set).
 POLLED_COMMANDS: tuple[str, ...] = tuple(CONVERTERS)
 SYNC = "guest-sync"
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schemas.events import split_vmi_key
 
 #: Seconds between two polls of each agent command once warmed up: upstream virt-launcher's defaults
-#: (kubevirt-reference §3; the "sys" group is os, hostname, timezone, interfaces).
+#: (docs/upstream-behaviour.md §3; the "sys" group is os, hostname, timezone, interfaces).
 DEFAULT_POLL_INTERVALS: dict[str, float] = {
     "guest-info": 300.0,
     "guest-get-fsinfo": 300.0,

@@ -1,4 +1,4 @@
-"""When each agent command of one VMI is due (kubevirt-reference §3, upstream virt-launcher's poller).
+"""When each agent command of one VMI is due (docs/upstream-behaviour.md §3, upstream virt-launcher's poller).
 
 Every command has an interval (`CollectorConfig.poll_intervals`). After a `restart` (an agent found,
 a resume, a reboot) every command is due at once; then each waits `warmup` seconds, the wait doubling

@@ -50,7 +50,7 @@ def encode_kubevirt_body(model: BaseModel) -> bytes:
     """Encode a subresource body the way virt-api writes it.
 
     virt-api re-encodes the virt-handler body through a generic JSON value, so object keys come out
-    sorted (kubevirt-reference §6), and Go's encoder escapes `<`, `>`, `&`, U+2028 and U+2029.
+    sorted (docs/upstream-behaviour.md §4), and Go's encoder escapes `<`, `>`, `&`, U+2028 and U+2029.
     """
     body = orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     for raw, escaped in _GO_HTML_ESCAPES:

@@ -1,4 +1,4 @@
-"""KubeVirt API types whose JSON is byte-for-byte KubeVirt's (kubevirt-reference §1).
+"""KubeVirt API types whose JSON is byte-for-byte KubeVirt's (docs/upstream-behaviour.md §1).
 
 Go's `omitempty` drops "", 0, false, null and empty lists; a struct-valued field is never dropped.
 A field annotated `OmitEmpty` has Go's omitempty; everything else is always written. The rule runs

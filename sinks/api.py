@@ -1,6 +1,6 @@
 """The REST API: KubeVirt's guest-agent subresources served from the store, plus discovery/health/metrics.
 
-Paths, bodies and Content-Type match virt-api (kubevirt-reference §6): the bodies are
+Paths, bodies and Content-Type match virt-api (docs/upstream-behaviour.md §4): the bodies are
 `schemas.codec.encode_kubevirt_body` of the stored record. Errors are always a metav1.Status JSON,
 never a traceback.
 

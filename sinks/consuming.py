@@ -37,7 +37,7 @@ class VMIChange:
 def make_consumer(bootstrap_servers: str, group_id: str) -> AIOKafkaConsumer:
     """A consumer of the merged topic: manual commits, from the earliest offset for a new group.
 
-    A short session makes group joins quick on Tansu (join waits session/2, broker-notes §1).
+    A short session makes group joins quick on Tansu (join waits session/2, docs/kafka-on-tansu.md §1).
     """
     return AIOKafkaConsumer(
         VMI_TOPIC,

@@ -14,7 +14,7 @@ from schemas.kubevirt import AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED
 from schemas.vmi import VMIRecord
 
 JsonObject = dict[str, Any]
-#: The conditions this pipeline owns (kubevirt-reference §2); all others are left as they are.
+#: The conditions this pipeline owns (docs/upstream-behaviour.md §2); all others are left as they are.
 OWNED_CONDITIONS = (AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED)
 Patch = list[JsonObject]
 

@@ -3,7 +3,7 @@ AgentConnected, AgentVersionNotSupported).
 
 Per record: GET the VMI, compute the JSON patch (`sinks.status_patch`), and if anything changes send
 it to the MAIN resource with `application/json-patch+json` (the VMI CRD has no /status subresource;
-kubernetes-reference §0). A conflict (409, or 422 from the failed resourceVersion `test`) re-reads
+docs/upstream-behaviour.md §5). A conflict (409, or 422 from the failed resourceVersion `test`) re-reads
 and retries with capped, jittered backoff; 404 means the VMI is gone. Offsets are committed after a
 batch is applied; a VMI still failing after its retries makes the whole batch be fetched again.
 

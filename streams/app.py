@@ -2,7 +2,7 @@
 Table keyed by `namespace/name`, and sends the merged record (or a tombstone) to `guestinfo.vmi.v1`.
 
 Raw events that cannot be decoded go to the dead-letter topic with the reason; they never stop the
-stream. Faust's settings follow shared/broker-notes.md for the Tansu broker.
+stream. Faust's settings for the Tansu broker: docs/kafka-on-tansu.md.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class JoinConfig(BaseModel):
 
 
 def faust_settings(config: JoinConfig) -> dict[str, Any]:
-    """The Faust app settings of the join worker (shared/broker-notes.md for Tansu).
+    """The Faust app settings of the join worker (docs/kafka-on-tansu.md for Tansu).
 
     The changelog goes out in ordinary multi-record batches on every broker: `streams.consumer`
     confirms the highwaters that table recovery reads, which Tansu under-reports after such batches."""
@@ -86,7 +86,7 @@ def build_app(config: JoinConfig) -> faust.App:
 
     raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
     # Writes happen per key after a batch: the changelog partition comes from the key (the same
-    # partitioner as the raw topics), not from the batch's last event (broker-notes §3).
+    # partitioner as the raw topics), not from the batch's last event (docs/kafka-on-tansu.md §3).
     table = app.Table(
         TABLE_NAME, default=None, partitions=config.partitions, key_type=bytes, value_type=bytes,
         use_partitioner=True,
@@ -317,5 +317,5 @@ def run_worker(app: faust.App) -> None:
     Logging stays as the caller configured it (Faust's own set-up is not applied).
     """
     worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
-    worker.spinner = None  # the spinner would turn the root logger to DEBUG (broker-notes §2)
+    worker.spinner = None  # the spinner would turn the root logger to DEBUG (docs/kafka-on-tansu.md §2)
     worker.execute_from_commandline()

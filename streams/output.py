@@ -1,7 +1,7 @@
 """Sending the join's output: merged records, tombstones and dead letters.
 
 They go out on a producer of the join's own, not through Faust's `topic.send`: every send of a batch
-is handed to the producer at once (a few µs each, against ~0.3 ms per Faust send, broker-notes §2),
+is handed to the producer at once (a few µs each, against ~0.3 ms per Faust send, docs/kafka-on-tansu.md §2),
 with a short linger and no queueing behind the table's changelog records, and the batch waits for
 all the acks; what fails for a passing reason is resent until it is delivered. Only then are the
 batch's states written and its raw events acknowledged: at-least-once, an outage delays and never
@@ -39,7 +39,7 @@ def make_output_producer(bootstrap_servers: str, max_request_size: int) -> AIOKa
         linger_ms=5,
         max_batch_size=512 * 1024,
         compression_type="gzip",
-        # Tansu rejects the idempotent producer (broker-notes §1); a duplicate after a retry is
+        # Tansu rejects the idempotent producer (docs/kafka-on-tansu.md §1); a duplicate after a retry is
         # harmless: records carry revisions and consumers drop what they have seen.
         enable_idempotence=False,
         request_timeout_ms=10_000,

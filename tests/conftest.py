@@ -101,7 +101,10 @@ def postgres_url() -> str:
 
 
 class Libvirtd:
-    """A real libvirtd hosting only the test driver, on a private socket (shared/libvirt-testing.md)."""
+    """A real libvirtd hosting only the test driver, on a private socket: every connection to
+    `test+unix:///default?socket=...` shares one world and sees its lifecycle events (LIBVIRT_DRIVER_DIR points
+    at an empty folder, so the QEMU driver, which needs a libvirt-qemu user, is not loaded). That world lasts while
+    a connection to it is open: a test that defines domains keeps its connection."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder

@@ -1,4 +1,4 @@
-"""The per-command poll schedule (kubevirt-reference §3), on a fake clock."""
+"""The per-command poll schedule (docs/upstream-behaviour.md §3), on a fake clock."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """kmock's Kubernetes emulator made at least as strict as a real apiserver where it matters here.
 
 kmock ignores Content-Type, resourceVersion and the missing /status subresource of the VMI, and
-answers a failed JSON-patch `test` with 500 (kubernetes-reference §3). This subclass enforces, on
-writes, what a real kube-apiserver does (kubernetes-reference §0-§2):
+answers a failed JSON-patch `test` with 500 (docs/upstream-behaviour.md §5). This subclass enforces, on
+writes, what a real kube-apiserver does (docs/upstream-behaviour.md §5):
 
 - PATCH `.../virtualmachineinstances/NAME/status` → 404 (the VMI CRD has no status subresource);
 - a PATCH Content-Type must be a patch type: missing/other → 415 UnsupportedMediaType;

@@ -1,7 +1,7 @@
 """The join's table comes back whole after a restart, with its changelog sent in multi-record batches.
 
 Tansu's ListOffsets(LATEST) under-reports a changelog partition whose newest batch holds several
-records (broker-notes §1); recovery that trusted it would skip the tail and bring stale states back.
+records (docs/kafka-on-tansu.md §1); recovery that trusted it would skip the tail and bring stale states back.
 The next event of a VMI whose state came back stale would then produce revision 1 again.
 """
 
