@@ -75,7 +75,10 @@ class CommandSchedule:
             period = self.period[command]
             due = max(fell_due + period * factor, now + period * factor / 2)
             self.due_at[command] = due
-            self.ready_at[command] = min(due, max(now + period * (1 - self.jitter), due - self._horizon))
+            # Askable early from the same origin, so the window in which it rides along with another
+            # command's poll does not shrink by the poll's lateness; never within half of that of `now`.
+            early = (1 - self.jitter) * period
+            self.ready_at[command] = min(due, max(fell_due + early, now + early / 2, due - self._horizon))
             self.period[command] = min(period * 2, self.intervals[command])
 
     def defer(self, commands: Iterable[str], now: float) -> None:

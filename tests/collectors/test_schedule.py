@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
 from collectors.config import DEFAULT_POLL_INTERVALS
 from collectors.schedule import CommandSchedule
 
@@ -94,19 +96,23 @@ def test_without_jitter_nothing_is_asked_before_it_is_due() -> None:
     assert set(schedule.ready(10.0)) == set(schedule.due(10.0)) == set(DEFAULT_POLL_INTERVALS)
 
 
-def test_late_polls_keep_the_cadence() -> None:
+@pytest.mark.parametrize("poll_time", [0.01, 0.2, 1.5])
+def test_late_polls_keep_the_cadence_and_ride_along(poll_time: float) -> None:
     """Rounds come up to half a second after a command falls due and a poll takes time: the next poll is
     still due one period after the last fell due, so users are asked every 10 s and the freeze status
-    every 5 s on average, not every 10.7 and 5.7 s (issue 8)."""
+    every 5 s on average, not every 10.7 and 5.7 s (issue 8); and users still ride along with a freeze
+    poll instead of drifting into polls of their own."""
     schedule = CommandSchedule(DEFAULT_POLL_INTERVALS, warmup=10.0, jitter=0.1, rng=random.Random(5))
     asked: dict[str, int] = {}
+    users_alone = 0
     now = 0.0
     while now <= 3600:
         due = schedule.due(now)
         if due:
             ready = schedule.ready(now)
             assert set(due) <= set(ready)
-            ended = now + 0.2  # the poll's own time
+            users_alone += "guest-get-users" in ready and "guest-fsfreeze-status" not in ready
+            ended = now + poll_time
             for command in ready:
                 asked[command] = asked.get(command, 0) + 1
             schedule.polled(ready, ended)
@@ -114,6 +120,7 @@ def test_late_polls_keep_the_cadence() -> None:
         now = round(now + 0.5, 3)  # the next round
     assert 0.98 <= asked["guest-fsfreeze-status"] / (3600 / 5) <= 1.02, asked
     assert 0.98 <= asked["guest-get-users"] / (3600 / 10) <= 1.02, asked
+    assert users_alone == 0, "users never needs a poll of its own"
 
 
 def test_a_very_late_poll_is_not_followed_by_a_burst() -> None:
