@@ -347,6 +347,8 @@ class NodeCollector:
         if event.kind == "rebooted":
             state.renew()
             log.info("domain %s rebooted: new agent session", key)
+        if event.kind == "resumed":
+            resumed(state)
         if event.kind in ("rebooted", "resumed", "agent-connected", "started"):
             state.poll_all = True
             self._requeue(key)
@@ -526,13 +528,19 @@ class NodeCollector:
         if not override:
             follow_channel(key, state, report.agent_connected)
         if state.listed == "paused" and report.state == "running":
-            state.poll_all = True  # resumed (also without an event): every command at once, as upstream
+            resumed(state)  # also without an event
         state.listed = report.state
         if report.state == "paused":
             # As upstream, polling stops while the domain is paused and the agent stays connected: the
-            # channel is still open, and what the agent said stays valid (nothing is reported of it).
-            now.domains.append(report.model_copy(update={"agent_connected": bool(state.answered)})
-                               if override else report)
+            # channel is still open, and what the agent said stays valid (nothing is reported of it). A
+            # poll in flight is void (it would time out on the paused guest and count as a disconnect).
+            if state.poll is not None and not state.poll.done():
+                state.poll.cancel()
+                await asyncio.wait([state.poll])
+            if not override:
+                now.domains.append(report)
+            elif state.answered is not None:  # (before its first poll, its agent_connected is unknown)
+                now.domains.append(report.model_copy(update={"agent_connected": state.answered}))
             return None
         commands = POLLED_COMMANDS
         everything = True  # every command is asked as after a (re)start: the warm-up starts over
@@ -717,6 +725,13 @@ class _Slot:
         self._slots.release()
         if self._suspect is not None:
             self._suspect.release()
+
+
+def resumed(state: _VMIState) -> None:
+    """The domain runs again after a pause: every command is asked at once, as upstream restarts its
+    pollers; timeouts from before (a paused guest does not answer) no longer hold the VMI back."""
+    state.poll_all = True
+    state.timeouts = state.backoff = 0
 
 
 def follow_channel(key: str, state: _VMIState, connected: bool) -> None:

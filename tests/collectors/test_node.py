@@ -345,6 +345,60 @@ async def test_a_paused_domain_is_not_polled_and_keeps_its_agent(tmp_path: Path)
     assert [d.agent_connected for d in after.domains] == [True]
 
 
+async def test_a_poll_in_flight_when_the_domain_pauses_is_void(tmp_path: Path) -> None:
+    """Without a suspend event (a listing shows the pause), the poll in flight is cancelled: it would time
+    out on the paused guest and count as a disconnect."""
+    uri = write_domains(tmp_path / "node.xml", ["vm"])
+    sock = tmp_path / "agent.sock"
+    emitted: list[TickReports] = []
+
+    async def keep(reports: TickReports) -> None:
+        emitted.append(reports)
+
+    async with fake_agent(sock, healthy_script) as agent:
+        collector = collector_of(uri, {"default/vm": sock}, agent_timeout=1.0)
+        try:
+            assert one_agent(await collector.collect_once()).connected
+            agent.script = slow_script
+            (poll,) = await collector.tick(keep)
+            await asyncio.sleep(0.2)  # synced, waiting for an answer that will not come
+            (await collector.connection(uri)).lookupByName("default_vm").suspend()
+            assert await collector.tick(keep) == []
+            assert poll.cancelled()
+        finally:
+            await collector.close()
+            collector.shutdown()
+    assert not any(reports.agents for reports in emitted), "no report of a disconnect"
+    paused = [d for reports in emitted for d in reports.domains if d.state == "paused"]
+    assert [d.agent_connected for d in paused] == [True]
+
+
+async def test_a_resume_polls_at_once_whatever_the_back_off(tmp_path: Path) -> None:
+    """Timeouts from before a pause do not hold the resumed VMI back: it is polled in the first round."""
+    uri = write_domains(tmp_path / "node.xml", ["vm"])
+    sock = tmp_path / "agent.sock"
+
+    async def drop(reports: TickReports) -> None:
+        pass
+
+    async with fake_agent(sock, slow_script) as agent:
+        collector = collector_of(uri, {"default/vm": sock}, agent_timeout=0.3)
+        try:
+            timed_out = one_agent(await collector.collect_once())  # a timeout: the VMI is backed off
+            assert any("no answer" in reason for reason in timed_out.errors.values()), timed_out.errors
+            agent.script = healthy_script
+            domain = (await collector.connection(uri)).lookupByName("default_vm")
+            domain.suspend()
+            await collector.tick(drop, scheduled=True)
+            domain.resume()
+            polls = await collector.tick(drop, scheduled=True)
+            assert polls, "the resume polls at once"
+            await asyncio.wait(polls)
+        finally:
+            await collector.close()
+            collector.shutdown()
+
+
 def test_the_libvirt_channel_connecting_again_renews_the_session() -> None:
     state = _VMIState(domain_id=1)
     first = state.session
