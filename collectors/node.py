@@ -22,13 +22,13 @@ an earlier session, so it is renewed only on evidence that the agent (or the gue
 
 No answer (a timeout under load), a paused domain, a bad reply, a skipped poll, or a connection the
 collector dropped itself or that was lost in the middle of a poll is not evidence: the session is
-kept, and what the agent said before stays valid.
+kept, and what the agent said before stays valid. (A guest reboot while the collector held no
+connection and libvirt showed no channel change is not seen; libvirt's reboot events are not used.)
 
 A paused domain is not polled, and its agent stays connected (upstream virt-launcher stops its poller
 on a suspend and keeps `agentConnected`; the channel stays open): its domain reports keep
-`agent_connected`, no agent report is sent, and the join keeps the data. On resume every command is
-polled at once. (A guest reboot while the collector held no
-connection and libvirt showed no channel change is not seen; libvirt's reboot events are not used.)
+`agent_connected`, no agent report is sent, a poll in flight is cancelled, and the join keeps the
+data. On resume every command is polled at once, whatever the back-off.
 
 Concurrency: `max_concurrent_agent_calls` caps agent calls, held per call (not per poll); calls of
 polls that have synced go first, then syncs of agents that answered last time, then the rest

@@ -13,8 +13,8 @@ next poll could come (within (1 + jitter) x the shortest interval) and whose wai
 short end of that range ((1 - jitter) x its period): `ready`, as if its random factor had come out
 lower. The commands asked in one poll share one random factor. So one VMI's commands keep coming
 in one poll (e.g. users with every second freeze-status poll, the others with the freeze-status poll
-just before they are due) instead of drifting into polls of their own, and no wait is shorter or
-longer than the jitter allows.
+just before they are due) instead of drifting into polls of their own, and no wait, counted from
+when the polls fell due, is shorter or longer than the jitter allows.
 """
 
 from __future__ import annotations
