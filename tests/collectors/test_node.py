@@ -306,6 +306,14 @@ async def test_a_timeout_then_an_answer_keeps_the_session(tmp_path: Path) -> Non
     assert answered.session == lost.session == found.session
 
 
+async def resume_and_poll(collector: NodeCollector, domain: Any, emit: Any) -> None:
+    """Resume the domain: the next scheduled tick starts a poll at once (a resume asks everything)."""
+    domain.resume()
+    polls = await collector.tick(emit, scheduled=True)
+    assert polls, "the resume starts a poll at once"
+    await asyncio.wait(polls)
+
+
 async def test_a_paused_domain_is_not_polled_and_keeps_its_agent(tmp_path: Path) -> None:
     """Upstream stops polling on a suspend and keeps the agent connected (issue 8): no agent call and no
     agent report while paused, the domain report still says connected; the resume asks everything anew
@@ -321,7 +329,6 @@ async def test_a_paused_domain_is_not_polled_and_keeps_its_agent(tmp_path: Path)
             asked = len(agent.requests)
             paused = await collector.collect_once()
             asked_while_paused = len(agent.requests) - asked
-            domain.resume()
             after = TickReports()
 
             async def keep(reports: TickReports) -> None:
@@ -329,9 +336,7 @@ async def test_a_paused_domain_is_not_polled_and_keeps_its_agent(tmp_path: Path)
                 after.agents.extend(reports.agents)
 
             # Scheduled, right after a full poll: nothing is due, but a resume asks every command anew.
-            polls = await collector.tick(keep, scheduled=True)
-            assert polls, "the resume starts a poll"
-            await asyncio.wait(polls)
+            await resume_and_poll(collector, domain, keep)
         finally:
             await collector.close()
             collector.shutdown()
@@ -390,10 +395,7 @@ async def test_a_resume_polls_at_once_whatever_the_back_off(tmp_path: Path) -> N
             domain = (await collector.connection(uri)).lookupByName("default_vm")
             domain.suspend()
             await collector.tick(drop, scheduled=True)
-            domain.resume()
-            polls = await collector.tick(drop, scheduled=True)
-            assert polls, "the resume polls at once"
-            await asyncio.wait(polls)
+            await resume_and_poll(collector, domain, drop)
         finally:
             await collector.close()
             collector.shutdown()
