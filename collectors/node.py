@@ -537,20 +537,14 @@ class NodeCollector:
             if state.poll is not None and not state.poll.done():
                 state.poll.cancel()
                 await asyncio.wait([state.poll])
-            if not override:
-                now.domains.append(report)
-            elif state.answered is not None:  # (before its first poll, its agent_connected is unknown)
-                now.domains.append(report.model_copy(update={"agent_connected": state.answered}))
+            _report_unpolled(now, report, state, override)
             return None
         commands = POLLED_COMMANDS
         everything = True  # every command is asked as after a (re)start: the warm-up starts over
         if scheduled and report.state == "running":
             due = state.schedule.due(loop_now)
             if not state.busy and not due and not state.poll_all:  # nothing to ask now
-                if not override:
-                    now.domains.append(report)
-                elif state.answered is not None:  # (before its first poll, its agent_connected is unknown)
-                    now.domains.append(report.model_copy(update={"agent_connected": state.answered}))
+                _report_unpolled(now, report, state, override)
                 return None
             if state.answered is not True or state.poll_all:
                 commands = POLLED_COMMANDS  # an agent (newly) found, resumed or rebooted: ask everything at once
@@ -725,6 +719,16 @@ class _Slot:
         self._slots.release()
         if self._suspect is not None:
             self._suspect.release()
+
+
+def _report_unpolled(now: TickReports, report: DomainReport, state: _VMIState, override: bool) -> None:
+    """The domain report of a VMI not polled this tick (nothing due, or paused). An agent reached through
+    a socket is as connected as its last poll found it; before its first poll that is unknown, and the
+    domain report waits for the poll."""
+    if not override:
+        now.domains.append(report)
+    elif state.answered is not None:
+        now.domains.append(report.model_copy(update={"agent_connected": state.answered}))
 
 
 def resumed(state: _VMIState) -> None:

@@ -166,9 +166,8 @@ def _after_removal(state: VMIState, report: DomainReport) -> JoinResult:
     growing)."""
     if report.removed or _late(state, report):
         return JoinResult(state)
-    if _other_vmi(state.removed_uid, report.vmi.uid):
-        return _take(_fresh(state, ended=state.removed_uid), report)
-    return _take(_fresh(state, ended=""), report)
+    ended = state.removed_uid if _other_vmi(state.removed_uid, report.vmi.uid) else ""
+    return _take(_fresh(state, ended=ended), report)
 
 
 def _other_incarnation(state: VMIState, report: DomainReport) -> JoinResult:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import DecodeError, encode
-from schemas.events import AgentReport, DomainReport
+from schemas.events import AgentReport, DomainReport, vmi_key
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
 from streams.app import apply_event, fold, fold_batch
 from streams.join import JoinResult, VMIState
@@ -93,8 +93,8 @@ class Timeline:
         return self.check(result)
 
     def batch(self, events: list[tuple[str, dict[str, Any]]]) -> JoinResult | None:
-        messages = [Message(*raw(side, report), key=report["vmi"]["namespace"].encode() + b"/"
-                            + report["vmi"]["name"].encode()) for side, report in events]
+        messages = [Message(*raw(side, report), key=vmi_key(report["vmi"]["namespace"], report["vmi"]["name"]).encode())
+                    for side, report in events]
         folded = fold_batch(self.stored, messages[0].key, messages)
         assert not folded.refused, folded.refused
         self.stored = folded.state
