@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from guestinfo.api_security import add_security_options
 from guestinfo.config import UsageError
 from guestinfo.logs import setup_logging
 
@@ -83,8 +84,9 @@ def _add_sink_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--api-listen", metavar="HOST:PORT", default="127.0.0.1:8080",
-        help="where the REST API listens (default 127.0.0.1:8080)",
+        help="where the REST API listens (default 127.0.0.1:8080); off loopback it needs authentication",
     )
+    add_security_options(parser)
 
 
 def _add_kube_options(parser: argparse.ArgumentParser) -> None:

@@ -62,6 +62,18 @@ def store_url_for(state_dir: Path) -> str:
     return f"sqlite:///{(state_dir / 'guestinfo.db').absolute()}"
 
 
+def checked_store_url(value: str | None, state_dir: Path) -> str:
+    """--store, or SQLite in the state dir; a URL no backend takes is a `UsageError` before anything starts."""
+    from sinks.store import StoreError, check_url
+
+    url = value or store_url_for(state_dir)
+    try:
+        check_url(url)
+    except StoreError as exc:
+        raise UsageError(f"--store: {exc}") from None
+    return url
+
+
 def agent_sockets(values: list[str]) -> dict[str, str]:
     """All --agent-socket values as `{"namespace/name": path}`."""
     return dict(parse_agent_socket(value) for value in values)

@@ -18,17 +18,20 @@ from pathlib import Path
 
 import aiohttp
 
+from guestinfo.api_security import security_argv, security_config
 from guestinfo.broker import EmbeddedBroker, ensure_topics, free_port
 from guestinfo.config import (
     Listen,
     UsageError,
     agent_sockets,
+    checked_store_url,
     parse_bootstrap_servers,
     parse_listen,
     store_url_for,
 )
 from guestinfo.demo import Demo
 from guestinfo.supervisor import ChildSpec, Supervisor
+from sinks.security import serves_tls
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ class Pipeline:
     poll_intervals: list[str]
     agent_timeout: float
     demo: bool
+    #: The API's security flags, passed through to `serve` as given; `api_tls` says whether it serves HTTPS.
+    security_args: list[str] = field(default_factory=list)
+    api_tls: bool = False
     global_args: list[str] = field(default_factory=list)
     #: Where the collector and the join worker serve /metrics (free ports on the API's host).
     metrics: dict[str, Listen] = field(default_factory=dict)
@@ -63,14 +69,16 @@ class Pipeline:
     def from_args(cls, args: argparse.Namespace) -> Pipeline:
         global_args = ["--log-format", args.log_format, "--state-dir", str(Path(args.state_dir).absolute())]
         global_args += ["-v"] * args.verbose + ["-q"] * args.quiet
+        api = parse_listen(args.api_listen)
+        security = security_config(args, api.host)  # refused here, before any process starts
         return cls(
             state_dir=Path(args.state_dir).absolute(),
             bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers) if args.bootstrap_servers else None,
             libvirt_uris=list(args.libvirt_uri),
             agent_sockets=agent_sockets(args.agent_socket),
             agent_socket_dir=str(Path(args.agent_socket_dir).absolute()) if args.agent_socket_dir else None,
-            store_url=args.store,
-            api=parse_listen(args.api_listen),
+            store_url=checked_store_url(args.store, Path(args.state_dir)),
+            api=api,
             kube_api=args.kube_api,
             kubeconfig=args.kubeconfig,
             node_name=args.node_name,
@@ -78,6 +86,8 @@ class Pipeline:
             poll_intervals=list(args.poll_interval),
             agent_timeout=args.agent_timeout,
             demo=args.demo,
+            security_args=security_argv(args),
+            api_tls=serves_tls(security, api.host),
             global_args=global_args,
         )
 
@@ -88,7 +98,7 @@ class Pipeline:
             ChildSpec(
                 "serve",
                 [*self.global_args, "serve", *kafka, "--store", self.store_url or store_url_for(self.state_dir),
-                 "--api-listen", str(self.api)],
+                 "--api-listen", str(self.api), *self.security_args],
             ),
         ]
         if self.kube_api or self.kubeconfig:
@@ -127,19 +137,24 @@ class Pipeline:
             supervisor = Supervisor(self.children(bootstrap))
             stack.push_async_callback(supervisor.stop)
             await supervisor.start()
-            await wait_for_api(self.api)
+            await supervisor.unless_failed(wait_for_api(self.api_url))
             self.announce(bootstrap)
-            await asyncio.Event().wait()
+            await supervisor.unless_failed(asyncio.Event().wait())
+
+    @property
+    def api_url(self) -> str:
+        host = f"[{self.api.host}]" if ":" in self.api.host else self.api.host
+        return f"{'https' if self.api_tls else 'http'}://{host}:{self.api.port}"
 
     def announce(self, bootstrap: str) -> None:
-        base = f"http://{self.api.host}:{self.api.port}"
+        base = self.api_url
         lines = [
             "guestinfo is running",
             f"  Kafka       {bootstrap}{' (embedded)' if self.bootstrap_servers is None else ''}",
             f"  REST API    {base}{SUBRESOURCES}/namespaces/{{namespace}}/virtualmachineinstances/{{name}}/"
             "{guestosinfo,userlist,filesystemlist}",
         ]
-        metrics = [f"http://{self.api.host}:{self.api.port}/metrics (serve)"]
+        metrics = [f"{base}/metrics (serve)"]
         metrics += [f"http://{listen}/metrics ({role})" for role, listen in self.metrics.items()]
         lines.append(f"  metrics     {', '.join(metrics)}")
         if self.demo:
@@ -149,17 +164,17 @@ class Pipeline:
         print("\n".join(lines), file=sys.stdout, flush=True)
 
 
-async def wait_for_api(api: Listen, timeout: float = 60.0) -> None:
-    """Wait until the API answers /healthz."""
-    url = f"http://{api.host}:{api.port}/healthz"
+async def wait_for_api(base: str, timeout: float = 60.0) -> None:
+    """Wait until the API at `base` answers /healthz (its own certificate is not checked: it may be self-signed)."""
+    url = f"{base}/healthz"
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2), ssl=False) as response:
                     if response.status == 200:
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
             await asyncio.sleep(0.2)
-    raise UsageError(f"the REST API did not come up on {api} within {timeout:.0f}s (is the port in use?)")
+    raise UsageError(f"the REST API did not come up on {base} within {timeout:.0f}s (is the port in use?)")

@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from guestinfo.config import UsageError, agent_sockets, parse_bootstrap_servers, parse_listen, store_url_for
+from guestinfo.api_security import security_config
+from guestinfo.config import UsageError, agent_sockets, checked_store_url, parse_bootstrap_servers, parse_listen
 from guestinfo.lifecycle import run_until_signalled
 
 log = logging.getLogger(__name__)
@@ -89,18 +90,23 @@ def join(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from sinks.security import SecurityError
     from sinks.serve import ServeConfig, run_serve
 
     listen = parse_listen(args.api_listen)
     state_dir = Path(args.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
     config = ServeConfig(
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
-        store_url=args.store or store_url_for(state_dir),
+        store_url=checked_store_url(args.store, state_dir),
         listen_host=listen.host,
         listen_port=listen.port,
+        security=security_config(args, listen.host),
     )
-    asyncio.run(run_until_signalled(run_serve(config), "serve"))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(run_until_signalled(run_serve(config), "serve"))
+    except SecurityError as exc:  # found only when starting: a kubeconfig, the cluster's CA ConfigMap
+        raise UsageError(str(exc)) from None
     return 0
 
 

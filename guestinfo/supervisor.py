@@ -1,7 +1,9 @@
 """Process supervision for `guestinfo run`: one child process per stage.
 
 Children start in order and stop in reverse order (SIGTERM, then SIGKILL after a grace period). A
-child that exits on its own is restarted with a capped, doubling back-off, and the restart is logged.
+child that exits on its own is restarted with a capped, doubling back-off, and the restart is logged;
+one that exits with code 2 (`CONFIG_EXIT`: its configuration is wrong) is not restarted, since it
+would only fail again: the pipeline stops instead (`unless_failed` raises `StageFailed`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,20 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+
+#: The exit code of a stage refusing its configuration (argparse's, and `guestinfo`'s UsageError).
+CONFIG_EXIT = 2
+
+T = TypeVar("T")
+
+
+class StageFailed(RuntimeError):
+    """A stage exited because of its configuration; restarting it would not help."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class Supervisor:
         self.children = [Child(spec) for spec in specs]
         self.stop_grace = stop_grace
         self.max_backoff = max_backoff
+        self.failed: asyncio.Future[Child] = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
         for child in self.children:
@@ -62,6 +76,12 @@ class Supervisor:
             code = await child.process.wait()
             if child.stopping:
                 return
+            if code == CONFIG_EXIT:
+                log.error("%s exited with code %d: its configuration is wrong (see its log); not restarting it",
+                          child.spec.name, code)
+                if not self.failed.done():
+                    self.failed.set_result(child)
+                return
             child.restarts += 1
             delay = min(self.max_backoff, 2.0 ** min(child.restarts - 1, 10))
             log.error(
@@ -70,6 +90,22 @@ class Supervisor:
             await asyncio.sleep(delay)
             if not child.stopping:
                 await self._spawn(child)
+
+    async def unless_failed(self, work: Awaitable[T]) -> T:
+        """`work`'s result, unless a stage fails for its configuration first: then `StageFailed`."""
+        task = asyncio.ensure_future(work)
+        waits: set[asyncio.Future[object]] = {task, self.failed}  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.failed.done():
+            child = self.failed.result()
+            raise StageFailed(f"{child.spec.name} refused its configuration (exit code {CONFIG_EXIT}); see its log")
+        return task.result()
 
     async def stop(self) -> None:
         """Stop every child, last started first; idempotent."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -24,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from schemas.codec import encode_kubevirt_body
 from schemas.vmi import VMIRecord
+from sinks.kube_status import JSON, Handler, Middleware, status_response
 from sinks.metrics import API_LATENCY, API_REQUESTS, REGISTRY
 from sinks.store import Store, Version
 
@@ -37,32 +37,8 @@ _KINDS = {
     "userlist": "VirtualMachineInstanceGuestOSUserList",
     "filesystemlist": "VirtualMachineInstanceFileSystemList",
 }
-JSON = "application/json"
 
 STORE_KEY = web.AppKey("store", Store)  # type: ignore[type-abstract]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> bytes:
-    """A metav1.Status failure, keys in the order the apiserver writes them."""
-    return orjson.dumps(
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "details": details if details is not None else {},
-            "code": code,
-        }
-    )
-
-
-def status_response(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> web.Response:
-    return web.Response(status=code, body=status_body(code, reason, message, details), content_type=JSON)
-
 
 def _vmi_details(name: str) -> dict[str, Any]:
     return {"name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance"}
@@ -197,10 +173,10 @@ def _endpoint(request: web.Request) -> str:
 
 def _error_response(exc: web.HTTPException) -> web.Response:
     if exc.status == 404:
-        return status_response(404, "NotFound", "the server could not find the requested resource")
+        return status_response(404, "NotFound", "the server could not find the requested resource", {})
     if exc.status == 405:
-        return status_response(405, "MethodNotAllowed", f"the server does not allow this method: {exc.reason}")
-    return status_response(exc.status, exc.reason.replace(" ", ""), exc.reason)
+        return status_response(405, "MethodNotAllowed", f"the server does not allow this method: {exc.reason}", {})
+    return status_response(exc.status, exc.reason.replace(" ", ""), exc.reason, {})
 
 
 #: The metric children of each (endpoint, status code): `labels()` takes a lock and builds a key on every call.
@@ -226,16 +202,16 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _error_response(exc)
     except Exception as exc:
         log.error("API: %s %s failed: %s: %s", request.method, request.path, type(exc).__name__, exc)
-        response = status_response(500, "InternalError", "an internal error occurred; see the server log")
+        response = status_response(500, "InternalError", "an internal error occurred; see the server log", {})
     requests, latency = _observers(_endpoint(request), response.status)
     requests.inc()
     latency.observe(time.perf_counter() - started)
     return response
 
 
-def make_app(store: Store) -> web.Application:
-    """The aiohttp application over `store`."""
-    app = web.Application(middlewares=[observe])
+def make_app(store: Store, guard: Middleware | None = None) -> web.Application:
+    """The aiohttp application over `store`; `guard` (a middleware) passes every request before its handler."""
+    app = web.Application(middlewares=[observe] if guard is None else [observe, guard])
     app[STORE_KEY] = store
     app[CACHE_KEY] = BodyCache()
     versions = "|".join(VERSIONS)

@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.api import make_app
+from sinks.security import Guard, SecurityConfig, open_guard
 from sinks.store import Store, describe_url, open_store
 from sinks.store_sink import run_store_sink
 
@@ -29,6 +30,7 @@ class ServeConfig(BaseModel):
         default=8080, ge=0, le=65535, description="Port of the REST API; 0 picks a free port."
     )
     group_id: str = Field(default="guestinfo-store", min_length=1, description="Consumer group of the store sink.")
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="TLS, authentication, authorization.")
 
 
 class Listening(asyncio.Event):
@@ -42,18 +44,22 @@ class Listening(asyncio.Event):
         super().__init__()
         self.host = ""
         self.port = 0
+        self.tls = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
-async def start_api(store: Store, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start the HTTP server; returns the runner and the bound port."""
-    runner = web.AppRunner(make_app(store), access_log=None, handle_signals=False)
+async def start_api(store: Store, host: str, port: int, guard: Guard | None = None) -> tuple[web.AppRunner, int]:
+    """Start the HTTP server (HTTPS when `guard` has TLS); returns the runner and the bound port."""
+    guard = guard or Guard()
+    app = make_app(store, None if guard.open else guard.middleware)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=guard.tls.context if guard.tls else None)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -68,17 +74,19 @@ async def start_api(store: Store, host: str, port: int) -> tuple[web.AppRunner, 
 
 async def serve_with(store: Store, config: ServeConfig, ready: asyncio.Event | None) -> None:
     """Run API and store sink on an open store until cancelled (or until the sink fails)."""
-    runner, port = await start_api(store, config.listen_host, config.listen_port)
-    try:
-        log.info("API listening on http://%s:%d", config.listen_host, port)
-        if isinstance(ready, Listening):
-            ready.host, ready.port = config.listen_host, port
-        if ready is not None:
-            ready.set()
-        await run_store_sink(config.bootstrap_servers, config.group_id, store)
-    finally:
-        await runner.cleanup()
-        log.info("API on http://%s:%d stopped", config.listen_host, port)
+    async with open_guard(config.security, config.listen_host) as guard:
+        runner, port = await start_api(store, config.listen_host, config.listen_port, guard)
+        scheme = "https" if guard.tls else "http"
+        try:
+            log.info("API listening on %s://%s:%d", scheme, config.listen_host, port)
+            if isinstance(ready, Listening):
+                ready.host, ready.port, ready.tls = config.listen_host, port, guard.tls is not None
+            if ready is not None:
+                ready.set()
+            await run_store_sink(config.bootstrap_servers, config.group_id, store)
+        finally:
+            await runner.cleanup()
+            log.info("API on %s://%s:%d stopped", scheme, config.listen_host, port)
 
 
 async def run_serve(config: ServeConfig, ready: asyncio.Event | None = None) -> None:

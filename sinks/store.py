@@ -81,15 +81,28 @@ async def open_store(url: str) -> Store:
     primary-key reads run on the event loop (see `SQLiteStore`); `postgresql://user@host:port/db` (or
     `postgres://`) uses an asyncpg pool. Any other scheme is a `StoreError`.
     """
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme == "sqlite":
+    if check_url(url) == "sqlite":
         from sinks.store_sqlite import open_sqlite
 
         return await open_sqlite(url)
-    if scheme in ("postgresql", "postgres"):
-        from sinks.store_postgres import open_postgres
+    from sinks.store_postgres import open_postgres
 
-        return await open_postgres(url)
+    return await open_postgres(url)
+
+
+def check_url(url: str) -> str:
+    """The backend of `url` ("sqlite" or "postgresql"); a URL no backend takes is a `StoreError` saying why."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        path = url[len("sqlite://"):] if url.lower().startswith("sqlite://") else ""
+        if not path.startswith("/") or path == "/":
+            raise StoreError(f"bad SQLite URL {url!r}: expected sqlite:///ABSOLUTE/PATH.db")
+        return "sqlite"
+    if scheme in ("postgresql", "postgres"):
+        parts = urlsplit(url)
+        if not parts.hostname and not parts.path.strip("/"):
+            raise StoreError(f"bad PostgreSQL URL {describe_url(url)!r}: expected postgresql://USER@HOST:PORT/DB")
+        return "postgresql"
     raise StoreError(
         f"unsupported store URL {describe_url(url)!r}: "
         "use sqlite:///ABSOLUTE/PATH.db or postgresql://USER@HOST:PORT/DB"

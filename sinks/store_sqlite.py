@@ -12,7 +12,7 @@ import aiosqlite
 
 from schemas.codec import decode, encode
 from schemas.vmi import VMIRecord
-from sinks.store import TABLE, Change, StoreError, Tombstone, Version
+from sinks.store import TABLE, Change, StoreError, Tombstone, Version, check_url
 
 _CREATE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -37,11 +37,9 @@ _VERSION = f"SELECT revision, updated_at FROM {TABLE} WHERE namespace = ? AND na
 
 def sqlite_path(url: str) -> Path:
     """`sqlite:///ABS/PATH.db` → `/ABS/PATH.db`; anything else is a `StoreError`."""
-    prefix = "sqlite://"
-    path = url[len(prefix):] if url.lower().startswith(prefix) else ""
-    if not path.startswith("/") or path == "/":
+    if check_url(url) != "sqlite":
         raise StoreError(f"bad SQLite URL {url!r}: expected sqlite:///ABSOLUTE/PATH.db")
-    return Path(path)
+    return Path(url[len("sqlite://"):])
 
 
 #: SQLite's result codes for "the file is locked right now" (primary codes; extended ones are masked).
