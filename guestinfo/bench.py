@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -687,24 +688,31 @@ REST_RUN_TIMEOUT = 120.0
 
 
 async def rest_load(base_url: str, expected: dict[str, bytes], requests: int, concurrency: int,
-                    seed: int = 1) -> RestResult:
+                    seed: int = 1, token: str | None = None, cafile: str | None = None) -> RestResult:
     """GET guestosinfo of random VMIs, `concurrency` at a time over keep-alive connections.
 
     `expected` is the guestosinfo body of each VMI name. The client is a minimal HTTP/1.1 one on
     asyncio's protocol API: it shares the machine's cores with the API, and aiohttp's client cost about
-    as much CPU per request as the server. 200 warm-up requests are not counted.
+    as much CPU per request as the server. 200 warm-up requests are not counted. With `token` every
+    request carries it as a bearer token and the warm-up first reads every VMI once (so that the timed
+    requests meet cached decisions); an `https://` URL is verified against `cafile`.
     """
-    host, _, port = base_url.removeprefix("http://").rstrip("/").partition(":")
+    scheme, _, address = base_url.rstrip("/").partition("://")
+    host, _, port = address.partition(":")
     prefix = f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances"
     names = sorted(expected)
-    wire = [f"GET {prefix}/{name}/guestosinfo HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() for name in names]
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    wire = [
+        f"GET {prefix}/{name}/guestosinfo HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode() for name in names
+    ]
     bodies = [expected[name] for name in names]
     rng = random.Random(seed)
     order = [rng.randrange(len(names)) for _ in range(requests)]
-    warmup = [rng.randrange(len(names)) for _ in range(min(200, requests))]
+    warmup = (list(range(len(names))) if token else []) + [rng.randrange(len(names)) for _ in range(min(200, requests))]
+    tls = ssl.create_default_context(cafile=cafile) if scheme == "https" else None
     loop = asyncio.get_running_loop()
     connections = [
-        (await loop.create_connection(lambda: _KeepAliveGet(wire, bodies), host, int(port)))[1]
+        (await loop.create_connection(lambda: _KeepAliveGet(wire, bodies), host, int(port), ssl=tls))[1]
         for _ in range(concurrency)
     ]
     try:
@@ -731,14 +739,14 @@ async def rest_load(base_url: str, expected: dict[str, bytes], requests: int, co
     )
 
 
-async def measure_rest(size: Size, workdir: Path) -> RestResult:
-    """Fill a SQLite store, serve it with the real API, drive it from a separate generator process.
+async def measure_rest(size: Size, workdir: Path) -> RestRuns:
+    """Fill a SQLite store, serve it with the real API, drive it from a separate generator process:
+    the API open, then secured, then the floor (a bare aiohttp handler with the same bytes).
 
     Each VMI's record has its own hostname, so each body is distinct and the generator can tell that
     the body it got is the one of the VMI it asked for.
     """
     from schemas.codec import encode_kubevirt_body
-    from sinks.serve import start_api
     from sinks.store import open_store
 
     store = await open_store(f"sqlite:///{workdir}/rest.db")
@@ -756,23 +764,144 @@ async def measure_rest(size: Size, workdir: Path) -> RestResult:
         expected.write_text(json.dumps(
             {record.vmi.name: encode_kubevirt_body(record.guest_agent_info).decode() for record in records}
         ))
-        runner, port = await start_api(store, "127.0.0.1", 0)
-        try:
-            progress(f"REST: {size.rest_requests:,} guestosinfo GETs, concurrency {size.rest_concurrency}, "
-                     f"from a separate process ({REST_CLIENT}) against http://127.0.0.1:{port}")
-            cpu_before = time.process_time()  # this process serves the API and does nothing else meanwhile
-            result = await _run_rest_generator(f"http://127.0.0.1:{port}", expected, size)
-            return replace(result, api_cpu_s=time.process_time() - cpu_before)
-        finally:
-            await runner.cleanup()
+        runs = RestRuns(open=await _rest_run(store, None, expected, size, "open, plain HTTP"))
+        async with bench_reviewer() as reviewer:
+            security = secured_settings(workdir, reviewer)
+            runs.secured = await _rest_run(store, security, expected, size,
+                                           "TLS, bearer token, SubjectAccessReview (cached)")
+            runs.reviews = reviewer.reviews
+        runs.floor = await _floor_run(expected, size)
+        return runs
     finally:
         await store.close()
 
 
-async def _run_rest_generator(base_url: str, expected: Path, size: Size) -> RestResult:
+async def _rest_run(store: Any, security: Any, expected: Path, size: Size, what: str) -> RestResult:
+    """One generator run against the real API over `store`, open (`security` None) or secured."""
+    from sinks.security import SecurityConfig, open_guard
+    from sinks.serve import start_api
+
+    async with open_guard(security or SecurityConfig(), "127.0.0.1") as guard:
+        runner, port = await start_api(store, "127.0.0.1", 0, guard)
+        try:
+            url = f"{'https' if guard.tls else 'http'}://127.0.0.1:{port}"
+            progress(f"REST ({what}): {size.rest_requests:,} guestosinfo GETs, concurrency "
+                     f"{size.rest_concurrency}, from a separate process ({REST_CLIENT}) against {url}")
+            cpu_before = time.process_time()  # this process serves the API and does nothing else meanwhile
+            extra = ["--token", BENCH_TOKEN, "--cafile", str(guard.tls.cert_file)] if guard.tls else []
+            result = await _run_rest_generator(url, expected, size, extra)
+            return replace(result, api_cpu_s=time.process_time() - cpu_before)
+        finally:
+            await runner.cleanup()
+
+
+async def _floor_run(expected: Path, size: Size) -> RestResult:
+    """The floor: a bare aiohttp handler answering the same paths with the same bytes from a dict."""
+    from aiohttp import web
+
+    text = await asyncio.to_thread(expected.read_text)
+    bodies = {name: body.encode() for name, body in json.loads(text).items()}
+
+    async def guestosinfo(request: web.Request) -> web.Response:
+        return web.Response(body=bodies[request.match_info["name"]], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get(f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances/"
+                       "{name}/guestosinfo", guestosinfo)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        progress(f"REST (floor: a bare aiohttp handler, same bytes): {size.rest_requests:,} GETs")
+        cpu_before = time.process_time()
+        result = await _run_rest_generator(f"http://127.0.0.1:{port}", expected, size, [])
+        return replace(result, api_cpu_s=time.process_time() - cpu_before)
+    finally:
+        await runner.cleanup()
+
+
+#: The bearer token of the secured REST run; the bench's reviewer knows it as user `bench`.
+BENCH_TOKEN = "guestinfo-bench-token"
+
+
+class BenchReviewer:
+    """A stand-in kube-apiserver for the secured REST run: knows `BENCH_TOKEN`, allows every access,
+    counts the reviews it answers (with cached decisions the timed requests ask none)."""
+
+    def __init__(self) -> None:
+        self.reviews = 0
+        self.url = ""
+
+    async def review(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.reviews += 1
+        body = await request.json()
+        if body.get("kind") == "TokenReview":
+            known = body.get("spec", {}).get("token") == BENCH_TOKEN
+            status: dict[str, Any] = {"authenticated": known}
+            if known:
+                status["user"] = {"username": "bench", "groups": ["system:authenticated"]}
+        else:
+            status = {"allowed": True}
+        return web.json_response({**body, "status": status})
+
+
+@contextlib.asynccontextmanager
+async def bench_reviewer() -> Any:
+    from aiohttp import web
+
+    reviewer = BenchReviewer()
+    app = web.Application()
+    app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", reviewer.review)
+    app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", reviewer.review)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        reviewer.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield reviewer
+    finally:
+        await runner.cleanup()
+
+
+def secured_settings(workdir: Path, reviewer: BenchReviewer) -> Any:
+    """TLS (a self-signed pair), bearer tokens and SubjectAccessReviews through the bench's reviewer,
+    decisions kept for the whole run (the row measures the cached path)."""
+    from sinks.security import SecurityConfig
+
+    kubeconfig = workdir / "bench-reviewer.kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "bench",
+        "clusters": [{"name": "bench", "cluster": {"server": reviewer.url}}],
+        "users": [{"name": "bench", "user": {"token": "reviewer"}}],
+        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
+    }))
+    return SecurityConfig(
+        cert_dir=str(workdir / "certificates"), authentication_kubeconfig=str(kubeconfig),
+        authorization_kubeconfig=str(kubeconfig), authentication_skip_lookup=True,
+        authentication_token_webhook_cache_ttl=3600, authorization_webhook_cache_authorized_ttl=3600,
+    )
+
+
+@dataclass
+class RestRuns:
+    """The REST runs of one bench: the API open, the API secured, and the bare-aiohttp floor."""
+
+    open: RestResult
+    secured: RestResult | None = None
+    floor: RestResult | None = None
+    #: Reviews the bench's reviewer answered in the secured run (warm-up included).
+    reviews: int = 0
+
+
+async def _run_rest_generator(base_url: str, expected: Path, size: Size, extra: list[str]) -> RestResult:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "guestinfo.bench", "rest-load", "--url", base_url, "--expected", str(expected),
-        "--requests", str(size.rest_requests), "--concurrency", str(size.rest_concurrency),
+        "--requests", str(size.rest_requests), "--concurrency", str(size.rest_concurrency), *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await process.communicate()
@@ -1153,14 +1282,47 @@ async def _join_phase(report: Report, size: Size, broker: EmbeddedBroker, workdi
 
 async def _rest_phase(report: Report, size: Size, workdir: Path) -> None:
     try:
-        rest = await measure_rest(size, workdir)
+        runs = await measure_rest(size, workdir)
     except MeasureError as exc:
         report.failed = True
         report.rows.append(Row("rest_rps", "REST guestosinfo reads/s", target="≥ 5,000 req/s",
                                note=f"not measured: {exc}"))
         return
+    rest = runs.open
     progress(f"  REST: {rest.requests_per_s:,.0f} req/s, p99 {rest.p99_ms:.1f} ms")
     _rest_rows(report, rest)
+    _secured_rows(report, runs)
+
+
+def _secured_rows(report: Report, runs: RestRuns) -> None:
+    """The secured run and the floor, each as a ratio to the open API's reads/s in this same run."""
+    rest, secured, floor = runs.open, runs.secured, runs.floor
+    if secured is not None:
+        ratio = secured.requests_per_s / rest.requests_per_s
+        report.figures.update({
+            "rest_secured_requests_per_s": secured.requests_per_s, "rest_secured_p99_ms": secured.p99_ms,
+            "rest_secured_ratio": ratio,
+        })
+        per_request_us = secured.api_cpu_s / max(1, secured.requests) * 1e6
+        report.rows.append(Row(
+            "rest_secured", "REST reads/s, secured (TLS + token + SAR, cached)", secured.requests_per_s,
+            f"{secured.requests_per_s:,.0f} req/s, p99 {secured.p99_ms:.1f} ms", "≥ 0.8 x open", ratio >= 0.8,
+            ratio=f"{ratio:.2f} x open",
+            note=f"same {secured.requests:,} GETs over TLS, each with a bearer token; {runs.reviews:,} reviews "
+                 f"answered in the run (all in the warm-up, which reads every VMI once); API {per_request_us:,.0f} "
+                 "µs CPU/request, warm-up and TLS handshakes included",
+        ))
+    if floor is not None:
+        ratio = rest.requests_per_s / floor.requests_per_s
+        report.figures.update({"rest_floor_requests_per_s": floor.requests_per_s, "rest_open_to_floor_ratio": ratio})
+        per_request_us = floor.api_cpu_s / max(1, floor.requests) * 1e6
+        report.rows.append(Row(
+            "rest_floor", "REST floor: a bare aiohttp handler, same bytes", floor.requests_per_s,
+            f"{floor.requests_per_s:,.0f} req/s, p99 {floor.p99_ms:.1f} ms", "-", None,
+            ratio=f"API open {ratio:.2f} x floor",
+            note=f"dict lookup and the same body, same generator and cores; {per_request_us:,.0f} µs CPU/request: "
+                 "what aiohttp alone costs, so the API's own cost shows as the ratio",
+        ))
 
 
 async def _e2e_phase(vmis: int, workdir: Path, samples: int) -> list[Row]:
@@ -1238,6 +1400,8 @@ def _helper_parser() -> argparse.ArgumentParser:
                       help="JSON object: VMI name -> its expected guestosinfo body")
     load.add_argument("--requests", type=int, required=True)
     load.add_argument("--concurrency", type=int, default=32)
+    load.add_argument("--token", default=None, help="send this bearer token (and warm up every VMI once)")
+    load.add_argument("--cafile", default=None, help="CA of an https:// URL")
     return parser
 
 
@@ -1246,7 +1410,8 @@ def helper_main(argv: Sequence[str] | None = None) -> int:
     if args.role == "rest-load":
         expected = {name: body.encode() for name, body in json.loads(args.expected.read_text()).items()}
         try:
-            result = asyncio.run(rest_load(args.url, expected, args.requests, args.concurrency))
+            result = asyncio.run(rest_load(args.url, expected, args.requests, args.concurrency,
+                                           token=args.token, cafile=args.cafile))
         except OSError as exc:  # refused, reset, or a phase not answered in time
             print(f"rest-load: {exc}", file=sys.stderr, flush=True)
             return 1

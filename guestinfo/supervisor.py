@@ -103,6 +103,8 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self.failed.done():
+            if task.done() and not task.cancelled():
+                task.exception()  # the stage's failure is what is reported; this one is seen, not lost
             child = self.failed.result()
             raise StageFailed(f"{child.spec.name} refused its configuration (exit code {CONFIG_EXIT}); see its log")
         return task.result()

@@ -60,10 +60,11 @@ class RequestHeaderRules:
     extra_prefixes: tuple[str, ...] = ("X-Remote-Extra-",)
 
     def identity(self, headers: CIMultiDictProxy[str]) -> Identity | None:
-        user = next((value for name in self.username_headers for value in headers.getall(name, []) if value), "")
+        # As k8s.io/apiserver: the first value of the first username header that has one; every non-empty group.
+        user = next((value for name in self.username_headers if (value := headers.get(name, ""))), "")
         if not user:
             return None
-        groups = tuple(value for name in self.group_headers for value in headers.getall(name, []))
+        groups = tuple(value for name in self.group_headers for value in headers.getall(name, []) if value)
         extra: dict[str, list[str]] = {}
         prefixes = tuple(prefix.lower() for prefix in self.extra_prefixes)
         for name, value in headers.items():
@@ -105,13 +106,16 @@ class TokenCache:
 
     def __init__(self, review: TokenReview, ttl: float = 10.0) -> None:
         self.review = review
-        self.cache: ReviewCache[tuple[bytes, str], Identity | None] = ReviewCache(self._review, lambda _: ttl)
+        self.cache: ReviewCache[bytes, str, Identity | None] = ReviewCache(self._review, lambda _: ttl)
 
-    async def _review(self, key: tuple[bytes, str]) -> Identity | None:
-        return _identity_of_review(await self.review(key[1]))
+    async def _review(self, token: str) -> Identity | None:
+        return _identity_of_review(await self.review(token))
 
     async def identify(self, token: str) -> Identity | None:
-        return await self.cache.get((hashlib.sha256(token.encode()).digest(), token))
+        """The token's user; a token that is not printable ASCII (as every Kubernetes token is) is nobody."""
+        if not token.isascii() or not token.isprintable():
+            return None
+        return await self.cache.get(hashlib.sha256(token.encode()).digest(), token)
 
 
 class Authenticator:

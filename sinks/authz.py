@@ -13,10 +13,12 @@ unauthorized TTL. A review that fails is a `ReviewError`, never an allow.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from sinks.authn import Identity
 from sinks.reviews import ReviewCache
@@ -54,9 +56,18 @@ class Attributes:
         return {"resourceAttributes": {key: value for key, value in fields.items() if value}}
 
 
-def request_attributes(method: str, path: str, query: Mapping[str, str]) -> Attributes:
-    """The attributes of `method path?query`, as Kubernetes' RequestInfoFactory reads them."""
-    parts = [part for part in path.split("/") if part]
+#: The values Go's strconv.ParseBool reads as true (Kubernetes parses `?watch=` with it).
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+
+
+def request_attributes(method: str, raw_path: str, query: Mapping[str, str]) -> Attributes:
+    """The attributes of `method raw_path?query`, as Kubernetes' RequestInfoFactory reads them.
+
+    `raw_path` is the path as sent (percent-encoded, no query): it is split on `/` first and each
+    segment decoded after, as the router matches it, so `%2F` inside a name cannot shift the parts.
+    """
+    path = unquote(raw_path)
+    parts = [unquote(part) for part in raw_path.split("/") if part]
     if len(parts) < 4 or parts[0] != "apis":
         return Attributes(verb=method.lower(), path=path)
     group, version, rest = parts[1], parts[2], parts[3:]
@@ -67,10 +78,10 @@ def request_attributes(method: str, path: str, query: Mapping[str, str]) -> Attr
             rest = rest[2:]
     resource, name, subresource = rest[0], rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
     if method in ("GET", "HEAD"):
-        if query.get("watch") in ("true", "1"):
-            verb = "watch"
+        if name:
+            verb = "get"  # a named read is `get` whatever the query says
         else:
-            verb = "get" if name else "list"
+            verb = "watch" if query.get("watch") in _TRUE else "list"
     elif method == "DELETE" and not name:
         verb = "deletecollection"
     else:
@@ -92,7 +103,7 @@ class Authorizer:
 
     def __init__(self, review: AccessReview, allowed_ttl: float = 10.0, denied_ttl: float = 10.0) -> None:
         self.review = review
-        self.cache: ReviewCache[tuple[Identity, Attributes], Decision] = ReviewCache(
+        self.cache: ReviewCache[tuple[Identity, Attributes], tuple[Identity, Attributes], Decision] = ReviewCache(
             self._review, lambda decision: allowed_ttl if decision.allowed else denied_ttl
         )
 
@@ -106,27 +117,32 @@ class Authorizer:
         return Decision(allowed, reason if isinstance(reason, str) else "")
 
     async def authorize(self, identity: Identity, attributes: Attributes) -> Decision:
-        return await self.cache.get((identity, attributes))
+        key = (identity, attributes)
+        return await self.cache.get(key, key)
+
+
+def _quoted(text: str) -> str:
+    """`text` in double quotes with `"` and `\\` escaped, as Go's `%q` writes printable text."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def forbidden_message(user: str, attributes: Attributes, reason: str) -> str:
     """The kube-apiserver's message for a denied request (k8s.io/apiserver responsewriters.Forbidden)."""
     if not attributes.is_resource:
-        detail = f'User "{user}" cannot {attributes.verb} path "{attributes.path}"'
+        detail = f"User {_quoted(user)} cannot {attributes.verb} path {_quoted(attributes.path)}"
         subject = "forbidden"
     else:
         resource = attributes.resource
         if attributes.subresource:
             resource = f"{resource}/{attributes.subresource}"
-        where = (
-            f'in the namespace "{attributes.namespace}"' if attributes.namespace else "at the cluster scope"
-        )
+        where = f"in the namespace {_quoted(attributes.namespace)}" if attributes.namespace else "at the cluster scope"
         detail = (
-            f'User "{user}" cannot {attributes.verb} resource "{resource}" '
-            f'in API group "{attributes.group}" {where}'
+            f"User {_quoted(user)} cannot {attributes.verb} resource {_quoted(resource)} "
+            f"in API group {_quoted(attributes.group)} {where}"
         )
         qualified = f"{attributes.resource}.{attributes.group}" if attributes.group else attributes.resource
-        subject = f'{qualified} "{attributes.name}" is forbidden' if attributes.name else f"{qualified} is forbidden"
+        subject = f"{qualified} {_quoted(attributes.name)}" if attributes.name else qualified
+        subject += " is forbidden"
     return f"{subject}: {detail}: {reason}" if reason else f"{subject}: {detail}"
 
 

@@ -30,6 +30,7 @@ AUTHENTICATION_CONFIGMAP = ("kube-system", "extension-apiserver-authentication")
 
 JsonObject = dict[str, Any]
 K = TypeVar("K")
+S = TypeVar("S")
 V = TypeVar("V")
 
 
@@ -133,14 +134,15 @@ async def gather_closing(*reviews: KubeReviews | None) -> None:
     await asyncio.gather(*(r.close() for r in reviews if r is not None))
 
 
-class ReviewCache(Generic[K, V]):
-    """Answers of reviews by key, each kept for `ttl(answer)` seconds (bounded LRU).
+class ReviewCache(Generic[K, S, V]):
+    """Answers of reviews of a subject (S) by key (K), each kept for `ttl(answer)` seconds (bounded LRU).
 
     Concurrent asks of one key share one review, run as its own task: a caller that goes away does
-    not cancel it for the others. A review that fails is not kept (the next ask tries again).
+    not cancel it for the others. A review that fails is not kept (the next ask tries again). `close`
+    cancels the reviews in flight.
     """
 
-    def __init__(self, review: Callable[[K], Awaitable[V]], ttl: Callable[[V], float], size: int = 50_000) -> None:
+    def __init__(self, review: Callable[[S], Awaitable[V]], ttl: Callable[[V], float], size: int = 50_000) -> None:
         self.review = review
         self.ttl = ttl
         self.size = size
@@ -148,23 +150,30 @@ class ReviewCache(Generic[K, V]):
         self._answers: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._asking: dict[K, asyncio.Task[V]] = {}
 
-    async def get(self, key: K) -> V:
+    async def get(self, key: K, subject: S) -> V:
         known = self._answers.get(key)
         if known is not None:
             if known[0] > time.monotonic():
+                self._answers.move_to_end(key)
                 return known[1]
             del self._answers[key]
         task = self._asking.get(key)
         if task is None:
-            task = asyncio.create_task(self._ask(key))
+            task = asyncio.create_task(self._ask(key, subject))
             task.add_done_callback(_retrieve)
             self._asking[key] = task
         return await asyncio.shield(task)
 
-    async def _ask(self, key: K) -> V:
+    async def close(self) -> None:
+        tasks = list(self._asking.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _ask(self, key: K, subject: S) -> V:
         try:
             self.reviews += 1
-            answer = await self.review(key)
+            answer = await self.review(subject)
         finally:
             del self._asking[key]
         self._answers[key] = (time.monotonic() + self.ttl(answer), answer)

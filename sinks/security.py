@@ -150,26 +150,39 @@ class Guard:
     def open(self) -> bool:
         return self.authenticator is None
 
+    async def close(self) -> None:
+        """Cancel the reviews in flight, then close the review clients."""
+        if self.authenticator is not None and self.authenticator.tokens is not None:
+            await self.authenticator.tokens.cache.close()
+        if self.authorizer is not None:
+            await self.authorizer.cache.close()
+        await asyncio.gather(*(reviews.close() for reviews in self.reviews))
+
     def always_allowed(self, path: str) -> bool:
-        return any(
-            path.startswith(allowed[:-1]) if allowed.endswith("*") else path == allowed
-            for allowed in self.always_allow
-        )
+        """As k8s.io/apiserver: leading slashes do not count, and an entry ending in `*` is a prefix."""
+        path = path.removeprefix("/")
+        for allowed in self.always_allow:
+            allowed = allowed.removeprefix("/")
+            if path.startswith(allowed[:-1]) if allowed.endswith("*") else path == allowed:
+                return True
+        return False
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """401 for nobody, 403 for a caller the cluster does not allow, 500 when a review fails; else on."""
-        if self.authenticator is None or self.authorizer is None or self.always_allowed(request.path):
+        if self.authenticator is None or self.always_allowed(request.path):
             return await handler(request)
         identity = await self.authenticator.authenticate(peer_der(request.transport), request.headers)
         if identity is None:
             return status_response(401, "Unauthorized", "Unauthorized")
-        attributes = request_attributes(request.method, request.path, request.query)
+        attributes = request_attributes(request.method, request.raw_path.partition("?")[0], request.query)
         try:
+            if self.authorizer is None:  # never so after open_guard; refuse rather than allow
+                raise ReviewError("no authorizer is configured")
             decision = await self.authorizer.authorize(identity, attributes)
         except ReviewError as exc:
             log.error("SubjectAccessReview for %s %s failed: %s", identity.user, request.path, exc)
-            message = "Internal error occurred: the authorization review failed"
+            message = f"Internal error occurred: the authorization review failed: {exc}"
             return status_response(500, "InternalError", message, {"causes": [{"message": str(exc)}]})
         if not decision.allowed:
             message = forbidden_message(identity.user, attributes, decision.reason)
@@ -212,17 +225,17 @@ async def _lookup(
         config.requestheader_allowed_names, config.requestheader_username_headers,
         config.requestheader_group_headers, config.requestheader_extra_headers_prefix,
     )
-    if config.client_ca_file or config.requestheader_client_ca_file or config.authentication_skip_lookup:
+    complete = CLIENT_CA in bundles and REQUESTHEADER in bundles
+    if complete or config.authentication_skip_lookup or reviews is None:
         return bundles, rules if REQUESTHEADER in bundles else None
-    if reviews is None:
-        return bundles, None
     data = await reviews.authentication_configmap()
     if data is None:
-        log.warning("kube-system/extension-apiserver-authentication not found: client certificates are not trusted")
-        return bundles, None
-    if client_cas := _pem_certificates(data, "client-ca-file"):
+        log.warning("kube-system/extension-apiserver-authentication not found: only the CA flags given are trusted")
+        return bundles, rules if REQUESTHEADER in bundles else None
+    # As k8s.io/apiserver: each CA not given by a flag is taken from the ConfigMap.
+    if CLIENT_CA not in bundles and (client_cas := _pem_certificates(data, "client-ca-file")):
         bundles[CLIENT_CA] = client_cas
-    if proxy_cas := _pem_certificates(data, "requestheader-client-ca-file"):
+    if REQUESTHEADER not in bundles and (proxy_cas := _pem_certificates(data, "requestheader-client-ca-file")):
         bundles[REQUESTHEADER] = proxy_cas
         rules = RequestHeaderRules(
             _json_list(data, "requestheader-allowed-names") or (),
@@ -272,7 +285,7 @@ async def open_guard(config: SecurityConfig, host: str) -> AsyncIterator[Guard]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
     finally:
-        await asyncio.gather(*(reviews.close() for reviews in guard.reviews))
+        await guard.close()
 
 
 async def _secure(guard: Guard, config: SecurityConfig) -> None:

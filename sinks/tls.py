@@ -137,26 +137,38 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 class ServingTLS:
-    """The server's `ssl.SSLContext`, reloaded in place when the certificate or key file changes."""
+    """The server's TLS: `context` is given to the server once; each handshake is switched (in its SNI
+    callback, which OpenSSL runs for every ClientHello) to `current`, the context of the newest pair
+    that loaded. A changed pair is loaded into a fresh context, so a half-rotated pair (new certificate,
+    old key) fails to load there and the pair before it keeps being served."""
 
     def __init__(self, cert_file: Path, key_file: Path, client_cas: list[x509.Certificate]) -> None:
         self.cert_file, self.key_file = cert_file, key_file
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.load_cert_chain(cert_file, key_file)
-        if client_cas:
-            bundle = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in client_cas)
-            self.context.load_verify_locations(cadata=bundle)
-            self.context.verify_mode = ssl.CERT_OPTIONAL
+        self._bundle = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in client_cas)
+        self.current = self._load()
+        self.context = self._load()
+        self.context.sni_callback = self._switch
         self._stamps = (_stamp(cert_file), _stamp(key_file))
 
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self._bundle:
+            context.load_verify_locations(cadata=self._bundle)
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    def _switch(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self.current
+
     def reload_if_changed(self) -> bool:
-        """Load the pair again if either file changed; a half-written pair is kept for the next check."""
+        """Load the pair again if either file changed; a pair that does not load yet is retried next time."""
         stamps = (_stamp(self.cert_file), _stamp(self.key_file))
         if stamps == self._stamps:
             return False
         try:
-            self.context.load_cert_chain(self.cert_file, self.key_file)
+            self.current = self._load()
         except (OSError, ssl.SSLError) as exc:
             log.warning("serving certificate %s changed but cannot be loaded yet: %s", self.cert_file, exc)
             return False

@@ -19,6 +19,9 @@ POSITIVE_FIGURES = (
     "join_faust_ceiling_table_events_per_s",
     "rest_requests_per_s",
     "rest_p99_ms",
+    "rest_secured_requests_per_s",
+    "rest_secured_ratio",
+    "rest_floor_requests_per_s",
 )
 
 
@@ -32,6 +35,8 @@ def test_small_bench_prints_the_table_and_writes_figures(tmp_path: Path) -> None
     assert "join, Faust worker" in done.stdout
     assert "Faust ceiling: take_events, no work" in done.stdout
     assert "REST guestosinfo reads/s" in done.stdout
+    assert "REST reads/s, secured (TLS + token + SAR, cached)" in done.stdout
+    assert "REST floor: a bare aiohttp handler" in done.stdout
     assert "Traceback" not in done.stderr
     figures = json.loads(output.read_text())["figures"]
     for name in POSITIVE_FIGURES:

@@ -4,6 +4,7 @@ is not restarted in a loop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -39,9 +40,10 @@ def test_refused_before_anything_starts(argv: list[str], message: str, tmp_path:
     bad.write_text(NOT_PEM)
     argv = [str(bad) if arg == "BAD" else arg for arg in argv]
     started = time.monotonic()
+    outside_a_cluster = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
     result = subprocess.run(
         [sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path / "state"), *argv],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env=outside_a_cluster,
     )
     assert result.returncode == CONFIG_EXIT, result.stderr
     assert message in result.stderr

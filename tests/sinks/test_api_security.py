@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import orjson
 import pytest
 from multidict import CIMultiDict
 
+from sinks.authz import Attributes, request_attributes
 from sinks.security import SecurityConfig, SecurityError, check, open_guard
 from sinks.serve import start_api
 from sinks.store import Store, open_store
@@ -31,6 +33,21 @@ SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"
 GUESTOSINFO = f"{SUBRESOURCES}/namespaces/allowed/virtualmachineinstances/full/guestosinfo"
 USERLIST = f"{SUBRESOURCES}/namespaces/allowed/virtualmachineinstances/full/userlist"
 CASES = json.loads((DATA / "identity-cases.json").read_text())
+ATTRIBUTES = json.loads((DATA / "request-attributes.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def outside_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests give every setting themselves: a pod's service account must not turn authentication on."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+@pytest.mark.parametrize("case", ATTRIBUTES, ids=[f"{c['method']} {c['path']} {c.get('query', '')}"
+                                                  for c in ATTRIBUTES])
+def test_request_attributes(case: dict[str, Any]) -> None:
+    attributes = request_attributes(case["method"], case["path"], case.get("query", {}))
+    path = case["attributes"].get("path", unquote(case["path"]))
+    assert attributes == Attributes(**{**case["attributes"], "path": path}), case.get("why", "")
 
 
 @dataclass
@@ -159,6 +176,16 @@ async def test_a_certificate_of_an_unknown_ca_fails_the_handshake(api: str, pki:
         await call(api, GUESTOSINFO, client_context(pki, "stranger"))
 
 
+async def test_a_named_read_with_watch_in_the_query_is_reviewed_as_get(
+    api: str, pki: PKI, standin: ReviewStandIn
+) -> None:
+    standin.rules.append(Rule("user:bob", verb="watch"))  # bob may watch everything, as informer roles do
+    secret = GUESTOSINFO.replace("/allowed/", "/secret/") + "?watch=true"
+    status, _ = await call(api, secret, client_context(pki, None), "bob-token")
+    assert status == 403
+    assert standin.access_reviews[-1]["spec"]["resourceAttributes"]["verb"] == "get"
+
+
 async def test_plain_http_to_the_tls_port_gets_no_answer(api: str) -> None:
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await call(api.replace("https://", "http://"), GUESTOSINFO)
@@ -207,7 +234,8 @@ async def test_a_failed_review_is_500_and_never_an_allow(api: str, pki: PKI, sta
     assert status == 500
     doc = orjson.loads(body)
     assert (doc["kind"], doc["reason"], doc["code"]) == ("Status", "InternalError", 500)
-    assert doc["message"] == "Internal error occurred: the authorization review failed"
+    assert doc["message"].startswith("Internal error occurred: the authorization review failed: ")
+    assert doc["details"]["causes"][0]["message"] in doc["message"]
     assert b"fedora" not in body.lower()
     status, body = await call(api, GUESTOSINFO, client_context(pki, None), "bob-token")
     assert (status, body) == (401, (DATA / "status-unauthorized.json").read_bytes()), "a failed TokenReview"
@@ -253,8 +281,11 @@ async def test_a_rotated_certificate_is_served_without_a_restart(
         before = await asyncio.to_thread(served_serial, port, pki)
         assert before == serial_of(pki.server.cert.read_bytes())
         rotated = pki.server_ca.issue("127.0.0.1", server=True, file_name="rotated")
+        os.replace(rotated.cert, pki.server.cert)  # the certificate first: new certificate, old key
+        await asyncio.sleep(0.5)  # several checks see the half-rotated pair
+        assert await asyncio.to_thread(served_serial, port, pki) == before, "the old pair is kept meanwhile"
+        assert (await call(base, GUESTOSINFO, client_context(pki, "alice")))[0] == 200
         os.replace(rotated.key, pki.server.key)
-        os.replace(rotated.cert, pki.server.cert)
         new = serial_of(pki.server.cert.read_bytes())
         for _ in range(50):
             if await asyncio.to_thread(served_serial, port, pki) == new:
