@@ -808,16 +808,24 @@ async def _floor_run(expected: Path, size: Size) -> RestResult:
     app = web.Application()
     app.router.add_get(f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances/"
                        "{name}/guestosinfo", guestosinfo)
+    async with serving(app) as url:
+        progress(f"REST (floor: a bare aiohttp handler, same bytes): {size.rest_requests:,} GETs")
+        cpu_before = time.process_time()
+        result = await _run_rest_generator(url, expected, size, [])
+        return replace(result, api_cpu_s=time.process_time() - cpu_before)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> Any:
+    """Serve an aiohttp `app` on a free port of 127.0.0.1; yields its base URL."""
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = runner.addresses[0][1]
-        progress(f"REST (floor: a bare aiohttp handler, same bytes): {size.rest_requests:,} GETs")
-        cpu_before = time.process_time()
-        result = await _run_rest_generator(f"http://127.0.0.1:{port}", expected, size, [])
-        return replace(result, api_cpu_s=time.process_time() - cpu_before)
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
@@ -857,15 +865,8 @@ async def bench_reviewer() -> Any:
     app = web.Application()
     app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", reviewer.review)
     app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", reviewer.review)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        reviewer.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serving(app) as reviewer.url:
         yield reviewer
-    finally:
-        await runner.cleanup()
 
 
 def secured_settings(workdir: Path, reviewer: BenchReviewer) -> Any:

@@ -32,6 +32,7 @@ from guestinfo.config import (
 from guestinfo.demo import Demo
 from guestinfo.supervisor import ChildSpec, Supervisor
 from sinks.security import serves_tls
+from sinks.serve import base_url
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,7 @@ class Pipeline:
 
     @property
     def api_url(self) -> str:
-        host = f"[{self.api.host}]" if ":" in self.api.host else self.api.host
-        return f"{'https' if self.api_tls else 'http'}://{host}:{self.api.port}"
+        return base_url(self.api.host, self.api.port, self.api_tls)
 
     def announce(self, bootstrap: str) -> None:
         base = self.api_url

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,8 @@ import aiohttp
 import orjson
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from sinks.kube_client import api_client, in_cluster
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +37,6 @@ V = TypeVar("V")
 
 class ReviewError(RuntimeError):
     """The kube-apiserver could not answer a review."""
-
-
-def in_cluster() -> bool:
-    """True inside a pod with a service account (what `load_incluster_config` needs)."""
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    )
-
-
-async def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """A client from `kubeconfig`, or from the in-cluster service account when it is None."""
-    configuration = client.Configuration()
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
 
 
 class KubeReviews:
@@ -127,11 +111,6 @@ async def open_reviews(kubeconfig: str | None, what: str) -> KubeReviews | None:
     except (config.ConfigException, OSError, ValueError) as exc:
         source = f"kubeconfig {kubeconfig!r}" if kubeconfig else "the in-cluster account"
         raise ReviewError(f"{what}: cannot use {source}: {exc}") from None
-
-
-async def gather_closing(*reviews: KubeReviews | None) -> None:
-    """Close every client given (None skipped)."""
-    await asyncio.gather(*(r.close() for r in reviews if r is not None))
 
 
 class ReviewCache(Generic[K, S, V]):

@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.authn import CLIENT_CA, REQUESTHEADER, Authenticator, RequestHeaderRules, TokenCache
 from sinks.authz import Authorizer, forbidden_details, forbidden_message, request_attributes
+from sinks.kube_client import in_cluster
 from sinks.kube_status import Handler, status_response
-from sinks.reviews import KubeReviews, ReviewError, in_cluster, open_reviews
+from sinks.reviews import KubeReviews, ReviewError, open_reviews
 from sinks.tls import ClientCertificates, ServingTLS, check_pair, peer_der, read_ca_bundle, self_signed_pair
 
 log = logging.getLogger(__name__)
@@ -158,14 +159,15 @@ class Guard:
             await self.authorizer.cache.close()
         await asyncio.gather(*(reviews.close() for reviews in self.reviews))
 
+    def __post_init__(self) -> None:
+        # As k8s.io/apiserver: leading slashes do not count, and an entry ending in `*` is a prefix.
+        entries = [allowed.removeprefix("/") for allowed in self.always_allow]
+        self._allowed_paths = frozenset(entry for entry in entries if not entry.endswith("*"))
+        self._allowed_prefixes = tuple(entry[:-1] for entry in entries if entry.endswith("*"))
+
     def always_allowed(self, path: str) -> bool:
-        """As k8s.io/apiserver: leading slashes do not count, and an entry ending in `*` is a prefix."""
         path = path.removeprefix("/")
-        for allowed in self.always_allow:
-            allowed = allowed.removeprefix("/")
-            if path.startswith(allowed[:-1]) if allowed.endswith("*") else path == allowed:
-                return True
-        return False
+        return path in self._allowed_paths or path.startswith(self._allowed_prefixes)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -214,8 +216,9 @@ def _pem_certificates(data: dict[str, str], key: str) -> list[x509.Certificate]:
 
 async def _lookup(
     config: SecurityConfig, reviews: KubeReviews | None
-) -> tuple[dict[str, list[x509.Certificate]], RequestHeaderRules | None]:
-    """The CA bundles and front-proxy rules: from the flags, completed from the cluster's ConfigMap."""
+) -> tuple[dict[str, list[x509.Certificate]], RequestHeaderRules]:
+    """The CA bundles and front-proxy rules: from the flags, completed from the cluster's ConfigMap (the rules
+    apply only with a requestheader bundle: no other certificate is ever sorted into it)."""
     bundles: dict[str, list[x509.Certificate]] = {}
     if config.client_ca_file:
         bundles[CLIENT_CA] = read_ca_bundle(config.client_ca_file, "--client-ca-file")
@@ -227,11 +230,11 @@ async def _lookup(
     )
     complete = CLIENT_CA in bundles and REQUESTHEADER in bundles
     if complete or config.authentication_skip_lookup or reviews is None:
-        return bundles, rules if REQUESTHEADER in bundles else None
+        return bundles, rules
     data = await reviews.authentication_configmap()
     if data is None:
         log.warning("kube-system/extension-apiserver-authentication not found: only the CA flags given are trusted")
-        return bundles, rules if REQUESTHEADER in bundles else None
+        return bundles, rules
     # As k8s.io/apiserver: each CA not given by a flag is taken from the ConfigMap.
     if CLIENT_CA not in bundles and (client_cas := _pem_certificates(data, "client-ca-file")):
         bundles[CLIENT_CA] = client_cas
@@ -244,7 +247,7 @@ async def _lookup(
             _json_list(data, "requestheader-extra-headers-prefix") or rules.extra_prefixes,
         )
     log.info("read kube-system/extension-apiserver-authentication: trusting %s", ", ".join(bundles) or "no CA")
-    return bundles, rules if REQUESTHEADER in bundles else None
+    return bundles, rules
 
 
 def _serving_pair(config: SecurityConfig, host: str) -> tuple[Path, Path]:
@@ -311,6 +314,7 @@ async def _secure(guard: Guard, config: SecurityConfig) -> None:
         config.authorization_webhook_cache_authorized_ttl,
         config.authorization_webhook_cache_unauthorized_ttl,
     )
-    paths = [name for name, on in (("front proxy", rules is not None), ("client certificates", CLIENT_CA in bundles),
-                                   ("bearer tokens", tokens is not None)) if on]
+    ways = (("front proxy", REQUESTHEADER in bundles), ("client certificates", CLIENT_CA in bundles),
+            ("bearer tokens", tokens is not None))
+    paths = [name for name, on in ways if on]
     log.info("API authentication: %s; authorization: SubjectAccessReview", ", ".join(paths) or "nothing (all 401)")

@@ -48,8 +48,12 @@ class Listening(asyncio.Event):
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        return base_url(self.host, self.port, self.tls)
+
+
+def base_url(host: str, port: int, tls: bool) -> str:
+    """The API's URL on `host:port` (an IPv6 address in brackets)."""
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 async def start_api(store: Store, host: str, port: int, guard: Guard | None = None) -> tuple[web.AppRunner, int]:

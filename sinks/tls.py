@@ -145,9 +145,8 @@ class ServingTLS:
     def __init__(self, cert_file: Path, key_file: Path, client_cas: list[x509.Certificate]) -> None:
         self.cert_file, self.key_file = cert_file, key_file
         self._bundle = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in client_cas)
-        self.current = self._load()
-        self.context = self._load()
-        self.context.sni_callback = self._switch
+        self.context = self.current = self._load()
+        self.context.sni_callback = self._switch  # stays on the first context, which every handshake starts on
         self._stamps = (_stamp(cert_file), _stamp(key_file))
 
     def _load(self) -> ssl.SSLContext:

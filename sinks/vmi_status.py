@@ -18,11 +18,12 @@ import logging
 import random
 
 import aiohttp
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.consuming import VMIChange, consume_batches, make_consumer
+from sinks.kube_client import api_client
 from sinks.metrics import STATUS_PATCHES
 from sinks.status_patch import JsonObject, status_patch
 
@@ -76,13 +77,10 @@ def is_transient(exc: BaseException) -> bool:
 
 async def make_api_client(cfg: StatusConfig) -> client.ApiClient:
     """An ApiClient for `kube_api` (plain URL), a kubeconfig file, or the in-cluster account."""
+    if not cfg.kube_api:
+        return await api_client(cfg.kubeconfig)
     configuration = client.Configuration()
-    if cfg.kube_api:
-        configuration.host = cfg.kube_api.rstrip("/")
-    elif cfg.kubeconfig:
-        await config.load_kube_config(config_file=cfg.kubeconfig, client_configuration=configuration)
-    else:
-        config.load_incluster_config(client_configuration=configuration)
+    configuration.host = cfg.kube_api.rstrip("/")
     return client.ApiClient(configuration)
 
 
