@@ -31,6 +31,14 @@ def parse_duration(value: str, flag: str) -> float:
     return seconds
 
 
+def watch_history(value: str) -> float:
+    """`--watch-history`: a duration of at least one second."""
+    seconds = parse_duration(value, "--watch-history")
+    if seconds < 1:
+        raise UsageError(f"--watch-history {value!r}: must be at least 1s")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Flag:
     """One security flag: `kind` is `file`, `list` (comma-separated, repeatable), `duration` or `switch`."""

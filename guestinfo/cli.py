@@ -86,6 +86,11 @@ def _add_sink_options(parser: argparse.ArgumentParser) -> None:
         "--api-listen", metavar="HOST:PORT", default="127.0.0.1:8080",
         help="where the REST API listens (default 127.0.0.1:8080); off loopback it needs authentication",
     )
+    parser.add_argument(
+        "--watch-history", metavar="DURATION", default="5m",
+        help="how long GuestInfo changes are kept for watches and list paging (default 5m); a client away "
+        "longer lists again",
+    )
     add_security_options(parser)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from guestinfo.api_security import security_argv, security_config
+from guestinfo.api_security import security_argv, security_config, watch_history
 from guestinfo.broker import EmbeddedBroker, ensure_topics, free_port
 from guestinfo.config import (
     Listen,
@@ -58,6 +58,7 @@ class Pipeline:
     #: The API's security flags, passed through to `serve` as given; `api_tls` says whether it serves HTTPS.
     security_args: list[str] = field(default_factory=list)
     api_tls: bool = False
+    watch_history: str = "5m"
     global_args: list[str] = field(default_factory=list)
     #: Where the collector and the join worker serve /metrics (free ports on the API's host).
     metrics: dict[str, Listen] = field(default_factory=dict)
@@ -89,6 +90,7 @@ class Pipeline:
             demo=args.demo,
             security_args=security_argv(args),
             api_tls=serves_tls(security, api.host),
+            watch_history=f"{watch_history(args.watch_history)}s",
             global_args=global_args,
         )
 
@@ -99,7 +101,7 @@ class Pipeline:
             ChildSpec(
                 "serve",
                 [*self.global_args, "serve", *kafka, "--store", self.store_url or store_url_for(self.state_dir),
-                 "--api-listen", str(self.api), *self.security_args],
+                 "--api-listen", str(self.api), "--watch-history", self.watch_history, *self.security_args],
             ),
         ]
         if self.kube_api or self.kubeconfig:

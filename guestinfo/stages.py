@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from guestinfo.api_security import security_config
+from guestinfo.api_security import security_config, watch_history
 from guestinfo.config import UsageError, agent_sockets, checked_store_url, parse_bootstrap_servers, parse_listen
 from guestinfo.lifecycle import run_until_signalled
 
@@ -101,6 +101,7 @@ def serve(args: argparse.Namespace) -> int:
         listen_host=listen.host,
         listen_port=listen.port,
         security=security_config(args, listen.host),
+        watch_history_seconds=watch_history(args.watch_history),
     )
     state_dir.mkdir(parents=True, exist_ok=True)
     try:

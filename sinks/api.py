@@ -1,155 +1,81 @@
-"""The REST API: KubeVirt's guest-agent subresources served from the store, plus discovery/health/metrics.
+"""The REST API: the aiohttp application, discovery, OpenAPI, health and metrics.
 
-Paths, bodies and Content-Type match virt-api (docs/upstream-behaviour.md §4): the bodies are
-`schemas.codec.encode_kubevirt_body` of the stored record. Errors are always a metav1.Status JSON,
-never a traceback.
-
-Deliberate difference from upstream: virt-api answers an unknown VMI and a VMI without a connected
-guest agent with HTTP 500 and a plain-text body (kubevirt/kubevirt#3296). Here an unknown VMI is a
-404 `NotFound` Status and a VMI whose record says the agent is not connected is a 409 `Conflict`
-Status with upstream's message, so that kubectl and client libraries can tell them apart.
+Two API groups are served from the store: KubeVirt's `subresources.kubevirt.io` guest-agent
+subresources (`sinks/kubevirt_subresources.py`) and guestinfo's own `guestinfo.kubevirt.io`
+(`sinks/guestinfo_api.py`). Errors are always a metav1.Status JSON, never a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections import OrderedDict
-from typing import Any
+from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from schemas.codec import encode_kubevirt_body
-from schemas.vmi import VMIRecord
+from sinks import guestinfo_api, guestinfos
+from sinks.guestinfo_api import BOOKMARK_SECONDS, FEED, api_group
 from sinks.kube_status import JSON, Handler, Middleware, status_response
+from sinks.kubevirt_subresources import (
+    CACHE_KEY,
+    GROUP,
+    STORE_KEY,
+    SUBRESOURCES,
+    VERSIONS,
+    BodyCache,
+    resource_list,
+    subresource_handler,
+    vmi_not_found,
+)
 from sinks.metrics import API_LATENCY, API_REQUESTS, REGISTRY
-from sinks.store import Store, Version
+from sinks.openapi import openapi_v2, openapi_v3, openapi_v3_index
+from sinks.store import Store
+from sinks.watch import ChangeFeed
 
 log = logging.getLogger(__name__)
 
-GROUP = "subresources.kubevirt.io"
-VERSIONS = ("v1", "v1alpha3")
-SUBRESOURCES = ("guestosinfo", "userlist", "filesystemlist")
-_KINDS = {
-    "guestosinfo": "VirtualMachineInstanceGuestAgentInfo",
-    "userlist": "VirtualMachineInstanceGuestOSUserList",
-    "filesystemlist": "VirtualMachineInstanceFileSystemList",
-}
-
-STORE_KEY = web.AppKey("store", Store)  # type: ignore[type-abstract]
-
-def _vmi_details(name: str) -> dict[str, Any]:
-    return {"name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance"}
+#: The groups served, each with its versions (the preferred one first).
+GROUPS = ((guestinfos.GROUP, (guestinfos.VERSION,)), (GROUP, VERSIONS))
 
 
-def vmi_not_found(name: str) -> web.Response:
-    return status_response(
-        404, "NotFound", f'virtualmachineinstance.kubevirt.io "{name}" not found', _vmi_details(name)
-    )
-
-
-def agent_not_connected(name: str) -> web.Response:
-    message = (
-        f'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "{name}": '
-        "VMI does not have guest agent connected"
-    )
-    return status_response(409, "Conflict", message, _vmi_details(name))
-
-
-def subresource_body(record: VMIRecord, subresource: str) -> bytes:
-    """The exact body of one subresource for a stored record."""
-    if subresource == "guestosinfo":
-        return encode_kubevirt_body(record.guest_agent_info)
-    if subresource == "userlist":
-        return encode_kubevirt_body(record.user_list())
-    return encode_kubevirt_body(record.filesystem_list())
-
-
-Bodies = dict[str, bytes]
-
-
-class BodyCache:
-    """The bodies served last, per VMI and stored version (revision and write time), bounded LRU.
-
-    A read then costs one cheap version query instead of reading, decoding and re-encoding the record;
-    any rewrite of the row, even of the same revision, has a new version and is read afresh.
-    """
-
-    def __init__(self, size: int = 20_000) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[str, str], tuple[Version, bool, Bodies]] = OrderedDict()
-
-    def get(self, key: tuple[str, str], version: Version, sub: str) -> tuple[bool, bytes] | None:
-        entry = self._entries.get(key)
-        if entry is None or entry[0] != version or sub not in entry[2]:
-            return None
-        self._entries.move_to_end(key)
-        return entry[1], entry[2][sub]
-
-    def put(self, key: tuple[str, str], version: Version, record: VMIRecord, sub: str) -> tuple[bool, bytes]:
-        """The body of `sub` for `record`, kept under `version` (read before the record: a newer row
-        read in between is cached under the older version and read again next time, never served stale)."""
-        entry = self._entries.get(key)
-        if entry is None or entry[0] != version:
-            entry = (version, record.agent_connected, {})
-            self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-        body = entry[2].setdefault(sub, subresource_body(record, sub))
-        return entry[1], body
-
-
-CACHE_KEY = web.AppKey("bodies", BodyCache)
-
-
-async def get_subresource(request: web.Request) -> web.Response:
-    """GET .../namespaces/{namespace}/virtualmachineinstances/{name}/{guestosinfo|userlist|filesystemlist}."""
-    namespace = request.match_info["namespace"]
-    name = request.match_info["name"]
-    sub = request.match_info["sub"]
-    store, cache = request.app[STORE_KEY], request.app[CACHE_KEY]
-    key = (namespace, name)
-    version = await store.version(namespace, name)
-    if version is None:
-        return vmi_not_found(name)
-    found = cache.get(key, version, sub)
-    if found is None:
-        record = await store.get(namespace, name)
-        if record is None:
-            return vmi_not_found(name)
-        found = cache.put(key, version, record, sub)
-    connected, body = found
-    if not connected:
-        return agent_not_connected(name)
+def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type=JSON)
 
 
-def resource_list(version: str) -> bytes:
-    """The APIResourceList of `subresources.kubevirt.io/<version>` (guest-agent entries only)."""
-    return orjson.dumps(
-        {
-            "kind": "APIResourceList",
-            "apiVersion": "v1",
-            "groupVersion": f"{GROUP}/{version}",
-            "resources": [
-                {
-                    "name": f"virtualmachineinstances/{sub}",
-                    "singularName": "",
-                    "namespaced": True,
-                    "kind": _KINDS[sub],
-                    "verbs": ["get"],
-                }
-                for sub in SUBRESOURCES
-            ],
-        }
-    )
+async def get_api_groups(request: web.Request) -> web.Response:
+    """GET /apis: the APIGroupList (the legacy form; the aggregator and kubectl fall back to it)."""
+    groups = [api_group(group, versions) for group, versions in GROUPS]
+    return _json(orjson.dumps({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+
+
+async def get_api_group(request: web.Request) -> web.Response:
+    """GET /apis/{group}: the APIGroup."""
+    group = request.match_info["group"]
+    versions = dict(GROUPS)[group]
+    return _json(orjson.dumps({"kind": "APIGroup", "apiVersion": "v1", **api_group(group, versions)}))
 
 
 async def get_resource_list(request: web.Request) -> web.Response:
-    return web.Response(body=resource_list(request.match_info["version"]), content_type=JSON)
+    return _json(resource_list(request.match_info["version"]))
+
+
+async def get_openapi_v2(request: web.Request) -> web.Response:
+    return _json(openapi_v2())
+
+
+async def get_openapi_v3_index(request: web.Request) -> web.Response:
+    return _json(openapi_v3_index())
+
+
+async def get_openapi_v3(request: web.Request) -> web.Response:
+    document = openapi_v3(f"{request.match_info['group']}/{request.match_info['version']}")
+    if document is None:
+        raise web.HTTPNotFound()
+    return _json(document)
 
 
 async def get_healthz(request: web.Request) -> web.Response:
@@ -166,9 +92,9 @@ def _endpoint(request: web.Request) -> str:
     route = request.match_info.route
     if route is None or not route.name:
         return "unmatched"
-    if route.name == "subresource":
+    if route.name in ("subresource", "guestinfo-subresource"):
         return request.match_info.get("sub", "subresource")
-    return route.name
+    return route.name.partition(":")[0]
 
 
 def _error_response(exc: web.HTTPException) -> web.Response:
@@ -209,20 +135,50 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def make_app(store: Store, guard: Middleware | None = None) -> web.Application:
-    """The aiohttp application over `store`; `guard` (a middleware) passes every request before its handler."""
+def make_app(
+    store: Store, guard: Middleware | None = None, feed: ChangeFeed | None = None, bookmark_seconds: float = 60.0
+) -> web.Application:
+    """The aiohttp application over `store`; `guard` (a middleware) passes every request before its handler.
+
+    Watches follow `feed` (one per process); without one, the application runs its own while it runs.
+    """
     app = web.Application(middlewares=[observe] if guard is None else [observe, guard])
     app[STORE_KEY] = store
     app[CACHE_KEY] = BodyCache()
+    app[BOOKMARK_SECONDS] = bookmark_seconds
+    if feed is None:
+        feed = ChangeFeed(store)
+        app.cleanup_ctx.append(_following(feed))
+    app[FEED] = feed
     versions = "|".join(VERSIONS)
     subs = "|".join(SUBRESOURCES)
     prefix = f"/apis/{GROUP}/{{version:{versions}}}"
     app.router.add_get(
         f"{prefix}/namespaces/{{namespace}}/virtualmachineinstances/{{name}}/{{sub:{subs}}}",
-        get_subresource,
+        subresource_handler(vmi_not_found),
         name="subresource",
     )
-    app.router.add_get(prefix, get_resource_list, name="discovery")
-    app.router.add_get("/healthz", get_healthz, name="healthz")
+    app.router.add_get(prefix, get_resource_list, name="discovery:subresources")
+    guestinfo_api.add_routes(app)
+    groups = "|".join(group.replace(".", r"\.") for group, _ in GROUPS)
+    app.router.add_get("/apis", get_api_groups, name="discovery:apis")
+    app.router.add_get(f"/apis/{{group:{groups}}}", get_api_group, name="discovery:group")
+    app.router.add_get("/openapi/v2", get_openapi_v2, name="openapi:v2")
+    app.router.add_get("/openapi/v3", get_openapi_v3_index, name="openapi:v3")
+    app.router.add_get("/openapi/v3/apis/{group}/{version}", get_openapi_v3, name="openapi:group")
+    app.router.add_get("/healthz", get_healthz, name="healthz:healthz")
+    app.router.add_get("/readyz", get_healthz, name="healthz:readyz")
+    app.router.add_get("/livez", get_healthz, name="healthz:livez")
     app.router.add_get("/metrics", get_metrics, name="metrics")
     return app
+
+
+def _following(feed: ChangeFeed):  # type: ignore[no-untyped-def]
+    async def follow(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(feed.run(), name="guestinfo-watch-feed")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return follow

@@ -50,6 +50,18 @@ class Identity:
         return fields
 
 
+AUTHENTICATED = "system:authenticated"
+UNAUTHENTICATED = "system:unauthenticated"
+
+
+def authenticated(identity: Identity) -> Identity:
+    """`identity` with `system:authenticated` added, as k8s.io/apiserver's AuthenticatedGroupAdder does
+    (not to `system:anonymous`, nor when either all-users group is there already)."""
+    if identity.user == "system:anonymous" or AUTHENTICATED in identity.groups or UNAUTHENTICATED in identity.groups:
+        return identity
+    return Identity(identity.user, (*identity.groups, AUTHENTICATED), identity.uid, identity.extra)
+
+
 @dataclass(frozen=True)
 class RequestHeaderRules:
     """Which front-proxy certificates are trusted and which headers carry the identity."""
@@ -136,7 +148,13 @@ class Authenticator:
         return self.certificates is not None or self.tokens is not None
 
     async def authenticate(self, der: bytes | None, headers: CIMultiDictProxy[str]) -> Identity | None:
-        """The caller of a request with client certificate `der` (verified by the handshake) and `headers`."""
+        """The caller of a request with client certificate `der` (verified by the handshake) and `headers`,
+        in group `system:authenticated` as Kubernetes adds it to everyone identified (RBAC's discovery
+        and other default grants are bound to that group)."""
+        identity = await self._identify(der, headers)
+        return None if identity is None else authenticated(identity)
+
+    async def _identify(self, der: bytes | None, headers: CIMultiDictProxy[str]) -> Identity | None:
         if der is not None and self.certificates is not None:
             certificate = self.certificates.identify(der)
             if certificate is not None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +15,7 @@ from sinks.api import make_app
 from sinks.security import Guard, SecurityConfig, open_guard
 from sinks.store import Store, describe_url, open_store
 from sinks.store_sink import run_store_sink
+from sinks.watch import ChangeFeed
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,10 @@ class ServeConfig(BaseModel):
     )
     group_id: str = Field(default="guestinfo-store", min_length=1, description="Consumer group of the store sink.")
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="TLS, authentication, authorization.")
+    watch_history_seconds: float = Field(
+        default=300.0, gt=0, description="How long GuestInfo changes stay in the change log for watches and paging."
+    )
+    watch_history_entries: int = Field(default=200_000, ge=1, description="At most this many changes stay in the log.")
 
 
 class Listening(asyncio.Event):
@@ -56,10 +64,13 @@ def base_url(host: str, port: int, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-async def start_api(store: Store, host: str, port: int, guard: Guard | None = None) -> tuple[web.AppRunner, int]:
-    """Start the HTTP server (HTTPS when `guard` has TLS); returns the runner and the bound port."""
+async def start_api(
+    store: Store, host: str, port: int, guard: Guard | None = None, feed: ChangeFeed | None = None
+) -> tuple[web.AppRunner, int]:
+    """Start the HTTP server (HTTPS when `guard` has TLS); returns the runner and the bound port.
+    Watches follow `feed`, or a feed of the application's own."""
     guard = guard or Guard()
-    app = make_app(store, None if guard.open else guard.middleware)
+    app = make_app(store, None if guard.open else guard.middleware, feed)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -78,8 +89,11 @@ async def start_api(store: Store, host: str, port: int, guard: Guard | None = No
 
 async def serve_with(store: Store, config: ServeConfig, ready: asyncio.Event | None) -> None:
     """Run API and store sink on an open store until cancelled (or until the sink fails)."""
-    async with open_guard(config.security, config.listen_host) as guard:
-        runner, port = await start_api(store, config.listen_host, config.listen_port, guard)
+    feed = ChangeFeed(store)
+    async with open_guard(config.security, config.listen_host) as guard, background(
+        feed.run(), keep_history(store, config.watch_history_seconds, config.watch_history_entries)
+    ):
+        runner, port = await start_api(store, config.listen_host, config.listen_port, guard, feed)
         scheme = "https" if guard.tls else "http"
         try:
             log.info("API listening on %s://%s:%d", scheme, config.listen_host, port)
@@ -87,10 +101,35 @@ async def serve_with(store: Store, config: ServeConfig, ready: asyncio.Event | N
                 ready.host, ready.port, ready.tls = config.listen_host, port, guard.tls is not None
             if ready is not None:
                 ready.set()
-            await run_store_sink(config.bootstrap_servers, config.group_id, store)
+            await run_store_sink(config.bootstrap_servers, config.group_id, store, feed.poke)
         finally:
             await runner.cleanup()
             log.info("API on %s://%s:%d stopped", scheme, config.listen_host, port)
+
+
+@contextlib.asynccontextmanager
+async def background(*work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `work` as tasks for the body of the `async with`; cancelled and awaited on the way out."""
+    tasks = [asyncio.create_task(item) for item in work]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def keep_history(store: Store, seconds: float, entries: int) -> None:
+    """Compact the change log every so often (a few times per retention period) until cancelled."""
+    while True:
+        await asyncio.sleep(min(30.0, seconds / 4))
+        try:
+            removed = await store.compact(seconds, entries)
+        except Exception as exc:  # a failing store: logged, tried again next time
+            log.warning("compacting the change log failed: %s", exc)
+            continue
+        if removed:
+            log.debug("change log: %d entries older than %.0fs compacted", removed, seconds)
 
 
 async def run_serve(config: ServeConfig, ready: asyncio.Event | None = None) -> None:

@@ -1,21 +1,32 @@
 """The record store behind a URL: `sqlite:///ABS/PATH.db` (embedded default) or `postgresql://...`.
 
-Both backends keep one row per VMI: namespace, name, revision, updated time and the record JSON
-(`schemas.codec.encode`). Writes are idempotent: a record whose revision is lower than the stored
-one for the same VMI is ignored (delivery is at-least-once, re-deliveries are stale).
+Both backends keep one row per VMI: namespace, name, revision, updated time, the record JSON
+(`schemas.codec.encode`), its GuestInfo object with the fields a selector can name, and the numbers
+of the write that made the row and of the one that last changed the object. Writes are idempotent:
+a record whose revision is lower than the stored one for the same VMI is ignored (delivery is
+at-least-once, re-deliveries are stale). Beside the rows, a change log holds the GuestInfo watch
+events of the last minutes (`sinks/store_changes.py`, `sinks/store_listing.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from schemas.vmi import VMIRecord
 
-#: The table every backend writes; created if missing.
+if TYPE_CHECKING:
+    from sinks.store_changes import LogEntry
+    from sinks.store_listing import Listed, ListPage, ListQuery
+
+#: The table of VMI rows every backend writes; created if missing, and given missing columns.
 TABLE = "guestinfo_vmi_records"
+#: The change log: GuestInfo watch events, compacted after a retention time.
+LOG_TABLE = "guestinfo_vmi_changes"
+#: Counters: `seq` (the last write's number) and `compacted` (the newest log entry removed).
+META_TABLE = "guestinfo_store_counters"
 
 
 class StoreError(RuntimeError):
@@ -30,8 +41,8 @@ class Tombstone:
     name: str
 
 
-#: (revision, write time): what a stored record is known by; a rewrite of the same revision has a new time.
-Version = tuple[int, float]
+#: The number of the write that stored a record: a rewrite, even of the same revision, has a new one.
+Version = int
 
 #: One change of a batch, applied in order.
 Change = VMIRecord | Tombstone
@@ -53,7 +64,28 @@ class Store(Protocol):
         ...
 
     async def version(self, namespace: str, name: str) -> Version | None:
-        """The stored record's revision and write time (cheap: the record is not read), or None."""
+        """The number of the write that stored the VMI's record (cheap: the record is not read), or None."""
+        ...
+
+    async def resource_version(self) -> int:
+        """The number of the newest write."""
+        ...
+
+    async def get_guestinfo(self, namespace: str, name: str) -> Listed | None:
+        """The VMI's GuestInfo object and its resource version, or None."""
+        ...
+
+    async def list_guestinfos(self, query: ListQuery) -> ListPage:
+        """One page of GuestInfos; a version older than the change log holds is `ResourceExpired`."""
+        ...
+
+    async def changes_since(self, after: int, limit: int) -> tuple[int, list[LogEntry]]:
+        """(the newest write's number, up to `limit` log entries after `after` in order); an `after`
+        older than the log holds is `ResourceExpired`."""
+        ...
+
+    async def compact(self, keep_seconds: float, keep_entries: int) -> int:
+        """Drop log entries older than `keep_seconds` or beyond the newest `keep_entries`; returns how many."""
         ...
 
     async def write_batch(self, changes: Sequence[Change]) -> int:

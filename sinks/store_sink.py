@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sinks.consuming import VMIChange, consume_batches, make_consumer
 from sinks.metrics import STORE_WRITES
@@ -44,14 +45,19 @@ async def write_until_done(store: Store, changes: list[VMIChange]) -> int:
         attempt += 1
 
 
-async def run_store_sink(bootstrap_servers: str, group_id: str, store: Store) -> None:
-    """Consume the merged topic into `store` until cancelled; the consumer is stopped on exit."""
+async def run_store_sink(
+    bootstrap_servers: str, group_id: str, store: Store, written: Callable[[], None] | None = None
+) -> None:
+    """Consume the merged topic into `store` until cancelled; the consumer is stopped on exit.
+    `written` is called after each batch is stored (the API's watches read the change log then)."""
     consumer = make_consumer(bootstrap_servers, group_id)
     await consumer.start()
     log.info("store sink consuming as group %s from %s", group_id, bootstrap_servers)
     async def write(changes: list[VMIChange]) -> bool:
-        written = await write_until_done(store, changes)
-        log.debug("store sink: %d changes, %d rows changed", len(changes), written)
+        rows = await write_until_done(store, changes)
+        log.debug("store sink: %d changes, %d rows changed", len(changes), rows)
+        if written is not None:
+            written()
         return True
 
     try:

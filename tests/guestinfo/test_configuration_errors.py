@@ -28,6 +28,8 @@ REFUSED = [
     (["run", "--client-ca-file", "BAD"], "no PEM certificate in it"),
     (["run", "--client-ca-file", "/nonexistent"], "--client-ca-file '/nonexistent': cannot read it"),
     (["run", "--authentication-token-webhook-cache-ttl", "ten"], "expected a duration such as 10s"),
+    (["run", "--watch-history", "0.5s"], "--watch-history '0.5s': must be at least 1s"),
+    (["serve", "--bootstrap-servers", "127.0.0.1:1", "--watch-history", "forever"], "expected a duration such as 10s"),
     (["run", "--insecure-no-auth", "--authorization-kubeconfig", "BAD"], "contradicts"),
     (["serve", "--bootstrap-servers", "127.0.0.1:1", "--store", "mysql://x"], "unsupported store URL"),
     (["serve", "--bootstrap-servers", "127.0.0.1:1", "--api-listen", "10.0.0.1:0"], "with no authentication"),

@@ -210,10 +210,10 @@ async def test_version_is_read_without_the_record(store: Store, unique: str) -> 
     assert await store.version(ns, "vm") is None
     await store.upsert(full_record(ns, "vm", revision=7))
     first = await store.version(ns, "vm")
-    assert first is not None and first[0] == 7
+    assert first is not None
     await store.upsert(full_record(ns, "vm", revision=7))  # a re-delivery rewrites the row: a new version
     second = await store.version(ns, "vm")
-    assert second is not None and second[0] == 7 and second != first
+    assert second is not None and second > first
 
 
 class CountingStore:

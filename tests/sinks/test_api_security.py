@@ -20,6 +20,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
+from schemas.vmi import VMIRecord
 from sinks.authz import Attributes, request_attributes
 from sinks.security import SecurityConfig, SecurityError, check, open_guard
 from sinks.serve import start_api
@@ -78,13 +79,23 @@ def pki(tmp_path: Path) -> PKI:
     )
 
 
+#: What RBAC's `system:discovery` grants every authenticated user, as far as kubectl asks for it here.
+DISCOVERY = ("/api", "/apis", "/apis/guestinfo.kubevirt.io/v1alpha1", "/apis/subresources.kubevirt.io/v1",
+             "/apis/subresources.kubevirt.io/v1alpha3", "/version")
+
+
 def rbac() -> list[Rule]:
-    """As `kubevirt.io:view` bound in namespace `allowed` to group viewers and user bob; discovery to viewers."""
+    """As `kubevirt.io:view` bound in namespace `allowed` to group viewers and user bob; guestinfos readable
+    by viewers everywhere and by bob in `allowed`; discovery to everyone authenticated."""
     subresources = {"group": "subresources.kubevirt.io", "resource": "virtualmachineinstances", "namespace": "allowed"}
+    guestinfos = {"group": "guestinfo.kubevirt.io", "resource": "guestinfos"}
     return [
         Rule("group:viewers", **subresources),
         Rule("user:bob", **subresources),
         Rule("group:viewers", path="/apis/subresources.kubevirt.io/v1"),
+        *(Rule("group:system:authenticated", path=path) for path in DISCOVERY),
+        *(Rule("group:viewers", verb=verb, **guestinfos) for verb in ("get", "list", "watch")),
+        *(Rule("user:bob", verb=verb, namespace="allowed", **guestinfos) for verb in ("get", "list", "watch")),
     ]
 
 
@@ -100,6 +111,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     opened = await open_store(f"sqlite://{tmp_path / 'store.db'}")
     for namespace in ("allowed", "secret"):
         await opened.upsert(full_record(namespace, "full"))
+    await opened.upsert(rhel_record("allowed", "rhel"))
     try:
         yield opened
     finally:
@@ -402,3 +414,64 @@ async def test_kubectl_with_a_token_and_with_a_client_certificate(api: str, pki:
     )
     rc, _, err = await kubectl(kubeconfig_for(api, pki, tmp_path, token="forged-token"), "get", "--raw", GUESTOSINFO)
     assert rc == 1 and "Unauthorized" in err.decode()
+
+
+def rhel_record(namespace: str, name: str, hostname: str = "rhel.example", revision: int = 1) -> VMIRecord:
+    record = full_record(namespace, name, revision)
+    os_info = record.status.guest_os_info.model_copy(update={"id": "rhel", "pretty_name": "RHEL 9.4"})
+    return record.model_copy(update={
+        "status": record.status.model_copy(update={"guest_os_info": os_info}),
+        "guest_agent_info": record.guest_agent_info.model_copy(update={"hostname": hostname}),
+    })
+
+
+def table_lines(out: bytes) -> list[list[str]]:
+    return [line.split() for line in out.decode().splitlines()]
+
+
+async def test_kubectl_get_gi_lists_and_filters_what_rbac_allows(api: str, pki: PKI, tmp_path: Path) -> None:
+    alice = kubeconfig_for(api, pki, tmp_path, cert="alice")
+    rc, out, err = await kubectl(alice, "get", "gi", "-A")
+    assert rc == 0, err
+    lines = table_lines(out)
+    assert lines[0][:5] == ["NAMESPACE", "NAME", "NODE", "AGENT", "OS"]
+    assert [line[:3] for line in lines[1:]] == [
+        ["allowed", "full", "node-a"], ["allowed", "rhel", "node-a"], ["secret", "full", "node-a"]]
+    rc, out, err = await kubectl(alice, "get", "gi", "-A", "--field-selector", "status.guestOSInfo.id=fedora")
+    assert rc == 0, err
+    assert [line[:2] for line in table_lines(out)[1:]] == [["allowed", "full"], ["secret", "full"]]
+    rc, out, err = await kubectl(alice, "get", "guestinfos.guestinfo.kubevirt.io", "rhel", "-n", "allowed", "-o",
+                                 "jsonpath={.status.guestOSInfo.prettyName}")
+    assert (rc, out) == (0, b"RHEL 9.4"), err
+    bob = kubeconfig_for(api, pki, tmp_path, token="bob-token")
+    rc, out, err = await kubectl(bob, "get", "gi", "-n", "allowed", "-o", "name")
+    assert (rc, out.decode().split()) == (0, ["guestinfo.guestinfo.kubevirt.io/full",
+                                              "guestinfo.guestinfo.kubevirt.io/rhel"]), err
+    rc, _, err = await kubectl(bob, "get", "gi", "-A")
+    assert rc == 1 and (
+        'guestinfos.guestinfo.kubevirt.io is forbidden: User "bob" cannot list resource "guestinfos" in API group '
+        '"guestinfo.kubevirt.io" at the cluster scope') in err.decode()
+
+
+async def test_kubectl_get_gi_watch(api: str, store: Store, pki: PKI, tmp_path: Path) -> None:
+    alice = kubeconfig_for(api, pki, tmp_path, cert="alice")
+    process = await asyncio.create_subprocess_exec(
+        "kubectl", "--kubeconfig", str(alice), "--cache-dir", str(tmp_path / "cache"), "get", "gi", "-n", "allowed",
+        "-w", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert process.stdout is not None
+    try:
+        async def line() -> list[str]:
+            return (await asyncio.wait_for(process.stdout.readline(), 20)).decode().split()  # type: ignore[union-attr]
+
+        assert (await line())[:2] == ["NAME", "NODE"]
+        assert [(await line())[0] for _ in range(2)] == ["full", "rhel"]
+        await store.upsert(rhel_record("allowed", "rhel", hostname="renamed", revision=2))
+        changed = await line()
+        assert changed[0] == "rhel" and "renamed" in changed
+        await store.upsert(rhel_record("allowed", "new-vm"))
+        assert (await line())[0] == "new-vm"
+    finally:
+        process.kill()
+        await process.wait()
