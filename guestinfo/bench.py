@@ -10,7 +10,8 @@ Rows, in the order they are measured:
    few times a second; the rate is taken between 10 % and 90 % of the events, so start-up, the
    first batch and the tail are not in it.
 2. REST reads: a SQLite store of VMI records behind the real API (`sinks.serve.start_api`), driven
-   by a separate load-generator process (`rest_load`) over keep-alive connections.
+   by a separate load-generator process (`rest_load`) over keep-alive connections: open, secured,
+   and a bare-aiohttp floor; then cluster-wide GuestInfo lists of the same store with field selectors.
 3. End-to-end latency and collector CPU need the fleet simulator (`guestinfo.simulation`); without
    it their rows say "not measured".
 
@@ -70,6 +71,8 @@ class Size:
     rest_records: int
     rest_requests: int
     rest_concurrency: int
+    #: Timed GuestInfo lists per field selector.
+    list_requests: int
     e2e_vmis: tuple[int, ...]
     e2e_samples: int
     collector_vmis: int
@@ -80,10 +83,11 @@ class Size:
 
 SIZES = {
     "small": Size(vmis=200, events=2_000, rest_records=500, rest_requests=1_000, rest_concurrency=32,
-                  e2e_vmis=(200,), e2e_samples=5, collector_vmis=100, collector_intervals=1, collector_warmup=0),
+                  list_requests=10, e2e_vmis=(200,), e2e_samples=5, collector_vmis=100, collector_intervals=1,
+                  collector_warmup=0),
     "full": Size(vmis=2_000, events=50_000, rest_records=10_000, rest_requests=30_000, rest_concurrency=32,
-                 e2e_vmis=(1_000, 10_000), e2e_samples=40, collector_vmis=1_000, collector_intervals=3,
-                 collector_warmup=2),
+                 list_requests=40, e2e_vmis=(1_000, 10_000), e2e_samples=40, collector_vmis=1_000,
+                 collector_intervals=3, collector_warmup=2),
 }
 
 
@@ -755,8 +759,9 @@ async def measure_rest(size: Size, workdir: Path) -> RestRuns:
         records = [
             record.model_copy(update={
                 "guest_agent_info": record.guest_agent_info.model_copy(update={"hostname": record.vmi.name}),
+                "node": f"node-{index % 8}",
             })
-            for record in make_records(size.rest_records)
+            for index, record in enumerate(make_records(size.rest_records))
         ]
         for start in range(0, len(records), 1000):
             await store.write_batch(records[start:start + 1000])
@@ -771,6 +776,7 @@ async def measure_rest(size: Size, workdir: Path) -> RestRuns:
                                            "TLS, bearer token, SubjectAccessReview (cached)")
             runs.reviews = reviewer.reviews
         runs.floor = await _floor_run(expected, size)
+        runs.lists = await _list_run(store, size)
         return runs
     finally:
         await store.close()
@@ -897,6 +903,60 @@ class RestRuns:
     floor: RestResult | None = None
     #: Reviews the bench's reviewer answered in the secured run (warm-up included).
     reviews: int = 0
+    #: GuestInfo lists, per field selector.
+    lists: list[ListResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ListResult:
+    """Timed lists of every GuestInfo with one field selector."""
+
+    selector: str
+    items: int
+    requests: int
+    body_bytes: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+#: The lists timed: (what, fieldSelector). The records are spread over 8 nodes.
+LIST_SELECTORS = (("one node of 8", "status.nodeName=node-3"), ("all but one", f"metadata.name!={vmi_name(0)}"))
+
+
+async def _list_run(store: Any, size: Size) -> list[ListResult]:
+    """Cluster-wide GuestInfo lists over HTTP, one after another, with each of `LIST_SELECTORS`. The
+    client is in this process (a list's cost is the server's: reading the rows and writing the body)."""
+    from urllib.parse import quote
+
+    from sinks.serve import start_api
+
+    runner, port = await start_api(store, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}/apis/guestinfo.kubevirt.io/v1alpha1/guestinfos?fieldSelector="
+    results = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for what, selector in LIST_SELECTORS:
+                progress(f"REST list ({what}): {size.list_requests} lists of {size.rest_records:,} GuestInfos "
+                         f"with fieldSelector {selector}")
+                timings: list[float] = []
+                items = body_bytes = 0
+                for attempt in range(size.list_requests + 2):  # the first two are not timed
+                    started = time.perf_counter()
+                    async with session.get(base + quote(selector, safe="")) as response:
+                        body = await response.read()
+                    elapsed = time.perf_counter() - started
+                    if response.status != 200:
+                        raise MeasureError(f"a list answered {response.status}: {body[:200]!r}")
+                    items, body_bytes = len(json.loads(body)["items"]), len(body)
+                    if attempt >= 2:
+                        timings.append(elapsed * 1000)
+                timings.sort()
+                results.append(ListResult(selector, items, len(timings), body_bytes, percentile(timings, 0.5),
+                                          percentile(timings, 0.99), timings[-1]))
+    finally:
+        await runner.cleanup()
+    return results
 
 
 async def _run_rest_generator(base_url: str, expected: Path, size: Size, extra: list[str]) -> RestResult:
@@ -1293,6 +1353,22 @@ async def _rest_phase(report: Report, size: Size, workdir: Path) -> None:
     progress(f"  REST: {rest.requests_per_s:,.0f} req/s, p99 {rest.p99_ms:.1f} ms")
     _rest_rows(report, rest)
     _secured_rows(report, runs)
+    _list_rows(report, runs)
+
+
+def _list_rows(report: Report, runs: RestRuns) -> None:
+    """One row per list selector; the ratio is items per second of the list against guestosinfo reads/s."""
+    for index, listed in enumerate(runs.lists):
+        items_per_s = listed.items / (listed.p50_ms / 1000) if listed.p50_ms else 0.0
+        report.figures.update({f"list_{index}_p99_ms": listed.p99_ms, f"list_{index}_items": listed.items})
+        report.rows.append(Row(
+            f"list_{index}", f"REST list, fieldSelector {listed.selector}", listed.p99_ms,
+            f"{listed.items:,} items: p50 {listed.p50_ms:.0f} / p99 {listed.p99_ms:.0f} ms", "-", None,
+            ratio=f"{items_per_s / runs.open.requests_per_s:.1f} x reads/s" if runs.open.requests_per_s else "",
+            note=f"cluster-wide list of every GuestInfo, filtered in the store; {listed.requests} lists one after "
+                 f"another, {listed.body_bytes:,} B bodies, max {listed.max_ms:.0f} ms; the ratio is objects "
+                 "listed per second (at p50) to single guestosinfo reads per second",
+        ))
 
 
 def _secured_rows(report: Report, runs: RestRuns) -> None:

@@ -9,6 +9,8 @@ sendInitialEvents, timeoutSeconds) with the same meanings and the same errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
 from collections.abc import Mapping
@@ -41,6 +43,8 @@ from sinks.store import Store
 from sinks.store_listing import Listed, ListQuery, ResourceExpired, decode_continue, encode_continue
 from sinks.watch import ChangeFeed, Follower, WatchEnded, WatchFilter
 
+log = logging.getLogger(__name__)
+
 FEED = web.AppKey("guestinfo-feed", ChangeFeed)
 BOOKMARK_SECONDS = web.AppKey("guestinfo-bookmark-seconds", float)
 WATCHES: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("guestinfo-watches")
@@ -50,6 +54,9 @@ _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 #: Kubernetes ends a watch after --min-request-timeout (1800 s) times a random factor in [1, 2).
 _WATCH_SECONDS = 1800.0
 _INITIAL_PAGE = 1000
+_INT64_MAX = 2**63 - 1
+#: A larger `limit` lists everything in one page (the store's LIMIT takes a 64-bit number).
+_LIMIT_CAP = 1 << 31
 
 
 # -- discovery --------------------------------------------------------------------------------------
@@ -153,8 +160,8 @@ def _integer(query: Mapping[str, str], name: str) -> int | None:
         number = int(value)
     except ValueError:
         raise ValueError(f"invalid value {value!r} for {name}: expected an integer") from None
-    if number < 0:
-        raise ValueError(f"invalid value {value!r} for {name}: must not be negative")
+    if not 0 <= number <= _INT64_MAX:
+        raise ValueError(f"invalid value {value!r} for {name}: must be between 0 and {_INT64_MAX}")
     return number
 
 
@@ -163,8 +170,8 @@ def _resource_version(text: str) -> int:
         version = int(text)
     except ValueError:
         raise ValueError(f"invalid resource version {text!r}: expected an integer") from None
-    if version < 0:
-        raise ValueError(f"invalid resource version {text!r}: must not be negative")
+    if not 0 <= version <= _INT64_MAX:
+        raise ValueError(f"invalid resource version {text!r}: must be between 0 and {_INT64_MAX}")
     return version
 
 
@@ -254,7 +261,8 @@ async def get_guestinfo(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         return bad_request(str(exc))
     name = request.match_info["name"]
-    item = await request.app[STORE_KEY].get_guestinfo(request.match_info["namespace"], name)
+    namespace = request.match_info["namespace"]
+    item = None if "\x00" in namespace + name else await request.app[STORE_KEY].get_guestinfo(namespace, name)
     if item is None:
         return not_found(name)
     return web.Response(body=single_body(item, output, include), content_type=JSON)
@@ -277,7 +285,7 @@ async def list_or_watch(request: web.Request) -> web.StreamResponse:
         chosen = selection(request)
         include = _include(request)
         watching = _bool(request.query, "watch")
-        limit = _integer(request.query, "limit") or 0
+        limit = min(_integer(request.query, "limit") or 0, _LIMIT_CAP)
     except (SelectorError, ValueError) as exc:
         return bad_request(str(exc))
     if watching:
@@ -309,7 +317,10 @@ async def list_page(request: web.Request, chosen: Selection, output: Output, inc
             newest = await store.resource_version()
             if version > newest:
                 return too_large(version, newest)
-            if match == "Exact" and version:
+            if match == "Exact":
+                if not version:
+                    return invalid("resourceVersionMatch", match,
+                                   'resourceVersionMatch "exact" is forbidden for resourceVersion "0"')
                 at = version
     except ValueError as exc:
         return bad_request(str(exc))
@@ -357,11 +368,13 @@ def continue_expired(exc: ResourceExpired, after: tuple[str, str] | None) -> web
 @dataclass(frozen=True, slots=True)
 class WatchStart:
     """Where a watch starts: after resource version `after`; with `initial`, every object that
-    matches at `after` is first sent as ADDED; with `initial_end_bookmark`, a bookmark marks the end."""
+    matches at `after` is first sent as ADDED; with `initial_end_bookmark`, a bookmark marks the end.
+    `requested` is the resourceVersion asked for, if any (it must not be newer than the store)."""
 
     after: int | None
     initial: bool
     initial_end_bookmark: bool
+    requested: int | None = None
 
 
 def watch_start(query: Mapping[str, str]) -> WatchStart | web.Response:
@@ -384,11 +397,9 @@ def watch_start(query: Mapping[str, str]) -> WatchStart | web.Response:
     elif match:
         return invalid("resourceVersionMatch", match, "resourceVersionMatch is forbidden for watch")
     if send_initial:
-        return WatchStart(None, True, True)
-    if send_initial is False:
-        return WatchStart(version or None, False, False)
-    if version:
-        return WatchStart(version, False, False)
+        return WatchStart(None, True, True, version or None)
+    if send_initial is False or version:
+        return WatchStart(version or None, False, False, version or None)
     return WatchStart(None, True, False)
 
 
@@ -430,6 +441,10 @@ async def watch(request: web.Request, chosen: Selection, output: Output, include
         bookmarks = bool(_bool(request.query, "allowWatchBookmarks"))
     except ValueError as exc:
         return bad_request(str(exc))
+    if start.requested is not None:
+        refused = await newer_than_the_store(request.app[STORE_KEY], start.requested)
+        if refused is not None:
+            return refused
     seconds = float(timeout) if timeout else _WATCH_SECONDS * (1 + random.random())
     response = web.StreamResponse(headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
     response.enable_chunked_encoding()
@@ -441,9 +456,39 @@ async def watch(request: web.Request, chosen: Selection, output: Output, include
         watches.add(task)
     try:
         await follow(request, chosen, start, stream, bookmarks, deadline)
+    except ConnectionResetError:
+        pass  # the client went away
+    except ResourceExpired as exc:
+        await _last_event(stream, expired_body(str(exc)))
+    except Exception as exc:  # the stream has begun: the error goes into it, as the apiserver's does
+        log.error("watch %s failed: %s: %s", request.path_qs, type(exc).__name__, exc)
+        await _last_event(stream, status_body(500, "InternalError", f"Internal error occurred: {exc}", {}))
     finally:
         watches.discard(task)
     return response
+
+
+async def _last_event(stream: WatchStream, status: bytes) -> None:
+    with contextlib.suppress(ConnectionResetError):
+        await stream.error(status)
+
+
+#: How long a watch or list from a resource version newer than the store waits for the store to reach it.
+_CATCH_UP_SECONDS = 3.0
+
+
+async def newer_than_the_store(store: Store, requested: int) -> web.Response | None:
+    """None when the store has reached `requested` (waiting up to 3 s, as the apiserver waits for its
+    cache); else a 410: a version from the future means the store was replaced (a new database, a reset
+    state directory), and the client must list again rather than wait for numbers that mean nothing here."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _CATCH_UP_SECONDS
+    while (newest := await store.resource_version()) < requested:
+        if loop.time() >= deadline:
+            message = f"resource version {requested} is newer than the newest of this store ({newest}): list again"
+            return status_response(410, "Expired", message, {})
+        await asyncio.sleep(0.1)
+    return None
 
 
 async def end_watches(app: web.Application) -> None:
@@ -457,8 +502,8 @@ async def end_watches(app: web.Application) -> None:
 async def follow(
     request: web.Request, chosen: Selection, start: WatchStart, stream: WatchStream, bookmarks: bool, deadline: float
 ) -> None:
-    """Send the watch's events until its deadline; errors the client can recover from end it with an
-    ERROR event (410 Expired: list again), as the apiserver's watch does."""
+    """Send the watch's events until its deadline or until the client goes; a watch that cannot go on
+    ends with an ERROR event (410 Expired: list again), as the apiserver's watch does."""
     store, feed = request.app[STORE_KEY], request.app[FEED]
     loop = asyncio.get_running_loop()
     after = start.after
@@ -488,8 +533,6 @@ async def follow(
                     if caught_up is not None:
                         await stream.bookmark(caught_up)
                         next_bookmark = loop.time() + interval
-    except ResourceExpired as exc:
-        await stream.error(expired_body(str(exc)))
     except WatchEnded as exc:
         if exc.expired:  # the feed lost the log: the client must list again
             await stream.error(expired_body(str(exc)))

@@ -110,6 +110,8 @@ async def subresource_response(request: web.Request, not_found: NotFound) -> web
     sub = request.match_info["sub"]
     store, cache = request.app[STORE_KEY], request.app[CACHE_KEY]
     key = (namespace, name)
+    if "\x00" in namespace + name:  # no VMI has one (and PostgreSQL text cannot hold it)
+        return not_found(name)
     version = await store.version(namespace, name)
     if version is None:
         return not_found(name)

@@ -99,7 +99,10 @@ def parse_field_selector(selector: str, fields: frozenset[str] | set[str] | Mapp
         field, operator, value = split
         if field not in fields:
             raise SelectorError(f"field label not supported: {field}")
-        terms.append(Term(field, _unescape(value), operator != "!="))
+        unescaped = _unescape(value)
+        if "\x00" in unescaped:
+            raise SelectorError(f"invalid field selector value {value!r}: a NUL character")
+        terms.append(Term(field, unescaped, operator != "!="))
     return tuple(terms)
 
 

@@ -125,8 +125,9 @@ def decode_continue(token: str) -> tuple[int, Key]:
     try:
         data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         version, start = data["rv"], data["start"]
-        if not isinstance(version, int) or version < 0 or not (
-            isinstance(start, list) and len(start) == 2 and all(isinstance(part, str) for part in start)
+        if not isinstance(version, int) or not 0 <= version <= 2**63 - 1 or not (
+            isinstance(start, list) and len(start) == 2
+            and all(isinstance(part, str) and "\x00" not in part for part in start)
         ):
             raise ValueError("malformed")
     except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:

@@ -8,7 +8,6 @@ collation (byte order), the order list pages and continue tokens use on every ba
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 
 import asyncpg
@@ -62,6 +61,24 @@ _ADDED_COLUMNS = (
     ("body", "BYTEA NOT NULL DEFAULT ''::bytea"),
     *((column, "TEXT NOT NULL DEFAULT ''") for column in FIELD_ONLY_COLUMNS),
 )
+#: Every write of a row takes a new write number. A guestinfo from before GuestInfos writes rows without
+#: one (its statement does not know the column); refusing those writes keeps it from leaving rows whose
+#: GuestInfo and change log are stale: its store sink retries, its offsets stay uncommitted, and the
+#: newer serve replicas take its partitions over once it stops (a rolling update needs nothing more).
+_NUMBERED_WRITES = (
+    f"""
+CREATE OR REPLACE FUNCTION {TABLE}_numbered() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.seq = 0 OR (TG_OP = 'UPDATE' AND NEW.seq = OLD.seq) THEN
+        RAISE EXCEPTION 'guestinfo: a write without a write number: an older guestinfo serve is writing this '
+                        'store; stop it';
+    END IF;
+    RETURN NEW;
+END $$
+""",
+    f"CREATE OR REPLACE TRIGGER {TABLE}_numbered BEFORE INSERT OR UPDATE ON {TABLE} "
+    f"FOR EACH ROW EXECUTE FUNCTION {TABLE}_numbered()",
+)
 _ROW_COLUMNS = (
     "namespace", "name", "revision", "updated_at", "record", "seq", "object_seq", "uid", "created_at", "body",
     *FIELD_ONLY_COLUMNS,
@@ -88,7 +105,10 @@ _GET = f"SELECT record::text FROM {TABLE} WHERE namespace = $1 AND name = $2"
 _VERSION = f"SELECT seq FROM {TABLE} WHERE namespace = $1 AND name = $2"
 _GUESTINFO = f"SELECT object_seq, body FROM {TABLE} WHERE namespace = $1 AND name = $2"
 _COUNTER = f"SELECT value FROM {META_TABLE} WHERE key = $1"
-_LOCK_COUNTER = f"SELECT value FROM {META_TABLE} WHERE key = 'seq' FOR UPDATE"
+#: The counter row, locked for the batch, and the database's clock (one clock for every replica).
+_LOCK_COUNTER = (
+    f"SELECT value, extract(epoch FROM clock_timestamp())::float8 FROM {META_TABLE} WHERE key = 'seq' FOR UPDATE"
+)
 _SET_COUNTER = f"UPDATE {META_TABLE} SET value = $1 WHERE key = $2"
 _CHANGES = (
     f"SELECT seq, type, namespace, name, body, prev_body, prev_seq FROM {LOG_TABLE} "
@@ -123,10 +143,10 @@ class PostgresStore:
         return await self.write_batch([Tombstone(namespace, name)]) > 0
 
     async def write_batch(self, changes: Sequence[Change]) -> int:
-        now = time.time()
         keys = list({change_key(change) for change in changes})
         async with self._get_pool().acquire() as conn, conn.transaction():
-            last_seq = int(await conn.fetchval(_LOCK_COUNTER))
+            counter = await conn.fetchrow(_LOCK_COUNTER)
+            last_seq, now = int(counter[0]), float(counter[1])
             found = await conn.fetch(_STORED, [key[0] for key in keys], [key[1] for key in keys])
             stored = {
                 (row[0], row[1]): StoredVMI(int(row[2]), row[3], bytes(row[4]), int(row[5]), float(row[6]))
@@ -184,8 +204,9 @@ class PostgresStore:
             changed: list[Listed] = []
             if version < newest:
                 keys, key_params = where_clause(ListQuery(query.namespace, (), 0, query.after), _marks(2))
-                entries = await conn.fetch(
-                    f"SELECT namespace, name, prev_body, prev_seq FROM {LOG_TABLE} WHERE seq > $1{keys} ORDER BY seq",
+                entries = await conn.fetch(  # the first change of each object after `version`, in its key range
+                    f"SELECT DISTINCT ON (namespace, name) namespace, name, prev_body, prev_seq FROM {LOG_TABLE} "
+                    f"WHERE seq > $1{keys} ORDER BY namespace, name, seq",
                     version, *key_params,
                 )
                 changed = changed_since([(r[0], r[1], r[2], int(r[3])) for r in entries], query)
@@ -205,9 +226,12 @@ class PostgresStore:
         return newest, entries
 
     async def compact(self, keep_seconds: float, keep_entries: int) -> int:
-        cutoff = time.time() - keep_seconds
         async with self._get_pool().acquire() as conn, conn.transaction():
-            by_time = await conn.fetchval(f"SELECT max(seq) FROM {LOG_TABLE} WHERE written_at < $1", cutoff)
+            by_time = await conn.fetchval(
+                f"SELECT max(seq) FROM {LOG_TABLE} "
+                "WHERE written_at < extract(epoch FROM clock_timestamp())::float8 - $1",
+                float(keep_seconds),
+            )
             by_count = await conn.fetchval(
                 f"SELECT seq FROM {LOG_TABLE} ORDER BY seq DESC LIMIT 1 OFFSET $1", keep_entries
             )
@@ -246,6 +270,8 @@ async def _upgrade(conn: asyncpg.Connection) -> None:
             await conn.execute(f'ALTER TABLE {TABLE} ALTER COLUMN {column} TYPE TEXT COLLATE "C"')
         await _backfill(conn)
     await conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_object_seq ON {TABLE} (object_seq)")
+    for statement in _NUMBERED_WRITES:
+        await conn.execute(statement)
 
 
 async def _backfill(conn: asyncpg.Connection) -> None:

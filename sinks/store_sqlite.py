@@ -63,6 +63,17 @@ _ADDED_COLUMNS = (
     ("body", "BLOB NOT NULL DEFAULT x''"),
     *((column, "TEXT NOT NULL DEFAULT ''") for column in FIELD_ONLY_COLUMNS),
 )
+#: Every write of a row takes a new write number. A guestinfo from before GuestInfos writes rows without
+#: one (its statement does not know the column); refusing those writes keeps it from leaving rows whose
+#: GuestInfo and change log are stale: its store sink retries, its offsets stay uncommitted, and the
+#: newer serve replicas take its partitions over once it stops.
+_REFUSED = "guestinfo: a write without a write number: an older guestinfo serve is writing this store; stop it"
+_NUMBERED_WRITES = (
+    f"CREATE TRIGGER IF NOT EXISTS {TABLE}_numbered_insert BEFORE INSERT ON {TABLE} WHEN NEW.seq = 0 "
+    f"BEGIN SELECT RAISE(ABORT, '{_REFUSED}'); END",
+    f"CREATE TRIGGER IF NOT EXISTS {TABLE}_numbered_update BEFORE UPDATE ON {TABLE} WHEN NEW.seq = OLD.seq "
+    f"BEGIN SELECT RAISE(ABORT, '{_REFUSED}'); END",
+)
 _ROW_COLUMNS = (
     "namespace", "name", "revision", "updated_at", "record", "seq", "object_seq", "uid", "created_at", "body",
     *FIELD_ONLY_COLUMNS,
@@ -279,8 +290,9 @@ def _list(conn: sqlite3.Connection, query: ListQuery) -> ListPage:
         changed: list[Listed] = []
         if version < newest:
             keys, key_params = where_clause(ListQuery(query.namespace, (), 0, query.after), _marks())
-            entries = conn.execute(
-                f"SELECT namespace, name, prev_body, prev_seq FROM {LOG_TABLE} WHERE seq > ?{keys} ORDER BY seq",
+            entries = conn.execute(  # the first change of each object after `version`, in its key range
+                f"SELECT namespace, name, prev_body, prev_seq FROM {LOG_TABLE} WHERE seq IN "
+                f"(SELECT min(seq) FROM {LOG_TABLE} WHERE seq > ?{keys} GROUP BY namespace, name)",
                 (version, *key_params),
             ).fetchall()
             changed = changed_since(entries, query)
@@ -334,6 +346,8 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         if missing:
             _backfill(conn)
         conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_object_seq ON {TABLE} (object_seq)")
+        for statement in _NUMBERED_WRITES:
+            conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -121,6 +121,7 @@ class ChangeFeed:
                 for subscription in self._subscriptions:
                     subscription.close()
                 self._subscriptions.clear()
+                self.started.clear()
                 self.position = -1
                 continue
             except Exception as exc:
@@ -216,4 +217,6 @@ class Follower:
         subscription = self._subscription
         if self._replaying or subscription is None or subscription.pending:
             return None
+        if subscription.overflowed or subscription.closed:
+            return None  # entries were dropped: the next `next` ends the watch
         return max(self.feed.position, self.position)

@@ -16,6 +16,7 @@ from aiohttp import web
 from schemas.vmi import VMIRecord
 from sinks.api import make_app
 from sinks.store import Store, Tombstone
+from sinks.watch import ChangeFeed, Follower, WatchEnded
 from tests.sinks.conftest import golden
 from tests.sinks.records import full_record
 from tests.sinks.test_guestinfo_store import with_hostname
@@ -271,3 +272,70 @@ async def test_watch_with_a_tombstone_only_batch(api: str, store: Store, unique:
     async with watching(api, f"{GI}/namespaces/{ns}/guestinfos?watch=1&resourceVersion={version}") as watch:
         await store.write_batch([Tombstone(ns, f"vm{i}") for i in range(3)])
         assert [(await watch.next())[:2] for _ in range(3)] == [("DELETED", f"vm{i}") for i in range(3)]
+
+
+async def test_a_watch_that_fell_behind_claims_no_bookmark_and_ends(store: Store, unique: str) -> None:
+    """Entries dropped for a slow watch must never be covered by a bookmark: the client would skip them."""
+    ns = f"ns-{unique}"
+    feed = ChangeFeed(store, backlog=5)
+    await feed._read()
+    async with Follower(feed, feed.position) as follower:
+        await store.write_batch([full_record(ns, f"vm{i}", 1) for i in range(20)])
+        await feed._read()  # offers 20 entries to a watch that holds 5
+        assert follower.caught_up is None
+        with pytest.raises(WatchEnded):
+            await follower.next(1.0)
+
+
+class FailingLists:
+    """The real store, except that lists fail (as a database gone away would)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    async def list_guestinfos(self, query: Any) -> Any:
+        raise OSError("connection to the database lost")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_failure_inside_a_watch_is_an_error_event_not_a_second_response(store: Store, unique: str) -> None:
+    runner = web.AppRunner(make_app(FailingLists(store)), access_log=None)  # type: ignore[arg-type]
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as session, session.get(f"{base}{GI}/guestinfos?watch=1") as response:
+            assert response.status == 200
+            body = await asyncio.wait_for(response.read(), 10)  # the watch ends after its ERROR event
+        events = [orjson.loads(line) for line in body.splitlines()]
+        assert [event["type"] for event in events] == ["ERROR"]
+        assert events[0]["object"]["code"] == 500 and "connection to the database lost" in events[0]["object"][
+            "message"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_watch_from_a_version_the_store_never_reached_must_list_again(api: str, store: Store) -> None:
+    newest = await store.resource_version()
+    status, body = await get(api, f"{GI}/guestinfos?watch=1&resourceVersion={newest + 1000}")
+    assert (status, body["reason"]) == (410, "Expired")
+    assert f"resource version {newest + 1000} is newer than the newest of this store" in body["message"]
+
+
+@pytest.mark.parametrize(("path", "code"), [
+    (f"{GI}/guestinfos?limit=9223372036854775807", 200),
+    (f"{GI}/guestinfos?limit=9223372036854775808", 400),
+    (f"{GI}/guestinfos?resourceVersion=0&resourceVersionMatch=Exact", 422),
+    (f"{GI}/namespaces/a%00b/guestinfos/x", 404),
+    (f"{GI}/namespaces/a/guestinfos/x%00y/userlist", 404),
+    ("/apis/subresources.kubevirt.io/v1/namespaces/a%00/virtualmachineinstances/x/guestosinfo", 404),
+    (f"{GI}/guestinfos?fieldSelector=status.hostname%3Da%00b", 400),
+    (f"{GI}/guestinfos?continue=eyJydiI6OTIyMzM3MjAzNjg1NDc3NTgwOCwic3RhcnQiOlsiYSIsImIiXX0", 400),  # rv 2**63
+    (f"{GI}/guestinfos?continue=eyJydiI6MSwic3RhcnQiOlsiYVx1MDAwMCIsImIiXX0", 400),  # a NUL in the key
+])
+async def test_hostile_query_values_are_answered_not_crashed_on(api: str, path: str, code: int) -> None:
+    status, body = await get(api, path)
+    assert status == code, body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import asyncpg
 import orjson
@@ -217,5 +218,39 @@ async def test_a_store_made_before_guestinfos_is_upgraded(store_url: str, unique
         start = await store.resource_version()
         await store.upsert(with_hostname(record, "after", 4))
         assert [entry[:3] for entry in await log_after(store, start)] == [("MODIFIED", "vm1", "after")]
+        await old_writer_is_refused(store_url, ns, with_hostname(record, "stale", 5))
+        assert orjson.loads((await store.get_guestinfo(ns, "vm1")).body)["status"]["hostname"] == "after"  # type: ignore[union-attr]
     finally:
         await store.close()
+
+
+#: The upsert of the store before GuestInfos (it does not know the write number).
+OLD_SQLITE_UPSERT = (
+    "INSERT INTO guestinfo_vmi_records (namespace, name, revision, updated_at, record) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (namespace, name) DO UPDATE SET revision = excluded.revision, updated_at = excluded.updated_at, "
+    "record = excluded.record WHERE excluded.revision >= guestinfo_vmi_records.revision"
+)
+OLD_POSTGRES_UPSERT = (
+    "INSERT INTO guestinfo_vmi_records AS t (namespace, name, revision, updated_at, record) "
+    "VALUES ($1, $2, $3, clock_timestamp(), $4::jsonb) ON CONFLICT (namespace, name) DO UPDATE SET "
+    "revision = excluded.revision, updated_at = excluded.updated_at, record = excluded.record "
+    "WHERE excluded.revision >= t.revision"
+)
+
+
+async def old_writer_is_refused(store_url: str, ns: str, record: VMIRecord) -> None:
+    """An older serve still running during a rolling update cannot update nor add rows behind the log's back."""
+    for name in ("vm1", "vm-new"):
+        payload = encode(record.model_copy(update={"vmi": record.vmi.model_copy(update={"name": name})})).decode()
+        if store_url.startswith("sqlite"):
+            with sqlite3.connect(store_url.removeprefix("sqlite://")) as conn, pytest.raises(
+                sqlite3.IntegrityError, match="an older guestinfo serve is writing this store"
+            ):
+                conn.execute(OLD_SQLITE_UPSERT, (ns, name, record.revision, time.time(), payload))
+        else:
+            conn = await asyncpg.connect(store_url)
+            try:
+                with pytest.raises(asyncpg.RaiseError, match="an older guestinfo serve is writing this store"):
+                    await conn.execute(OLD_POSTGRES_UPSERT, ns, name, record.revision, payload)
+            finally:
+                await conn.close()
