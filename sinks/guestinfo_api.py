@@ -154,25 +154,22 @@ def _bool(query: Mapping[str, str], name: str) -> bool | None:
 
 def _integer(query: Mapping[str, str], name: str) -> int | None:
     value = query.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"invalid value {value!r} for {name}: expected an integer") from None
-    if not 0 <= number <= _INT64_MAX:
-        raise ValueError(f"invalid value {value!r} for {name}: must be between 0 and {_INT64_MAX}")
-    return number
+    return None if not value else _int64(value, f"value for {name}")
 
 
 def _resource_version(text: str) -> int:
+    return _int64(text, "resource version")
+
+
+def _int64(text: str, what: str) -> int:
+    """`text` as a number from 0 to 2**63 - 1 (what the store's integers hold), else a `ValueError`."""
     try:
-        version = int(text)
+        number = int(text)
     except ValueError:
-        raise ValueError(f"invalid resource version {text!r}: expected an integer") from None
-    if not 0 <= version <= _INT64_MAX:
-        raise ValueError(f"invalid resource version {text!r}: must be between 0 and {_INT64_MAX}")
-    return version
+        raise ValueError(f"invalid {what} {text!r}: expected an integer") from None
+    if not 0 <= number <= _INT64_MAX:
+        raise ValueError(f"invalid {what} {text!r}: must be between 0 and {_INT64_MAX}")
+    return number
 
 
 @dataclass(frozen=True, slots=True)
