@@ -63,7 +63,7 @@ class DomainInterface(EventModel):
     link_state: Literal["up", "down"] = "up"
     sriov: bool = False
     #: The VMI spec's binding of this interface ("masquerade", "bridge", "passt", ...), "" when unknown.
-    #: Link-local guest addresses are dropped for "masquerade" (reference §5.4).
+    #: Link-local guest addresses are dropped for "masquerade" (docs/upstream-behaviour.md §6).
     binding: str = Field(default="", max_length=64)
 
 

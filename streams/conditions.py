@@ -1,4 +1,4 @@
-"""Agent conditions of the VMI (reference §2).
+"""Agent conditions of the VMI (docs/upstream-behaviour.md §2).
 
 `AgentConnected` is present-only: `status "True"`, `lastProbeTime` = when the channel was first seen
 connected, no reason; removed (never "False") when the channel is not connected.

@@ -15,7 +15,8 @@ def format_timezone(timezone: GuestTimezone | None) -> str:
 
 
 def guest_agent_info(agent: AgentReport | None) -> GuestAgentInfo:
-    """The guestosinfo body: userList and fsInfo.disks are the first 10 in agent order (§4)."""
+    """The guestosinfo body: userList and fsInfo.disks are the first 10 in agent order
+    (docs/upstream-behaviour.md §4)."""
     if agent is None:
         return GuestAgentInfo(timezone=format_timezone(None))
     info = agent.info

@@ -1,4 +1,4 @@
-"""`status.interfaces`: domain interfaces merged with what the guest agent reports (reference §5).
+"""`status.interfaces`: domain interfaces merged with what the guest agent reports (docs/upstream-behaviour.md §6).
 
 Rules, in order:
 1. Domain `<interface>`s in domain order: `name` (alias without `ua-`), `mac`, `queueCount`,
