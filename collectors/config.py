@@ -6,6 +6,7 @@ import socket
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from collectors.launchers import DEFAULT_LAUNCHER_URI
 from schemas.events import split_vmi_key
 
 #: Seconds between two polls of each agent command once warmed up: upstream virt-launcher's defaults
@@ -41,6 +42,19 @@ class CollectorConfig(BaseModel):
         default=None,
         description="A folder of agent sockets: a VMI `namespace/name` whose `<dir>/<namespace>_<name>.sock` "
         "exists is reached through it, as with `agent_sockets` (which wins).",
+    )
+    launcher_pods_dir: str | None = Field(
+        default=None,
+        description="The kubelet's pods folder (`/var/lib/kubelet/pods`): every virt-launcher pod found there "
+        "has its libvirt daemon collected, through `launcher_uri`, while the pod's folder exists "
+        "(collectors/launchers.py).",
+    )
+    launcher_uri: str = Field(
+        default=DEFAULT_LAUNCHER_URI,
+        description="How to reach a launcher's daemon; `{socket}` is the path of its socket on this node.",
+    )
+    launcher_scan_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between two looks at `launcher_pods_dir` for launchers come or gone."
     )
     node_name: str = Field(
         default_factory=socket.gethostname, min_length=1, max_length=253,
@@ -99,6 +113,13 @@ class CollectorConfig(BaseModel):
         if bad:
             raise ValueError(f"poll_intervals: {bad} must be positive")
         return {**DEFAULT_POLL_INTERVALS, **value}
+
+    @field_validator("launcher_uri")
+    @classmethod
+    def _has_socket(cls, value: str) -> str:
+        if "{socket}" not in value:
+            raise ValueError(f"launcher_uri {value!r} has no {{socket}} for the launcher's socket path")
+        return value
 
     @field_validator("agent_sockets")
     @classmethod

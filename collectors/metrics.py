@@ -92,3 +92,12 @@ REPORTS_UNCHANGED = Counter(
     "Reports not published because nothing in them changed since the last one, by kind (domain, agent).",
     ["kind"],
 )
+LAUNCHERS = Gauge(
+    "guestinfo_collector_launchers",
+    "virt-launcher pods followed on this node (with --launcher-pods-dir): one libvirt daemon each.",
+)
+LAUNCHERS_REACHABLE = Gauge(
+    "guestinfo_collector_launchers_reachable",
+    "Followed virt-launcher daemons connected: their event connection is up (without events: their last "
+    "listing worked).",
+)

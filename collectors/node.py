@@ -50,6 +50,8 @@ import logging
 import os
 import random
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +70,15 @@ from collectors.config import CollectorConfig
 from collectors.domain_xml import DomainState, parse_domain
 from collectors.errors import DomainXMLError
 from collectors.events import DomainEvent, DomainEventWatcher
-from collectors.metrics import POLLS_BACKED_OFF, POLLS_SKIPPED, VMIS_BACKED_OFF, VMIS_TRACKED
+from collectors.launchers import Launcher, find_launchers, forget_link
+from collectors.metrics import (
+    LAUNCHERS,
+    LAUNCHERS_REACHABLE,
+    POLLS_BACKED_OFF,
+    POLLS_SKIPPED,
+    VMIS_BACKED_OFF,
+    VMIS_TRACKED,
+)
 from collectors.ratelimit import RateLimitedLog
 from collectors.reports import Emit, TickReports
 from collectors.schedule import CommandSchedule
@@ -89,6 +99,8 @@ _BUDGET_CALLS = 3
 _MIN_WAIT = 0.5
 #: The queue of due times is rebuilt when it holds this many times more entries than VMIs queued.
 _QUEUE_SLACK = 4
+#: Threads listing libvirt connections at the same time (one per URI, up to this many).
+_LIST_THREADS = 8
 #: A listing that failed (libvirt unreachable, connection lost) is tried again this soon.
 _RELIST_RETRY = 2.0
 #: While the collector runs, a full garbage collection follows at most every this many younger ones
@@ -175,9 +187,8 @@ class NodeCollector:
         libvirt.registerErrorHandler(_silence_libvirt, None)
         # Listing has threads of its own: stuck agent calls (their thread outlives the asyncio timeout)
         # cannot stall it.
-        self._executor = ThreadPoolExecutor(
-            max_workers=len(config.libvirt_uris) + 1, thread_name_prefix="collector-libvirt"
-        )
+        listers = _LIST_THREADS if config.launcher_pods_dir else min(_LIST_THREADS, len(config.libvirt_uris) + 1)
+        self._executor = ThreadPoolExecutor(max_workers=listers, thread_name_prefix="collector-libvirt")
         self._agent_executor = ThreadPoolExecutor(
             max_workers=config.max_concurrent_agent_calls + 4, thread_name_prefix="collector-agent"
         )
@@ -201,6 +212,41 @@ class NodeCollector:
         self._order = itertools.count()
         self._rng = random.Random()
         self._logs = RateLimitedLog(log)
+
+    @property
+    def uris(self) -> list[str]:
+        """The libvirt URIs collected: those of the configuration and the launchers followed."""
+        return list(self._seen)
+
+    def add_uri(self, uri: str) -> None:
+        """Collect `uri` too (a launcher found): listed from the next tick on."""
+        self._seen.setdefault(uri, {})
+
+    async def drop_uri(self, uri: str, emit: Emit) -> int:
+        """Stop collecting `uri` (its launcher is gone): its VMIs are reported removed, as when their domain
+        goes (unless another URI lists them too), its connection is closed. Returns how many were removed."""
+        seen = self._seen.pop(uri, {})
+        self._parsed.pop(uri, None)
+        self._listed_once.discard(uri)
+        observed_at = time.time()
+        gone = TickReports()
+        for key, vmi in seen.items():
+            if any(key in others for others in self._seen.values()):
+                continue
+            await self._forget(key)
+            gone.domains.append(self._removal(vmi, observed_at))
+        conn = self._connections.pop(uri, None)
+        if conn is not None:
+            try:
+                await self._in_thread(conn.close)
+            except libvirt.libvirtError as exc:
+                log.debug("closing libvirt %s: %s", uri, exc)
+        if gone.domains:
+            await self._emit(emit, gone)
+        return len(gone.domains)
+
+    def _removal(self, vmi: VMIRef, observed_at: float) -> DomainReport:
+        return DomainReport(vmi=vmi, node=self.config.node_name, observed_at=observed_at, removed=True, state="shutoff")
 
     def has_connection(self, uri: str) -> bool:
         """A libvirt connection of `uri` is open (its last listing worked)."""
@@ -237,7 +283,7 @@ class NodeCollector:
         started. Unscheduled, every command of every VMI is polled; `scheduled`, only the VMIs with
         commands due (`CollectorConfig.poll_intervals`), and only those commands."""
         observed_at = time.time()
-        chosen = list(self.config.libvirt_uris if uris is None else uris)
+        chosen = self.uris if uris is None else [uri for uri in uris if uri in self._seen]
         listings = await asyncio.gather(*(self._list(uri) for uri in chosen))
         now = TickReports()
         found: list[tuple[str, DomainReport, _Listed]] = []
@@ -445,9 +491,7 @@ class NodeCollector:
         for key, vmi in previous.items():
             if key not in current:
                 log.info("domain %s is gone from %s", key, uri)
-                removals.append(
-                    DomainReport(vmi=vmi, node=node, observed_at=observed_at, removed=True, state="shutoff")
-                )
+                removals.append(self._removal(vmi, observed_at))
         self._seen[uri] = current
         self._parsed[uri] = parsed
         return found
@@ -778,8 +822,10 @@ async def run_collector(config: CollectorConfig) -> None:
     otherwise every `relist_interval` seconds while its event watcher is connected (a safety net for a
     missed event), every `interval` seconds when it has none (`test:///` files, `watch_events` off, a
     watcher reconnecting). Between listings, each VMI's agent is polled when one of its commands is due
-    (`poll_intervals`), from its last listing. Reports go through a `StatePublisher` (changes only,
-    buffered per VMI while Kafka is away, full resyncs), which publishes on a task of its own.
+    (`poll_intervals`), from its last listing. With `launcher_pods_dir`, the launchers there are looked
+    for every `launcher_scan_interval` seconds: one found is collected like a configured URI, one gone
+    has its VMIs removed (`Launchers`). Reports go through a `StatePublisher` (changes only, buffered per
+    VMI while Kafka is away, full resyncs), which publishes on a task of its own.
     """
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
@@ -793,17 +839,16 @@ async def run_collector(config: CollectorConfig) -> None:
         relist_now.add(event.uri)
         wake.set()
 
-    watchers = {
-        uri: DomainEventWatcher(uri, on_event)
-        for uri in config.libvirt_uris if config.watch_events and evented(uri)
-    }
-    tasks = [asyncio.create_task(publisher.run(), name="collector publisher")]
-    tasks += [asyncio.create_task(w.run(), name=f"libvirt events of {uri}") for uri, w in watchers.items()]
-    next_list = dict.fromkeys(config.libvirt_uris, 0.0)
+    followed = FollowedURIs(collector, on_event, config.watch_events)
+    for uri in config.libvirt_uris:
+        followed.add(uri)
+    launchers = Launchers(config, followed) if config.launcher_pods_dir else None
+    publishing = asyncio.create_task(publisher.run(), name="collector publisher")
     log.info(
-        "collector of node %s running: %d libvirt URI(s) (%d with events), %d agent socket(s)%s",
-        config.node_name, len(config.libvirt_uris), len(watchers), len(config.agent_sockets),
+        "collector of node %s running: %d libvirt URI(s) (%d with events), %d agent socket(s)%s%s",
+        config.node_name, len(config.libvirt_uris), len(followed.watchers), len(config.agent_sockets),
         f" and the sockets in {config.agent_socket_dir}" if config.agent_socket_dir else "",
+        f"; launchers in {config.launcher_pods_dir}" if config.launcher_pods_dir else "",
     )
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], max(thresholds[2], _GC_FULL_AFTER))
@@ -811,36 +856,136 @@ async def run_collector(config: CollectorConfig) -> None:
         while True:
             wake.clear()
             now = loop.time()
-            listed = [uri for uri in config.libvirt_uris if uri in relist_now or next_list[uri] <= now]
-            relist_now.difference_update(listed)
-            for uri in listed:
-                watcher = watchers.get(uri)
-                period = config.relist_interval if watcher is not None and watcher.connected else config.interval
-                next_list[uri] = now + period
-            for task in tasks:
+            for task in (publishing, *followed.tasks.values()):
                 if task.done():  # a background task of the collector ended: that is a failure, not a state
                     error = task.exception() if not task.cancelled() else None
                     raise RuntimeError(f"{task.get_name()} stopped: {error!r}")
             try:
+                if launchers is not None and launchers.due(now):
+                    await launchers.scan(publisher.send, now)
+                relist_now.intersection_update(followed.next_list)  # events of a launcher gone meanwhile
+                listed = [uri for uri, at in followed.next_list.items() if uri in relist_now or at <= now]
+                relist_now.difference_update(listed)
+                for uri in listed:
+                    watcher = followed.watchers.get(uri)
+                    period = config.relist_interval if watcher is not None and watcher.connected else config.interval
+                    followed.next_list[uri] = now + period
                 if listed:
                     await collector.tick(publisher.send, uris=listed, scheduled=True)
                     for uri in listed:
                         if not collector.has_connection(uri):  # the listing failed: try again soon
-                            next_list[uri] = now + min(_RELIST_RETRY, next_list[uri] - now)
+                            followed.next_list[uri] = now + min(_RELIST_RETRY, followed.next_list[uri] - now)
+                if launchers is not None:
+                    launchers.count_reachable()
                 await collector.poll_due(publisher.send, skip=listed)
                 publisher.resync_due()
             except Exception:  # a failed round is logged; the next one starts on time
                 log.exception("collector round failed")
-            wake_at = min([*next_list.values(), collector.next_due(), publisher.tracker.next_resync()])
+            wake_at = min([
+                *followed.next_list.values(), collector.next_due(), publisher.tracker.next_resync(),
+                launchers.next_scan if launchers is not None else float("inf"),
+            ])
             if relist_now:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), max(_MIN_WAIT, wake_at - loop.time()))
     finally:
         log.info("collector of node %s stopping", config.node_name)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        publishing.cancel()
+        await followed.close()
+        if launchers is not None:
+            launchers.close()
+        await asyncio.gather(publishing, return_exceptions=True)
         await collector.close()
         collector.shutdown()
         gc.set_threshold(*thresholds)
+
+
+class FollowedURIs:
+    """The libvirt URIs the collector lists, each with its event watcher (when its events can be seen)
+    and the loop time of its next listing."""
+
+    def __init__(self, collector: NodeCollector, on_event: Callable[[DomainEvent], None], watch_events: bool) -> None:
+        self.collector = collector
+        self.on_event = on_event
+        self.watch_events = watch_events
+        self.next_list: dict[str, float] = {}
+        self.watchers: dict[str, DomainEventWatcher] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def add(self, uri: str) -> None:
+        """Follow `uri`: listed at once, then as its events and periods say."""
+        self.collector.add_uri(uri)
+        self.next_list[uri] = 0.0
+        if self.watch_events and evented(uri):
+            watcher = DomainEventWatcher(uri, self.on_event)
+            self.watchers[uri] = watcher
+            self.tasks[uri] = asyncio.create_task(watcher.run(), name=f"libvirt events of {uri}")
+
+    async def drop(self, uri: str, emit: Emit) -> int:
+        """Stop following `uri`: its watcher stops, its VMIs are reported removed; returns how many."""
+        self.next_list.pop(uri, None)
+        self.watchers.pop(uri, None)
+        task = self.tasks.pop(uri, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return await self.collector.drop_uri(uri, emit)
+
+    def reachable(self, uri: str) -> bool:
+        watcher = self.watchers.get(uri)
+        return watcher.connected if watcher is not None else self.collector.has_connection(uri)
+
+    async def close(self) -> None:
+        tasks, self.tasks = list(self.tasks.values()), {}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Launchers:
+    """The virt-launcher pods of `launcher_pods_dir`, followed as they come and go."""
+
+    def __init__(self, config: CollectorConfig, followed: FollowedURIs) -> None:
+        assert config.launcher_pods_dir is not None
+        self.pods_dir = config.launcher_pods_dir
+        self.template = config.launcher_uri
+        self.interval = config.launcher_scan_interval
+        self.followed = followed
+        self.known: dict[str, Launcher] = {}
+        self.next_scan = 0.0
+        self._logs = RateLimitedLog(log)
+        #: Short links to sockets whose path is too long for a socket address (collectors/launchers.py).
+        self.links = tempfile.mkdtemp(prefix="guestinfo-launchers-")
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_scan
+
+    async def scan(self, emit: Emit, now: float) -> None:
+        """Look at the pods folder once: follow the launchers found, drop those gone (their VMIs are
+        removed). A pods folder that cannot be read changes nothing."""
+        self.next_scan = now + self.interval
+        try:
+            found = await asyncio.to_thread(find_launchers, self.pods_dir, self.template, self.links)
+        except OSError as exc:
+            self._logs.warning(("pods", self.pods_dir), "cannot read the pods folder %s: %s", self.pods_dir, exc)
+            return
+        self._logs.recovered(("pods", self.pods_dir), "the pods folder %s can be read again", self.pods_dir)
+        for uri, launcher in found.items():
+            if uri not in self.known:
+                log.info("launcher of pod %s found: %s", launcher.pod_uid, uri)
+                self.followed.add(uri)
+        for uri, launcher in list(self.known.items()):
+            if uri not in found:
+                removed = await self.followed.drop(uri, emit)
+                forget_link(self.links, launcher.pod_uid)
+                log.info("launcher of pod %s gone: %d VMI(s) removed", launcher.pod_uid, removed)
+        self.known = found
+        LAUNCHERS.set(len(found))
+
+    def close(self) -> None:
+        shutil.rmtree(self.links, ignore_errors=True)
+
+    def count_reachable(self) -> None:
+        """Launchers whose event connection is up (or, without events, whose last listing worked)."""
+        LAUNCHERS_REACHABLE.set(sum(1 for uri in self.known if self.followed.reachable(uri)))

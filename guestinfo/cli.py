@@ -59,6 +59,16 @@ def _add_collector_options(parser: argparse.ArgumentParser) -> None:
         "--agent-socket-dir", metavar="DIR", default=None,
         help="reach a VMI's guest agent through DIR/NAMESPACE_NAME.sock when that socket exists",
     )
+    parser.add_argument(
+        "--launcher-pods-dir", metavar="DIR", default=None,
+        help="collect every virt-launcher pod's own libvirt daemon found in this kubelet pods folder (on a "
+        "KubeVirt node: /var/lib/kubelet/pods), following pods as they come and go",
+    )
+    parser.add_argument(
+        "--launcher-uri", metavar="TEMPLATE", default=None,
+        help="how to reach a launcher's daemon; {socket} is its socket's path on this node "
+        "(default qemu+unix:///session?socket={socket}, as virt-launcher connects)",
+    )
     parser.add_argument("--node-name", default=socket.gethostname(), help="name of this node (default: hostname)")
     parser.add_argument(
         "--interval", type=float, default=None, metavar="SECONDS",

@@ -77,3 +77,17 @@ def checked_store_url(value: str | None, state_dir: Path) -> str:
 def agent_sockets(values: list[str]) -> dict[str, str]:
     """All --agent-socket values as `{"namespace/name": path}`."""
     return dict(parse_agent_socket(value) for value in values)
+
+
+def launcher_options(pods_dir: str | None, template: str | None) -> dict[str, str]:
+    """`--launcher-pods-dir` (made absolute) and `--launcher-uri` as collector settings (the ones given)."""
+    options: dict[str, str] = {}
+    if template is not None:
+        if "{socket}" not in template:
+            raise UsageError(f"--launcher-uri {template!r}: it must contain {{socket}}, the launcher's socket path")
+        options["launcher_uri"] = template
+    if pods_dir is not None:
+        options["launcher_pods_dir"] = str(Path(pods_dir).absolute())
+    elif template is not None:
+        raise UsageError("--launcher-uri needs --launcher-pods-dir")
+    return options

@@ -25,6 +25,7 @@ from guestinfo.config import (
     UsageError,
     agent_sockets,
     checked_store_url,
+    launcher_options,
     parse_bootstrap_servers,
     parse_listen,
     store_url_for,
@@ -46,6 +47,8 @@ class Pipeline:
     libvirt_uris: list[str]
     agent_sockets: dict[str, str]
     agent_socket_dir: str | None
+    #: `--launcher-pods-dir` (absolute) and `--launcher-uri`, as the collector's settings of those names.
+    launchers: dict[str, str]
     store_url: str | None
     api: Listen
     kube_api: str | None
@@ -79,6 +82,7 @@ class Pipeline:
             libvirt_uris=list(args.libvirt_uri),
             agent_sockets=agent_sockets(args.agent_socket),
             agent_socket_dir=str(Path(args.agent_socket_dir).absolute()) if args.agent_socket_dir else None,
+            launchers=launcher_options(args.launcher_pods_dir, args.launcher_uri),
             store_url=checked_store_url(args.store, Path(args.state_dir)),
             api=api,
             kube_api=args.kube_api,
@@ -107,7 +111,7 @@ class Pipeline:
         if self.kube_api or self.kubeconfig:
             kube = ["--kube-api", self.kube_api] if self.kube_api else ["--kubeconfig", str(self.kubeconfig)]
             specs.append(ChildSpec("status", [*self.global_args, "status", *kafka, *kube]))
-        if self.libvirt_uris:
+        if self.libvirt_uris or self.launchers:
             collect = [*self.global_args, "collect", *kafka, "--node-name", self.node_name,
                        "--agent-timeout", str(self.agent_timeout), "--metrics-listen", str(self.metrics["collect"])]
             if self.interval is not None:
@@ -120,9 +124,13 @@ class Pipeline:
                 collect += ["--agent-socket", f"{key}={path}"]
             if self.agent_socket_dir:
                 collect += ["--agent-socket-dir", self.agent_socket_dir]
+            if "launcher_pods_dir" in self.launchers:
+                collect += ["--launcher-pods-dir", self.launchers["launcher_pods_dir"]]
+            if "launcher_uri" in self.launchers:
+                collect += ["--launcher-uri", self.launchers["launcher_uri"]]
             specs.append(ChildSpec("collect", collect))
         else:
-            log.warning("no --libvirt-uri: running without a collector (try --demo)")
+            log.warning("no --libvirt-uri nor --launcher-pods-dir: running without a collector (try --demo)")
         return specs
 
     async def run(self) -> None:

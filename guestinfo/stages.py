@@ -8,25 +8,70 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from guestinfo.api_security import security_config, watch_history
-from guestinfo.config import UsageError, agent_sockets, checked_store_url, parse_bootstrap_servers, parse_listen
+from guestinfo.config import (
+    UsageError,
+    agent_sockets,
+    checked_store_url,
+    launcher_options,
+    parse_bootstrap_servers,
+    parse_listen,
+)
 from guestinfo.lifecycle import run_until_signalled
 
 log = logging.getLogger(__name__)
 
 
-def serve_metrics(value: str | None) -> None:
-    """Serve this process's Prometheus metrics (default registry) from a background thread."""
+def serve_metrics(value: str | None, healthz: Callable[[], str] = lambda: "ok") -> None:
+    """Serve this process's Prometheus metrics (default registry) at `/metrics`, and `/healthz` (200 and
+    the text of `healthz()`), from a background thread."""
     if value is None:
         return
+    import socket
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
     import prometheus_client
 
     listen = parse_listen(value)
-    prometheus_client.start_http_server(listen.port, addr=listen.host)
-    log.info("metrics on http://%s/metrics", listen)
+    metrics = prometheus_client.make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{healthz()}\n".encode()]
+        return metrics(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = make_server(listen.host, listen.port, app, server_class=Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics on http://%s/metrics, health on /healthz", listen)
+
+
+def collector_health() -> str:
+    """The collector's `/healthz`: how many launchers it follows and reaches, and how many VMIs."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str) -> int:
+        return int(REGISTRY.get_sample_value(name) or 0)
+
+    return (
+        f"ok: {value('guestinfo_collector_launchers')} launcher(s) followed, "
+        f"{value('guestinfo_collector_launchers_reachable')} reachable; "
+        f"{value('guestinfo_collector_vmis_tracked')} VMI(s)"
+    )
 
 
 def poll_intervals(values: list[str]) -> dict[str, float]:
@@ -51,9 +96,9 @@ def poll_intervals(values: list[str]) -> dict[str, float]:
 def collect(args: argparse.Namespace) -> int:
     from collectors import CollectorConfig, run_collector
 
-    serve_metrics(args.metrics_listen)
-    if not args.libvirt_uri:
-        log.warning("no --libvirt-uri given: nothing to collect until one is")
+    launchers = launcher_options(args.launcher_pods_dir, args.launcher_uri)
+    if not args.libvirt_uri and not launchers:
+        log.warning("no --libvirt-uri nor --launcher-pods-dir given: nothing to collect")
     schedule: dict[str, Any] = {"poll_intervals": poll_intervals(args.poll_interval)}
     if args.interval is not None:  # everything at least this often: demos and tests
         schedule = {
@@ -68,8 +113,10 @@ def collect(args: argparse.Namespace) -> int:
         agent_socket_dir=str(Path(args.agent_socket_dir).absolute()) if args.agent_socket_dir else None,
         node_name=args.node_name,
         agent_timeout=args.agent_timeout,
+        **launchers,
         **schedule,
     )
+    serve_metrics(args.metrics_listen, healthz=collector_health)
     asyncio.run(run_until_signalled(run_collector(config), "collector"))
     return 0
 
@@ -112,10 +159,11 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    from sinks.kube_client import in_cluster
     from sinks.vmi_status import StatusConfig, run_status_sink
 
-    if not (args.kube_api or args.kubeconfig):
-        raise UsageError("status needs --kube-api URL or --kubeconfig PATH")
+    if not (args.kube_api or args.kubeconfig or in_cluster()):
+        raise UsageError("status needs --kube-api URL or --kubeconfig PATH (in a pod, its service account is used)")
     config = StatusConfig(
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
         kube_api=args.kube_api,

@@ -106,9 +106,9 @@ class Libvirtd:
     at an empty folder, so the QEMU driver, which needs a libvirt-qemu user, is not loaded). That world lasts while
     a connection to it is open: a test that defines domains keeps its connection."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, run_dir: Path | None = None) -> None:
         self.folder = folder
-        self.run_dir = folder / "run"
+        self.run_dir = run_dir or folder / "run"
         self.socket = self.run_dir / "libvirt-sock"
         self.uri = f"test+unix:///default?socket={self.socket}"
         self.process: subprocess.Popen[bytes] | None = None

@@ -28,6 +28,8 @@ REFUSED = [
     (["run", "--client-ca-file", "BAD"], "no PEM certificate in it"),
     (["run", "--client-ca-file", "/nonexistent"], "--client-ca-file '/nonexistent': cannot read it"),
     (["run", "--authentication-token-webhook-cache-ttl", "ten"], "expected a duration such as 10s"),
+    (["run", "--launcher-pods-dir", "/x", "--launcher-uri", "qemu:///system"], "it must contain {socket}"),
+    (["run", "--launcher-uri", "qemu+unix:///session?socket={socket}"], "--launcher-uri needs --launcher-pods-dir"),
     (["run", "--watch-history", "0.5s"], "--watch-history '0.5s': must be at least 1s"),
     (["serve", "--bootstrap-servers", "127.0.0.1:1", "--watch-history", "forever"], "expected a duration such as 10s"),
     (["run", "--insecure-no-auth", "--authorization-kubeconfig", "BAD"], "contradicts"),
