@@ -44,8 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import heapq
-import itertools
 import logging
 import os
 import random
@@ -68,6 +66,7 @@ from collectors.budget import REPORT_ERROR
 from collectors.changes import StatePublisher
 from collectors.config import CollectorConfig
 from collectors.domain_xml import DomainState, parse_domain
+from collectors.due import DueQueue
 from collectors.errors import DomainXMLError
 from collectors.events import DomainEvent, DomainEventWatcher
 from collectors.launchers import Launcher, find_launchers, forget_link
@@ -205,11 +204,8 @@ class NodeCollector:
         self._listed_once: set[str] = set()
         #: Per URI, each domain's XML and state of the last listing and the report parsed from them.
         self._parsed: dict[str, dict[str, tuple[str, DomainState, DomainReport | None]]] = {}
-        #: When each VMI that may be polled (listed running, not mid-poll) is next due: a heap of
-        #: (loop time, order, key); an entry counts only while `_queued[key]` holds its time.
-        self._due: list[tuple[float, int, str]] = []
-        self._queued: dict[str, float] = {}
-        self._order = itertools.count()
+        #: When each VMI that may be polled (listed running, not mid-poll) is next due (loop time).
+        self._due = DueQueue(_QUEUE_SLACK)
         self._rng = random.Random()
         self._logs = RateLimitedLog(log)
 
@@ -319,7 +315,7 @@ class NodeCollector:
         observed_at = time.time()
         now = TickReports()
         polls: list[asyncio.Task[None]] = []
-        for key in self._pop_due(loop_now):
+        for key in self._due.pop_due(loop_now):
             known, state = self._known.get(key), self._vmis.get(key)
             if known is None or state is None:
                 continue
@@ -341,17 +337,15 @@ class NodeCollector:
     def next_due(self) -> float:
         """The loop time the next scheduled poll is due (VMIs not running or mid-poll are left out: a
         poll's end queues its VMI again, and calls `wake` when that is earlier than this answer)."""
-        due, queued = self._due, self._queued
-        while due and queued.get(due[0][2]) != due[0][0]:
-            heapq.heappop(due)  # superseded
-        self._announced = due[0][0] if due else float("inf")
+        self._announced = self._due.next_due()
         return self._announced
 
     def _poll_ended(self, key: str) -> None:
         """A VMI's poll ended: queue it at its next due time, and wake the scheduler if it sleeps past it."""
         self._requeue(key)
-        if self._wake is not None and self._queued.get(key, float("inf")) < self._announced:
-            self._announced = self._queued[key]
+        when = self._due.get(key)
+        if self._wake is not None and when is not None and when < self._announced:
+            self._announced = when
             self._wake()
 
     def _requeue(self, key: str) -> None:
@@ -359,27 +353,9 @@ class NodeCollector:
         running, mid-poll: the poll's end queues it again). Call after anything that changes those."""
         state, known = self._vmis.get(key), self._known.get(key)
         if state is None or known is None or state.schedule is None or state.busy or known[1].state != "running":
-            self._queued.pop(key, None)
+            self._due.discard(key)
             return
-        when = self._loop_time() if state.poll_all else state.schedule.next_due()
-        if self._queued.get(key) == when:
-            return
-        self._queued[key] = when
-        heapq.heappush(self._due, (when, next(self._order), key))
-        if len(self._due) > _QUEUE_SLACK * len(self._queued) + 64:  # drop the superseded entries
-            self._due = [(at, next(self._order), queued_key) for queued_key, at in self._queued.items()]
-            heapq.heapify(self._due)
-
-    def _pop_due(self, now: float) -> list[str]:
-        """Take the VMIs due at `now` off the queue (each caller queues them again)."""
-        due, queued = self._due, self._queued
-        keys: list[str] = []
-        while due and due[0][0] <= now:
-            at, _, key = heapq.heappop(due)
-            if queued.get(key) == at:
-                del queued[key]
-                keys.append(key)
-        return keys
+        self._due.push(key, self._loop_time() if state.poll_all else state.schedule.next_due())
 
     def on_event(self, event: DomainEvent) -> None:
         """A libvirt event of a domain known already: a reboot renews its agent session; a resume, reboot
@@ -540,7 +516,7 @@ class NodeCollector:
         """A VMI is gone: its poll in flight is void (its reports must not follow the removal)."""
         state = self._vmis.pop(key, None)
         self._known.pop(key, None)
-        self._queued.pop(key, None)
+        self._due.discard(key)
         if state is not None and state.poll is not None and not state.poll.done():
             state.poll.cancel()
             await asyncio.wait([state.poll])

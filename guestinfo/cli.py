@@ -27,7 +27,9 @@ EPILOG = """\
 examples:
   guestinfo run --demo                      the demo: this machine as VMI default/demo
   guestinfo run --libvirt-uri qemu:///system --bootstrap-servers kafka-1:9092,kafka-2:9092
-  guestinfo collect --libvirt-uri qemu:///system --bootstrap-servers kafka-1:9092   (one per node)
+  guestinfo collect --launcher-pods-dir /var/lib/kubelet/pods --bootstrap-servers kafka-1:9092
+                                            (one per KubeVirt node: every virt-launcher's libvirt)
+  guestinfo collect --libvirt-uri qemu:///system --bootstrap-servers kafka-1:9092   (a plain libvirt host)
 
 environment: GUESTINFO_BOOTSTRAP_SERVERS is the default of --bootstrap-servers; GUESTINFO_STATE_DIR of
 --state-dir. Without --bootstrap-servers, `run` starts the embedded broker (Tansu, memory only).
