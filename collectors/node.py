@@ -1,5 +1,9 @@
 """The collector of one node: every tick, list the libvirt domains, poll their agents, publish.
 
+This module is the wiring: each VMI's state and decisions are its `collectors.vmi.VMI` (tested as
+timelines), the due times of all VMIs one `collectors.due.DueQueue`; here are libvirt listings, agent
+transports, poll tasks, concurrency and the scheduler loop (`run_collector`).
+
 `NodeCollector.tick(emit)` starts one tick: the reports known at once (removals, domain reports of
 VMIs whose agent is reached through libvirt, agent reports of VMIs with no agent to ask) go to `emit`
 right away, and each VMI's agent poll runs as a task of its own that hands its reports to `emit` when
@@ -47,19 +51,18 @@ import gc
 import logging
 import os
 import random
-import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
 from collectors.agent_libvirt import LibvirtAgentTransport
-from collectors.agent_poll import POLLED_COMMANDS, AgentPoll, run_poll, short_reason
+from collectors.agent_poll import AgentPoll, run_poll, short_reason
 from collectors.agent_protocol import AgentSocketClient, AgentTransport
 from collectors.agent_replies import CONVERTERS
 from collectors.budget import REPORT_ERROR
@@ -82,6 +85,7 @@ from collectors.ratelimit import RateLimitedLog
 from collectors.reports import Emit, TickReports
 from collectors.schedule import CommandSchedule
 from collectors.slots import ANSWERING, CONTINUING, OTHER, PrioritySlots
+from collectors.vmi import VMI, PollPlan
 from schemas.events import AgentReport, DomainReport, VMIRef, split_domain_name, vmi_key
 
 log = logging.getLogger(__name__)
@@ -111,45 +115,6 @@ _GC_FULL_AFTER = 1000
 
 def domain_state(code: int) -> DomainState:
     return _STATES.get(code, "other")
-
-
-def new_session() -> str:
-    """A fresh agent session token: 12 random hex characters."""
-    return secrets.token_hex(6)
-
-
-@dataclass
-class _VMIState:
-    """What the collector keeps of one VMI between ticks."""
-
-    session: str = field(default_factory=new_session)
-    #: libvirt's domain id in the last tick (-1 while the domain is not running).
-    domain_id: int | None = None
-    #: Whether the agent answered in the last poll; None before the first.
-    answered: bool | None = None
-    #: The libvirt agent channel's state in the last tick's XML; None before the first.
-    channel: bool | None = None
-    #: The socket client of the last poll, and its reconnect count after that poll.
-    client: AgentSocketClient | None = None
-    reconnects: int = 0
-    #: Polls in a row that timed out, and the ticks left before the next poll (the back-off).
-    timeouts: int = 0
-    backoff: int = 0
-    #: The poll in flight, if any.
-    poll: asyncio.Task[None] | None = None
-    #: When each agent command is due (scheduled ticks); None until the VMI is first seen.
-    schedule: CommandSchedule | None = None
-    #: Poll every command at the next chance (a resume, reboot or agent-connected event).
-    poll_all: bool = False
-    #: The domain's state in its last listing (a paused domain is not polled; its resume polls everything).
-    listed: DomainState | None = None
-
-    def renew(self) -> None:
-        self.session = new_session()
-
-    @property
-    def busy(self) -> bool:
-        return self.poll is not None and not self.poll.done()
 
 
 @dataclass
@@ -197,7 +162,7 @@ class NodeCollector:
         self._connections: dict[str, libvirt.virConnect] = {}
         self._seen: dict[str, dict[str, VMIRef]] = {uri: {} for uri in config.libvirt_uris}
         self._sockets: dict[str, AgentSocketClient] = {}
-        self._vmis: dict[str, _VMIState] = {}
+        self._vmis: dict[str, VMI] = {}
         #: The last listing of each VMI: its URI, domain report and libvirt domain (for scheduled polls).
         self._known: dict[str, tuple[str, DomainReport, _Listed]] = {}
         #: URIs listed at least once: VMIs of a first listing are first polled at a random offset.
@@ -291,7 +256,7 @@ class NodeCollector:
             for report, listed in self._domain_reports(uri, listing, observed_at, now.domains):
                 found.append((uri, report, listed))
                 if report.vmi.key not in self._vmis:
-                    self._vmis[report.vmi.key] = self._new_state(listed.id, spread)
+                    self._vmis[report.vmi.key] = self._new_state(report.vmi.key, listed.id, spread)
         for removal in now.domains:
             await self._forget(removal.vmi.key)
         polls: list[asyncio.Task[None]] = []
@@ -320,9 +285,7 @@ class NodeCollector:
             if known is None or state is None:
                 continue
             uri, report, listed = known
-            if uri in skipped or report.state != "running" or state.busy or not (
-                state.poll_all or (state.schedule and state.schedule.due(loop_now))
-            ):
+            if uri in skipped or report.state != "running" or state.busy or not state.wants_poll(loop_now):
                 self._requeue(key)
                 continue
             fresh = report.model_copy(update={"observed_at": observed_at})
@@ -352,41 +315,33 @@ class NodeCollector:
         """Queue `key` at its next due time, or take it out while it cannot be polled (gone, not listed
         running, mid-poll: the poll's end queues it again). Call after anything that changes those."""
         state, known = self._vmis.get(key), self._known.get(key)
-        if state is None or known is None or state.schedule is None or state.busy or known[1].state != "running":
+        when = None if state is None or known is None else state.due_at(self._loop_time(), known[1].state == "running")
+        if when is None:
             self._due.discard(key)
-            return
-        self._due.push(key, self._loop_time() if state.poll_all else state.schedule.next_due())
+        else:
+            self._due.push(key, when)
 
     def on_event(self, event: DomainEvent) -> None:
-        """A libvirt event of a domain known already: a reboot renews its agent session; a resume, reboot
-        or agent connection has every command polled at the next chance; a suspend, stop or reboot voids
-        the poll in flight. (The caller lists the event's URI again, which does the rest.)"""
+        """A libvirt event of a domain known already, shown to its VMI (`VMI.event`): the poll in flight is
+        voided when the event says so. (The caller lists the event's URI again, which does the rest.)"""
         identity = split_domain_name(event.domain)
-        state = self._vmis.get(vmi_key(*identity)) if identity else None
+        key = vmi_key(*identity) if identity else ""
+        state = self._vmis.get(key)
         if state is None:
             return
-        key = vmi_key(*identity) if identity else ""
-        if event.kind == "rebooted":
-            state.renew()
-            log.info("domain %s rebooted: new agent session", key)
-        if event.kind == "resumed":
-            resumed(state)
-        if event.kind in ("rebooted", "resumed", "agent-connected", "started"):
-            state.poll_all = True
-            self._requeue(key)
-        if event.kind in ("rebooted", "suspended", "stopped", "shutdown", "crashed", "undefined", "pmsuspended") \
-                and state.poll is not None and not state.poll.done():
-            state.poll.cancel()  # what it asks is void (a rebooted guest) or will not be answered
+        if state.event(event.kind) and state.poll is not None:
+            state.poll.cancel()
+        self._requeue(key)
 
     def _loop_time(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _new_state(self, domain_id: int, spread: float) -> _VMIState:
+    def _new_state(self, key: str, domain_id: int, spread: float) -> VMI:
         schedule = CommandSchedule(
             self.config.poll_intervals, warmup=self.config.poll_warmup, jitter=self.config.jitter, rng=self._rng
         )
         schedule.restart(self._loop_time(), spread=spread)
-        return _VMIState(domain_id=domain_id, schedule=schedule)
+        return VMI(schedule, max_backoff=self.config.max_backoff_ticks, domain_id=domain_id, key=key)
 
     async def close(self) -> None:
         """Stop the polls in flight, close agent sockets and libvirt connections; the collector can be
@@ -483,33 +438,26 @@ class NodeCollector:
                 return candidate
         return None
 
-    async def _transport(
-        self, report: DomainReport, listed: _Listed, path: str | None, state: _VMIState
-    ) -> AgentTransport | None:
-        key = report.vmi.key
-        if path is not None:
-            client = self._sockets.get(key)
-            if client is None or client.path != path:
-                client = AgentSocketClient(path, timeout=self.config.agent_timeout)
-                self._sockets[key] = client
-            return client
-        await self._socket_gone(key, state)
-        if report.agent_connected:
+    def _transport(self, report: DomainReport, listed: _Listed, path: str | None) -> AgentTransport:
+        """How to ask the agent of a VMI a poll was planned for: its socket, or libvirt."""
+        if path is None:
             return LibvirtAgentTransport(
                 listed.domain, timeout=self.config.agent_timeout, executor=self._agent_executor
             )
-        return None
+        key = report.vmi.key
+        client = self._sockets.get(key)
+        if client is None or client.path != path:
+            client = AgentSocketClient(path, timeout=self.config.agent_timeout)
+            self._sockets[key] = client
+        return client
 
-    async def _socket_gone(self, key: str, state: _VMIState) -> None:
-        """A VMI's socket (of `agent_socket_dir`) is gone: drop its client; a connection held to it
-        means the agent closed it (it stopped), so its session ends."""
+    async def _socket_gone(self, key: str, state: VMI) -> None:
+        """A VMI's socket (of `agent_socket_dir`) is gone: drop its client, and tell the VMI whether a
+        connection was held to it (then the agent closed it: its session ends)."""
         client = self._sockets.pop(key, None)
         if client is None:
             return
-        if client.connected:
-            state.renew()
-            log.info("agent of %s: new session (its socket %s is gone)", key, client.path)
-        state.client = None
+        state.socket_gone(client.connected)
         await client.close()
 
     async def _forget(self, key: str) -> None:
@@ -528,105 +476,45 @@ class NodeCollector:
         self, report: DomainReport, listed: _Listed, observed_at: float, now: TickReports, emit: Emit,
         *, scheduled: bool = False,
     ) -> asyncio.Task[None] | None:
-        """The tick-time part of one VMI: its reports known now go to `now`; its poll, if any, is started."""
+        """The listing-time part of one VMI: what `VMI.shown` decides is done here (its reports known now
+        go to `now`, a voided poll is cancelled, a planned poll is started)."""
         key = report.vmi.key
         state = self._vmis.get(key)
         if state is None:
-            state = self._vmis[key] = self._new_state(listed.id, 0.0)
-        assert state.schedule is not None
-        loop_now = self._loop_time()
-        if listed.id != state.domain_id:
-            log.info("domain %s: id %s → %s (restarted), new agent session", key, state.domain_id, listed.id)
-            state.domain_id = listed.id
-            state.renew()
-            state.poll_all = True
-            if state.poll is not None and not state.poll.done():
-                state.poll.cancel()  # it asked the agent of a domain that is no more
-                await asyncio.wait([state.poll])
+            state = self._vmis[key] = self._new_state(key, listed.id, 0.0)
         path = self._socket_path(report.vmi)
-        override = path is not None
-        if not override:
-            follow_channel(key, state, report.agent_connected)
-        if state.listed == "paused" and report.state == "running":
-            resumed(state)  # also without an event
-        state.listed = report.state
-        if report.state == "paused":
-            # As upstream, polling stops while the domain is paused and the agent stays connected: the
-            # channel is still open, and what the agent said stays valid (nothing is reported of it). A
-            # poll in flight is void (it would time out on the paused guest and count as a disconnect).
-            if state.poll is not None and not state.poll.done():
-                state.poll.cancel()
-                await asyncio.wait([state.poll])
-            _report_unpolled(now, report, state, override)
-            return None
-        commands = POLLED_COMMANDS
-        everything = True  # every command is asked as after a (re)start: the warm-up starts over
-        if scheduled and report.state == "running":
-            due = state.schedule.due(loop_now)
-            if not state.busy and not due and not state.poll_all:  # nothing to ask now
-                _report_unpolled(now, report, state, override)
-                return None
-            if state.answered is not True or state.poll_all:
-                commands = POLLED_COMMANDS  # an agent (newly) found, resumed or rebooted: ask everything at once
-            elif due:
-                commands = state.schedule.ready(loop_now)  # the due ones, and those nearly due with them
-                everything = False
-        if state.busy:
+        if path is None:
+            await self._socket_gone(key, state)
+        step = state.shown(report, listed.id, path is not None, self._loop_time(), scheduled)
+        if step.void_poll and state.poll is not None:
+            state.poll.cancel()  # what it asks is void (a restarted domain) or will not be answered (paused)
+            await asyncio.wait([state.poll])
+        if step.skipped:
             POLLS_SKIPPED.inc()
-            log.debug("agent of %s: previous poll still running, not polled this tick", key)
-            if not override:
-                now.domains.append(report)
-            return None
-        if state.backoff > 0 and report.state == "running":
-            state.backoff -= 1
-            state.schedule.defer(state.schedule.due(loop_now), loop_now)
+            log.debug("agent of %s: previous poll still running, not polled this round", key)
+        if step.backed_off:
             POLLS_BACKED_OFF.inc()
-            log.debug("agent of %s: backing off, %d tick(s) left", key, state.backoff)
-            now.domains.append(report.model_copy(update={"agent_connected": bool(state.answered)})
-                               if override else report)
+            log.debug("agent of %s: backing off, %d round(s) left", key, state.backoff)
+        now.domains.extend(step.domains)
+        now.agents.extend(step.agents)
+        if step.poll is None:
             return None
-        transport = await self._transport(report, listed, path, state) if report.state == "running" else None
-        if transport is None:
-            state.answered = False
-            state.poll_all = False  # nothing to poll now: the schedule's deferral tries again, no busy loop
-            state.schedule.defer(state.schedule.due(loop_now), loop_now)
-            if override:
-                report = report.model_copy(update={"agent_connected": False})
-            now.domains.append(report)
-            now.agents.append(
-                AgentReport(
-                    vmi=report.vmi, node=self.config.node_name, observed_at=observed_at, connected=False,
-                    session=state.session,
-                )
-            )
-            return None
-        if not override:
-            now.domains.append(report)
-        state.poll_all = False
+        transport = self._transport(report, listed, path)
         state.poll = asyncio.create_task(
-            self._poll(report, transport, state, observed_at, emit, override, commands, everything=everything),
+            self._poll(report, transport, state, step.poll, emit, override=path is not None),
             name=f"agent poll of {key}",
         )
         state.poll.add_done_callback(lambda _poll: self._poll_ended(key))
         return state.poll
 
     async def _poll(
-        self,
-        report: DomainReport,
-        transport: AgentTransport,
-        state: _VMIState,
-        observed_at: float,
-        emit: Emit,
-        override: bool,
-        commands: tuple[str, ...] = POLLED_COMMANDS,
-        *,
-        everything: bool = True,
+        self, report: DomainReport, transport: AgentTransport, state: VMI, plan: PollPlan, emit: Emit,
+        *, override: bool,
     ) -> None:
-        """One VMI's agent poll of `commands`; its reports go to `emit` when it ends."""
-        vmi, node = report.vmi, self.config.node_name
+        """One VMI's agent poll of `plan`; its reports go to `emit` when it ends."""
+        vmi, node, observed_at = report.vmi, self.config.node_name, report.observed_at
         suspect, answering = state.timeouts > 0, bool(state.answered)
         timed_out = False
-        schedule = state.schedule
         asked: list[str] = []
         poll: AgentPoll | None = None
         failure = ""
@@ -634,22 +522,22 @@ class NodeCollector:
             poll = await run_poll(
                 transport, vmi, budget=self.config.agent_timeout * _BUDGET_CALLS,
                 slots=lambda first: self._slot(suspect, (ANSWERING if answering else OTHER) if first else CONTINUING),
-                commands=commands,
+                commands=plan.commands,
             )
             synced, timed_out = poll.synced, poll.timed_out
-            asked = [c for c in commands if CONVERTERS[c][0] in poll.fields or c in poll.errors]
+            asked = [c for c in plan.commands if CONVERTERS[c][0] in poll.fields or c in poll.errors]
         except Exception as exc:  # one VMI's failure must never end the tick
             log.exception("agent poll of %s failed", vmi.key)
             failure = short_reason(exc)
             synced = False
-        if schedule is not None:
-            loop_now = self._loop_time()
-            if synced and everything:
-                schedule.restart(loop_now)  # everything asked anew (not merely all due at once): warm-up from here
-            schedule.polled(asked, loop_now)
-            schedule.defer([c for c in commands if c not in asked], loop_now)
-        self._follow_backoff(vmi.key, state, timed_out)
-        self._follow_session(vmi.key, state, transport, synced)
+        client = transport if isinstance(transport, AgentSocketClient) else None
+        state.polled(plan, asked, synced, timed_out, self._loop_time(), client,
+                     client.reconnects if client is not None else 0)
+        if timed_out:
+            self._logs.warning(
+                ("backoff", vmi.key), "agent of %s timed out: not polled for %d round(s)%s", vmi.key, state.backoff,
+                " (at most)" if state.backoff == self.config.max_backoff_ticks else "",
+            )
         agent_report: AgentReport | None = None
         if poll is not None:
             try:
@@ -658,10 +546,7 @@ class NodeCollector:
                 log.exception("agent report of %s failed", vmi.key)
                 failure = short_reason(exc)
         if agent_report is None:
-            agent_report = AgentReport(
-                vmi=vmi, node=node, observed_at=observed_at, connected=False, session=state.session,
-                errors={"poll": failure},
-            )
+            agent_report = state.disconnected(report, {"poll": failure})
         self._log_agent(vmi.key, agent_report)
         reports = TickReports(agents=[agent_report])
         if override:
@@ -672,32 +557,6 @@ class NodeCollector:
         """One slot of the concurrency cap, for one agent call; a suspect VMI's also needs a suspect slot.
         Calls of polls that have synced go first, then syncs of agents that answered last time."""
         return _Slot(self._slots, priority, self._suspect_slots if suspect else None)
-
-    def _follow_backoff(self, key: str, state: _VMIState, timed_out: bool) -> None:
-        """A timed-out poll doubles the VMI's back-off (in ticks, capped); any other poll ends it."""
-        if not timed_out:
-            if state.timeouts:
-                log.info("agent of %s: answers in time again, back-off ended", key)
-            state.timeouts = state.backoff = 0
-            return
-        state.timeouts += 1
-        state.backoff = min(2 ** (state.timeouts - 1), self.config.max_backoff_ticks)
-        self._logs.warning(
-            ("backoff", key), "agent of %s timed out: not polled for %d tick(s)%s", key, state.backoff,
-            " (at most)" if state.backoff == self.config.max_backoff_ticks else "",
-        )
-
-    def _follow_session(self, key: str, state: _VMIState, transport: AgentTransport, synced: bool) -> None:
-        """Renew the session when the agent closed the socket connection we held (found so by this poll)."""
-        state.answered = synced
-        if not isinstance(transport, AgentSocketClient):
-            return
-        if state.client is not transport:  # a new client: its count starts from here
-            state.client, state.reconnects = transport, 0
-        if transport.reconnects != state.reconnects:
-            state.reconnects = transport.reconnects
-            state.renew()
-            log.info("agent of %s: new session (it closed its socket since the last poll)", key)
 
     async def _emit(self, emit: Emit, reports: TickReports) -> None:
         try:
@@ -739,32 +598,6 @@ class _Slot:
         self._slots.release()
         if self._suspect is not None:
             self._suspect.release()
-
-
-def _report_unpolled(now: TickReports, report: DomainReport, state: _VMIState, override: bool) -> None:
-    """The domain report of a VMI not polled this tick (nothing due, or paused). An agent reached through
-    a socket is as connected as its last poll found it; before its first poll that is unknown, and the
-    domain report waits for the poll."""
-    if not override:
-        now.domains.append(report)
-    elif state.answered is not None:
-        now.domains.append(report.model_copy(update={"agent_connected": state.answered}))
-
-
-def resumed(state: _VMIState) -> None:
-    """The domain runs again after a pause: every command is asked at once, as upstream restarts its
-    pollers; timeouts from before (a paused guest does not answer) no longer hold the VMI back."""
-    state.poll_all = True
-    state.timeouts = state.backoff = 0
-
-
-def follow_channel(key: str, state: _VMIState, connected: bool) -> None:
-    """The libvirt agent channel of a VMI in this tick's XML: disconnected → connected renews the session
-    (the guest's agent reopened its port: it or the guest restarted)."""
-    if state.channel is False and connected:
-        state.renew()
-        log.info("agent of %s: new session (its libvirt channel connected again)", key)
-    state.channel = connected
 
 
 def _list_domains(conn: libvirt.virConnect) -> _Listing:

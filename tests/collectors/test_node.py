@@ -17,7 +17,6 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
 from collectors import CollectorConfig, NodeCollector, TickReports, run_collector
-from collectors.node import _VMIState, follow_channel
 from guestinfo.broker import EmbeddedBroker
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
@@ -399,18 +398,6 @@ async def test_a_resume_polls_at_once_whatever_the_back_off(tmp_path: Path) -> N
         finally:
             await collector.close()
             collector.shutdown()
-
-
-def test_the_libvirt_channel_connecting_again_renews_the_session() -> None:
-    state = _VMIState(domain_id=1)
-    first = state.session
-    follow_channel("default/vm", state, True)
-    follow_channel("default/vm", state, True)
-    assert state.session == first
-    follow_channel("default/vm", state, False)
-    assert state.session == first, "a disconnect alone is no restart yet"
-    follow_channel("default/vm", state, True)
-    assert state.session != first
 
 
 async def test_agent_socket_dir_reaches_the_agent_of_a_vmi_by_name(tmp_path: Path) -> None:
