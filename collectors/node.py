@@ -1,7 +1,8 @@
 """The collector of one node: every tick, list the libvirt domains, poll their agents, publish.
 
 This module is the wiring: each VMI's state and decisions are its `collectors.vmi.VMI` (tested as
-timelines), the due times of all VMIs one `collectors.due.DueQueue`; here are libvirt listings, agent
+timelines), each libvirt URI's connection and listings a `collectors.listing.DomainListing`, the due
+times of all VMIs one `collectors.due.DueQueue`, the launchers of a node `Launchers`; here are agent
 transports, poll tasks, concurrency and the scheduler loop (`run_collector`).
 
 `NodeCollector.tick(emit)` starts one tick: the reports known at once (removals, domain reports of
@@ -56,7 +57,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import libvirt
@@ -68,11 +68,10 @@ from collectors.agent_replies import CONVERTERS
 from collectors.budget import REPORT_ERROR
 from collectors.changes import StatePublisher
 from collectors.config import CollectorConfig
-from collectors.domain_xml import DomainState, parse_domain
 from collectors.due import DueQueue
-from collectors.errors import DomainXMLError
 from collectors.events import DomainEvent, DomainEventWatcher
 from collectors.launchers import Launcher, find_launchers, forget_link
+from collectors.listing import DomainListing, ListedDomain, removal
 from collectors.metrics import (
     LAUNCHERS,
     LAUNCHERS_REACHABLE,
@@ -90,11 +89,6 @@ from schemas.events import AgentReport, DomainReport, VMIRef, split_domain_name,
 
 log = logging.getLogger(__name__)
 
-_STATES: dict[int, DomainState] = {
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
-}
 #: Commands after the sync; a VMI's whole poll gets this many agent timeouts at most.
 _BUDGET_CALLS = 3
 #: The scheduler sleeps at least this long between two rounds (polls in flight are not waited for):
@@ -111,28 +105,6 @@ _RELIST_RETRY = 2.0
 #: the default a full collection of it ran every few seconds: about 3 % of a core at 1,000 VMIs.
 #: Cycles are still found, only later; most of the collector's garbage has none.
 _GC_FULL_AFTER = 1000
-
-
-def domain_state(code: int) -> DomainState:
-    return _STATES.get(code, "other")
-
-
-@dataclass
-class _Listed:
-    """A domain as listed from libvirt in a worker thread."""
-
-    name: str
-    domain: libvirt.virDomain
-    xml: str
-    state: DomainState
-    id: int = -1
-
-
-@dataclass
-class _Listing:
-    domains: list[_Listed]
-    #: Domains that could not be read this tick (they are not taken as gone).
-    unreadable: list[str]
 
 
 def _silence_libvirt(_context: Any, _error: Any) -> None:
@@ -159,68 +131,55 @@ class NodeCollector:
         self._slots = PrioritySlots(config.max_concurrent_agent_calls)
         #: Slots that VMIs whose agent timed out lately may use (the others are kept for healthy ones).
         self._suspect_slots = asyncio.Semaphore(max(1, config.max_concurrent_agent_calls // 2))
-        self._connections: dict[str, libvirt.virConnect] = {}
-        self._seen: dict[str, dict[str, VMIRef]] = {uri: {} for uri in config.libvirt_uris}
+        self._logs = RateLimitedLog(log)
+        #: The libvirt URIs listed, each with its connection and last listing.
+        self._listings: dict[str, DomainListing] = {}
+        for uri in config.libvirt_uris:
+            self.add_uri(uri)
         self._sockets: dict[str, AgentSocketClient] = {}
         self._vmis: dict[str, VMI] = {}
         #: The last listing of each VMI: its URI, domain report and libvirt domain (for scheduled polls).
-        self._known: dict[str, tuple[str, DomainReport, _Listed]] = {}
-        #: URIs listed at least once: VMIs of a first listing are first polled at a random offset.
-        self._listed_once: set[str] = set()
-        #: Per URI, each domain's XML and state of the last listing and the report parsed from them.
-        self._parsed: dict[str, dict[str, tuple[str, DomainState, DomainReport | None]]] = {}
+        self._known: dict[str, tuple[str, DomainReport, ListedDomain]] = {}
         #: When each VMI that may be polled (listed running, not mid-poll) is next due (loop time).
         self._due = DueQueue(_QUEUE_SLACK)
         self._rng = random.Random()
-        self._logs = RateLimitedLog(log)
 
     @property
     def uris(self) -> list[str]:
         """The libvirt URIs collected: those of the configuration and the launchers followed."""
-        return list(self._seen)
+        return list(self._listings)
 
     def add_uri(self, uri: str) -> None:
         """Collect `uri` too (a launcher found): listed from the next tick on."""
-        self._seen.setdefault(uri, {})
+        if uri not in self._listings:
+            self._listings[uri] = DomainListing(uri, self.config.node_name, self._executor, self._logs)
 
     async def drop_uri(self, uri: str, emit: Emit) -> int:
         """Stop collecting `uri` (its launcher is gone): its VMIs are reported removed, as when their domain
         goes (unless another URI lists them too), its connection is closed. Returns how many were removed."""
-        seen = self._seen.pop(uri, {})
-        self._parsed.pop(uri, None)
-        self._listed_once.discard(uri)
+        listing = self._listings.pop(uri, None)
+        if listing is None:
+            return 0
         observed_at = time.time()
         gone = TickReports()
-        for key, vmi in seen.items():
-            if any(key in others for others in self._seen.values()):
+        for key, vmi in listing.seen.items():
+            if any(key in other.seen for other in self._listings.values()):
                 continue
             await self._forget(key)
-            gone.domains.append(self._removal(vmi, observed_at))
-        conn = self._connections.pop(uri, None)
-        if conn is not None:
-            try:
-                await self._in_thread(conn.close)
-            except libvirt.libvirtError as exc:
-                log.debug("closing libvirt %s: %s", uri, exc)
+            gone.domains.append(removal(vmi, self.config.node_name, observed_at))
+        await listing.close()
         if gone.domains:
             await self._emit(emit, gone)
         return len(gone.domains)
 
-    def _removal(self, vmi: VMIRef, observed_at: float) -> DomainReport:
-        return DomainReport(vmi=vmi, node=self.config.node_name, observed_at=observed_at, removed=True, state="shutoff")
-
     def has_connection(self, uri: str) -> bool:
         """A libvirt connection of `uri` is open (its last listing worked)."""
-        return uri in self._connections
+        listing = self._listings.get(uri)
+        return listing is not None and listing.conn is not None
 
     async def connection(self, uri: str) -> libvirt.virConnect:
         """The open libvirt connection of `uri`, opened on first use (and after a failure)."""
-        conn = self._connections.get(uri)
-        if conn is None:
-            conn = await self._in_thread(libvirt.open, uri)
-            self._connections[uri] = conn
-            log.info("connected to libvirt %s", uri)
-        return conn
+        return await self._listings[uri].connection()
 
     async def collect_once(self) -> TickReports:
         """One tick, waiting for the agent polls it started: all of its reports, those known at tick
@@ -244,21 +203,22 @@ class NodeCollector:
         started. Unscheduled, every command of every VMI is polled; `scheduled`, only the VMIs with
         commands due (`CollectorConfig.poll_intervals`), and only those commands."""
         observed_at = time.time()
-        chosen = self.uris if uris is None else [uri for uri in uris if uri in self._seen]
-        listings = await asyncio.gather(*(self._list(uri) for uri in chosen))
+        chosen = [self._listings[uri] for uri in (self.uris if uris is None else uris) if uri in self._listings]
+        first = [not listing.listed_once for listing in chosen]
+        results = await asyncio.gather(*(listing.list(observed_at) for listing in chosen))
         now = TickReports()
-        found: list[tuple[str, DomainReport, _Listed]] = []
-        for uri, listing in zip(chosen, listings, strict=True):
-            if listing is None:
+        found: list[tuple[str, DomainReport, ListedDomain]] = []
+        for listing, first_listing, result in zip(chosen, first, results, strict=True):
+            if result is None:
                 continue  # libvirt unreachable: nothing is known, so nothing is reported removed
-            spread = self.config.poll_warmup if scheduled and uri not in self._listed_once else 0.0
-            self._listed_once.add(uri)
-            for report, listed in self._domain_reports(uri, listing, observed_at, now.domains):
-                found.append((uri, report, listed))
+            spread = self.config.poll_warmup if scheduled and first_listing else 0.0
+            now.domains.extend(result.gone)
+            for report, listed in result.present:
+                found.append((listing.uri, report, listed))
                 if report.vmi.key not in self._vmis:
                     self._vmis[report.vmi.key] = self._new_state(report.vmi.key, listed.id, spread)
-        for removal in now.domains:
-            await self._forget(removal.vmi.key)
+        for gone in now.domains:
+            await self._forget(gone.vmi.key)
         polls: list[asyncio.Task[None]] = []
         for uri, report, listed in found:
             self._known[report.vmi.key] = (uri, report, listed)
@@ -266,7 +226,7 @@ class NodeCollector:
             if poll is not None:
                 polls.append(poll)
             self._requeue(report.vmi.key)
-        VMIS_TRACKED.set(sum(len(seen) for seen in self._seen.values()))
+        VMIS_TRACKED.set(sum(len(listing.seen) for listing in self._listings.values()))
         VMIS_BACKED_OFF.set(sum(1 for state in self._vmis.values() if state.timeouts))
         if now.domains or now.agents:
             await self._emit(emit, now)
@@ -354,78 +314,13 @@ class NodeCollector:
         sockets, self._sockets = self._sockets, {}
         for client in sockets.values():
             await client.close()
-        connections, self._connections = self._connections, {}
-        for uri, conn in connections.items():
-            try:
-                await self._in_thread(conn.close)
-            except libvirt.libvirtError as exc:
-                log.debug("closing libvirt %s: %s", uri, exc)
+        for listing in self._listings.values():
+            await listing.close()
 
     def shutdown(self) -> None:
         """Stop the worker threads (after `close`)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._agent_executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _in_thread(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
-
-    async def _list(self, uri: str) -> _Listing | None:
-        try:
-            conn = await self.connection(uri)
-            listing: _Listing = await self._in_thread(_list_domains, conn)
-        except libvirt.libvirtError as exc:
-            self._logs.warning(("libvirt", uri), "cannot list domains of %s: %s", uri, exc)
-            dropped = self._connections.pop(uri, None)
-            if dropped is not None:
-                try:
-                    await self._in_thread(dropped.close)
-                except libvirt.libvirtError:
-                    pass
-            return None
-        self._logs.recovered(("libvirt", uri), "listing domains of %s works again", uri)
-        return listing
-
-    def _domain_reports(
-        self, uri: str, listing: _Listing, observed_at: float, removals: list[DomainReport]
-    ) -> list[tuple[DomainReport, _Listed]]:
-        node = self.config.node_name
-        previous = self._seen.get(uri, {})
-        current: dict[str, VMIRef] = {}
-        found: list[tuple[DomainReport, _Listed]] = []
-        parsed_before = self._parsed.get(uri, {})
-        parsed: dict[str, tuple[str, DomainState, DomainReport | None]] = {}
-        for listed in listing.domains:
-            known = parsed_before.get(listed.name)
-            if known is not None and known[0] == listed.xml and known[1] == listed.state:
-                # The same XML and state as last time: the same report (the XML is parsed once per change).
-                report = known[2] and known[2].model_copy(update={"observed_at": observed_at})
-            else:
-                try:
-                    report = parse_domain(listed.xml, node=node, observed_at=observed_at, state=listed.state)
-                except DomainXMLError as exc:
-                    self._logs.warning(("xml", listed.name), "domain %.300s skipped: %s", listed.name, exc)
-                    listing.unreadable.append(listed.name)
-                    continue
-            parsed[listed.name] = (listed.xml, listed.state, report)
-            if report is None:
-                continue
-            if report.vmi.key in current:
-                log.warning("domain %s listed twice on %s; keeping the first", report.vmi.key, uri)
-                continue
-            current[report.vmi.key] = report.vmi
-            found.append((report, listed))
-        for name in listing.unreadable:
-            identity = split_domain_name(name)
-            key = vmi_key(*identity) if identity else ""
-            if key in previous and key not in current:
-                current[key] = previous[key]
-        for key, vmi in previous.items():
-            if key not in current:
-                log.info("domain %s is gone from %s", key, uri)
-                removals.append(self._removal(vmi, observed_at))
-        self._seen[uri] = current
-        self._parsed[uri] = parsed
-        return found
 
     def _socket_path(self, vmi: VMIRef) -> str | None:
         """The agent socket of `vmi`, if it is reached through one (`agent_sockets`, `agent_socket_dir`)."""
@@ -438,7 +333,7 @@ class NodeCollector:
                 return candidate
         return None
 
-    def _transport(self, report: DomainReport, listed: _Listed, path: str | None) -> AgentTransport:
+    def _transport(self, report: DomainReport, listed: ListedDomain, path: str | None) -> AgentTransport:
         """How to ask the agent of a VMI a poll was planned for: its socket, or libvirt."""
         if path is None:
             return LibvirtAgentTransport(
@@ -473,7 +368,7 @@ class NodeCollector:
             await client.close()
 
     async def _start(
-        self, report: DomainReport, listed: _Listed, observed_at: float, now: TickReports, emit: Emit,
+        self, report: DomainReport, listed: ListedDomain, observed_at: float, now: TickReports, emit: Emit,
         *, scheduled: bool = False,
     ) -> asyncio.Task[None] | None:
         """The listing-time part of one VMI: what `VMI.shown` decides is done here (its reports known now
@@ -598,24 +493,6 @@ class _Slot:
         self._slots.release()
         if self._suspect is not None:
             self._suspect.release()
-
-
-def _list_domains(conn: libvirt.virConnect) -> _Listing:
-    """All domains of a connection with their XML and state (blocking: run in a thread)."""
-    listing = _Listing(domains=[], unreadable=[])
-    for domain in conn.listAllDomains(0):
-        name = ""
-        try:
-            name = domain.name()
-            xml = domain.XMLDesc(0)
-            state = domain_state(domain.state()[0])
-            domain_id = domain.ID()
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                listing.unreadable.append(name)
-            continue
-        listing.domains.append(_Listed(name=name, domain=domain, xml=xml, state=state, id=domain_id))
-    return listing
 
 
 def evented(uri: str) -> bool:

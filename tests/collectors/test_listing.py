@@ -1,0 +1,39 @@
+"""Listing one libvirt connection (`collectors.listing.DomainListing`) on the test driver: what is present,
+what went away, and a connection that fails."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from collectors.listing import DomainListing
+from collectors.ratelimit import RateLimitedLog
+from tests.collectors.test_node import write_domains
+
+
+async def test_present_then_gone_then_unreachable(tmp_path: Path) -> None:
+    uri = write_domains(tmp_path / "node.xml", ["a", "b"])
+    with ThreadPoolExecutor(1) as executor:
+        listing = DomainListing(uri, "node-a", executor, RateLimitedLog(logging.getLogger(__name__)))
+        assert not listing.listed_once
+        first = await listing.list(100.0)
+        assert first is not None and listing.listed_once
+        assert [(r.vmi.name, r.state, r.observed_at) for r, _ in first.present] == [
+            ("a", "running", 100.0), ("b", "running", 100.0)]
+        assert first.gone == []
+        conn = await listing.connection()
+        conn.lookupByName("default_b").destroy()
+        conn.lookupByName("default_b").undefine()
+        second = await listing.list(101.0)
+        assert second is not None
+        assert [r.vmi.name for r, _ in second.present] == ["a"]
+        assert [(r.vmi.name, r.removed, r.observed_at) for r in second.gone] == [("b", True, 101.0)]
+        assert set(listing.seen) == {"default/a"}
+        await listing.close()
+        assert listing.conn is None
+
+        broken = DomainListing(f"test://{tmp_path}/missing.xml", "node-a", executor,
+                               RateLimitedLog(logging.getLogger(__name__)))
+        assert await broken.list(102.0) is None  # unreachable: nothing known, nothing gone
+        assert broken.conn is None and not broken.listed_once
