@@ -53,11 +53,13 @@ SOCKET_PATH_MAX = 107
 _POD_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 
 
-def find_launchers(pods_dir: str, template: str, links_dir: str) -> dict[str, Launcher]:
-    """The launchers under `pods_dir` (the kubelet's pods folder), by URI. A folder that cannot be read
-    (a pod being torn down as it is read) is left out; the pods folder itself missing is an `OSError`.
-    Sockets whose path is too long are reached through a link in `links_dir` (made here)."""
+def find_launchers(pods_dir: str, template: str, links_dir: str) -> tuple[dict[str, Launcher], dict[str, str]]:
+    """The launchers under `pods_dir` (the kubelet's pods folder), by URI, and the pods (by uid) that
+    have a launcher's folder but could not be linked to, with why. A pod folder that cannot be read (torn
+    down as it is read) is left out; the pods folder itself missing is an `OSError`. Sockets whose path
+    is too long are reached through a link in `links_dir` (made here)."""
     launchers: dict[str, Launcher] = {}
+    failed: dict[str, str] = {}
     with os.scandir(pods_dir) as entries:
         for entry in entries:
             if not _POD_UID.fullmatch(entry.name):
@@ -66,12 +68,16 @@ def find_launchers(pods_dir: str, template: str, links_dir: str) -> dict[str, La
             try:
                 if not entry.is_dir(follow_symlinks=False) or not os.path.isdir(runtime):
                     continue
-                socket = os.path.join(runtime, SOCKET_NAME)
-                uri = launcher_uri(template, short_path(socket, links_dir, entry.name))
             except OSError:
                 continue
+            socket = os.path.join(runtime, SOCKET_NAME)
+            try:
+                uri = launcher_uri(template, short_path(socket, links_dir, entry.name))
+            except OSError as exc:
+                failed[entry.name] = f"no short link to its socket in {links_dir}: {exc}"
+                continue
             launchers[uri] = Launcher(entry.name, socket, uri)
-    return launchers
+    return launchers, failed
 
 
 def short_path(socket: str, links_dir: str, name: str) -> str:

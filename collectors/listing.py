@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: A listing that takes longer is given up (a daemon that accepts connections and never answers would
+#: otherwise hold every other URI's listing, and the node's polls, behind it).
+LIST_TIMEOUT = 15.0
+
 _STATES: dict[int, DomainState] = {
     libvirt.VIR_DOMAIN_RUNNING: "running",
     libvirt.VIR_DOMAIN_PAUSED: "paused",
@@ -85,6 +89,8 @@ class DomainListing:
         self._parsed: dict[str, tuple[str, DomainState, DomainReport | None]] = {}
         #: Listed at least once (the VMIs of a first listing are first polled at a random offset).
         self.listed_once = False
+        #: A listing given up on (its libvirt call still runs in its thread).
+        self._stuck: asyncio.Future[_Read] | None = None
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
@@ -96,16 +102,32 @@ class DomainListing:
             log.info("connected to libvirt %s", self.uri)
         return self.conn
 
-    async def list(self, observed_at: float) -> Listed | None:
-        """List the domains now; None when libvirt cannot be reached (the connection is dropped)."""
+    async def list(self, observed_at: float, timeout: float = LIST_TIMEOUT) -> Listed | None:
+        """List the domains now; None when libvirt cannot be reached (the connection is dropped) or does not
+        answer within `timeout` seconds. libvirt's calls cannot be interrupted: a listing given up goes on in
+        its thread, and this URI is not listed again until it has returned (one thread at most per URI)."""
+        if self._stuck is not None:
+            if not self._stuck.done():
+                return None
+            self._stuck = None
+        call = asyncio.ensure_future(self._read())
         try:
-            read = await self._in_thread(_read_domains, await self.connection())
+            read = await asyncio.wait_for(asyncio.shield(call), timeout)
+        except TimeoutError:
+            self._stuck = call
+            call.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, not raised
+            self._logs.warning(("libvirt", self.uri), "libvirt %s did not answer a listing within %.0fs: not "
+                               "listed again until it does", self.uri, timeout)
+            return None
         except libvirt.libvirtError as exc:
             self._logs.warning(("libvirt", self.uri), "cannot list domains of %s: %s", self.uri, exc)
             await self.close()
             return None
         self._logs.recovered(("libvirt", self.uri), "listing domains of %s works again", self.uri)
         return self._compare(read, observed_at)
+
+    async def _read(self) -> _Read:
+        return await self._in_thread(_read_domains, await self.connection())
 
     def _compare(self, read: _Read, observed_at: float) -> Listed:
         listed = Listed()
@@ -170,4 +192,5 @@ def _read_domains(conn: libvirt.virConnect) -> _Read:
                 read.unreadable.append(name)
             continue
         read.domains.append(ListedDomain(name=name, domain=domain, xml=xml, state=state, id=domain_id))
+    read.domains.sort(key=lambda listed: listed.name)  # libvirt's order is not fixed; "the first" must be
     return read

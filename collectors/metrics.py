@@ -101,3 +101,7 @@ LAUNCHERS_REACHABLE = Gauge(
     "Followed virt-launcher daemons connected: their event connection is up (without events: their last "
     "listing worked).",
 )
+LAST_ROUND = Gauge(
+    "guestinfo_collector_last_round_timestamp_seconds",
+    "When the collector's loop last finished a round (its /healthz fails when that is long ago).",
+)

@@ -73,6 +73,7 @@ from collectors.events import DomainEvent, DomainEventWatcher
 from collectors.launchers import Launcher, find_launchers, forget_link
 from collectors.listing import DomainListing, ListedDomain, removal
 from collectors.metrics import (
+    LAST_ROUND,
     LAUNCHERS,
     LAUNCHERS_REACHABLE,
     POLLS_BACKED_OFF,
@@ -275,7 +276,7 @@ class NodeCollector:
         """Queue `key` at its next due time, or take it out while it cannot be polled (gone, not listed
         running, mid-poll: the poll's end queues it again). Call after anything that changes those."""
         state, known = self._vmis.get(key), self._known.get(key)
-        when = None if state is None or known is None else state.due_at(self._loop_time(), known[1].state == "running")
+        when = None if state is None or known is None else state.due_at(known[1].state == "running")
         if when is None:
             self._due.discard(key)
         else:
@@ -378,7 +379,7 @@ class NodeCollector:
         if state is None:
             state = self._vmis[key] = self._new_state(key, listed.id, 0.0)
         path = self._socket_path(report.vmi)
-        if path is None:
+        if path is None and not state.busy:  # a poll in flight finds the closed socket itself
             await self._socket_gone(key, state)
         step = state.shown(report, listed.id, path is not None, self._loop_time(), scheduled)
         if step.void_poll and state.poll is not None:
@@ -565,6 +566,7 @@ async def run_collector(config: CollectorConfig) -> None:
                     launchers.count_reachable()
                 await collector.poll_due(publisher.send, skip=listed)
                 publisher.resync_due()
+                LAST_ROUND.set_to_current_time()
             except Exception:  # a failed round is logged; the next one starts on time
                 log.exception("collector round failed")
             wake_at = min([
@@ -652,11 +654,15 @@ class Launchers:
         removed). A pods folder that cannot be read changes nothing."""
         self.next_scan = now + self.interval
         try:
-            found = await asyncio.to_thread(find_launchers, self.pods_dir, self.template, self.links)
+            found, failed = await asyncio.to_thread(find_launchers, self.pods_dir, self.template, self.links)
         except OSError as exc:
             self._logs.warning(("pods", self.pods_dir), "cannot read the pods folder %s: %s", self.pods_dir, exc)
             return
         self._logs.recovered(("pods", self.pods_dir), "the pods folder %s can be read again", self.pods_dir)
+        for pod_uid, reason in failed.items():
+            self._logs.warning(("launcher", pod_uid), "launcher of pod %s cannot be reached: %s", pod_uid, reason)
+        # A launcher known before whose link could not be made this time is still there: kept.
+        found |= {uri: launcher for uri, launcher in self.known.items() if launcher.pod_uid in failed}
         for uri, launcher in found.items():
             if uri not in self.known:
                 log.info("launcher of pod %s found: %s", launcher.pod_uid, uri)

@@ -64,7 +64,7 @@ class Step:
     backed_off: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class VMI:
     """What the collector keeps of one VMI between listings."""
 
@@ -99,12 +99,12 @@ class VMI:
         self.session = new_session()
         log.info("agent of %s: new session (%s)", self.key, why)
 
-    def due_at(self, now: float, running: bool) -> float | None:
-        """When this VMI is next due for a scheduled poll; None while it cannot be polled (not listed
-        running, or mid-poll: the poll's end queues it again)."""
-        if not running or self.busy:
+    def due_at(self, running: bool) -> float | None:
+        """When this VMI is next due for a scheduled poll (0: at once); None while it cannot be polled (not
+        listed running, or mid-poll: the poll's end queues it again)."""
+        if not running or (self.poll is not None and not self.poll.done()):
             return None
-        return now if self.poll_all else self.schedule.next_due()
+        return 0.0 if self.poll_all else self.schedule.next_due()
 
     def wants_poll(self, now: float) -> bool:
         """Whether a scheduled round should look at this VMI now."""

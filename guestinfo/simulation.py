@@ -143,6 +143,18 @@ def write_node_file(root: Path, node: int, specs: list[VMISpec]) -> Path:
     return path
 
 
+def write_launcher_files(root: Path, node: int, specs: list[VMISpec], launchers: int) -> list[Path]:
+    """Node `node`'s VMIs split round-robin over `launchers` test-driver files (none when 0)."""
+    mine = [spec for spec in specs if spec.node == node]
+    paths = []
+    for number in range(launchers):
+        path = node_dir(root, node) / f"launcher-{number:03}.xml"
+        body = "".join(kubevirt_domain_xml(s.namespace, s.name, s.uid, s.macs) for s in mine[number::launchers])
+        path.write_text(f"<node>{body}\n</node>\n")
+        paths.append(path)
+    return paths
+
+
 # --- the simulated guest agents (the helper process) ---------------------------------------------------
 
 
@@ -418,6 +430,9 @@ class SimNode:
     node_file: Path
     socket_dir: Path
     metrics_port: int
+    #: With launchers: the node's VMIs split over these test-driver files, one libvirt URI each (as
+    #: virt-launcher pods each have a libvirt of their own); the collector lists every one.
+    launcher_files: list[Path] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
     #: Restarts of one node's collector run one at a time (two migrations may touch the same node).
     restarting: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -462,8 +477,9 @@ class Fleet:
 
     async def start_collector(self, node: SimNode) -> None:
         log_args = ["-v"] * max(self.verbosity, 0) + ["-q"] * max(-self.verbosity, 0)
+        uris = [f"test://{path}" for path in node.launcher_files or [node.node_file]]
         argv = [sys.executable, "-m", "guestinfo", *log_args, "collect",
-                "--bootstrap-servers", self.bootstrap, "--libvirt-uri", f"test://{node.node_file}",
+                "--bootstrap-servers", self.bootstrap, *(arg for uri in uris for arg in ("--libvirt-uri", uri)),
                 "--agent-socket-dir", str(node.socket_dir), "--node-name", node.name,
                 "--metrics-listen", f"127.0.0.1:{node.metrics_port}"]
         if self.interval is not None:
@@ -597,9 +613,15 @@ async def start_fleet(
     *,
     events: bool = True,
     verbosity: int = 0,
+    launchers: int = 0,
 ) -> Fleet:
-    """Write the node files, start the agents' process and one collector per node; see the module doc."""
+    """Write the node files, start the agents' process and one collector per node; see the module doc.
+    With `launchers`, each node's VMIs are split over that many libvirt URIs (without `events`: a
+    migration rewrites the one node file)."""
     from guestinfo.broker import free_port
+
+    if launchers and events:
+        raise ValueError("launchers need events=False: a simulated migration rewrites the node file")
 
     root = (Path(state_dir) / SIM_DIR).absolute()
     root.mkdir(parents=True, exist_ok=True)
@@ -609,7 +631,8 @@ async def start_fleet(
         folder = node_dir(root, index)
         (folder / "sockets").mkdir(parents=True, exist_ok=True)
         sim_nodes.append(SimNode(index=index, name=f"sim-node-{index}", node_file=write_node_file(root, index, specs),
-                                 socket_dir=folder / "sockets", metrics_port=free_port()))
+                                 socket_dir=folder / "sockets", metrics_port=free_port(),
+                                 launcher_files=write_launcher_files(root, index, specs, launchers)))
     group_size = max(1, VMIS_PER_AGENTS_PROCESS // vmis_per_node)
     groups = [list(range(start, min(start + group_size, nodes))) for start in range(0, nodes, group_size)]
     agents: list[tuple[asyncio.subprocess.Process, str]] = []

@@ -26,9 +26,9 @@ from guestinfo.lifecycle import run_until_signalled
 log = logging.getLogger(__name__)
 
 
-def serve_metrics(value: str | None, healthz: Callable[[], str] = lambda: "ok") -> None:
-    """Serve this process's Prometheus metrics (default registry) at `/metrics`, and `/healthz` (200 and
-    the text of `healthz()`), from a background thread."""
+def serve_metrics(value: str | None, healthz: Callable[[], tuple[bool, str]] = lambda: (True, "ok")) -> None:
+    """Serve this process's Prometheus metrics (default registry) at `/metrics`, and `/healthz` (200, or 503
+    when `healthz()` says it is not healthy, with its text), from a background thread."""
     if value is None:
         return
     import socket
@@ -43,8 +43,10 @@ def serve_metrics(value: str | None, healthz: Callable[[], str] = lambda: "ok") 
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("PATH_INFO") == "/healthz":
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-            return [f"{healthz()}\n".encode()]
+            healthy, text = healthz()
+            status = "200 OK" if healthy else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{text}\n".encode()]
         return metrics(environ, start_response)
 
     class Server(ThreadingMixIn, WSGIServer):
@@ -60,18 +62,28 @@ def serve_metrics(value: str | None, healthz: Callable[[], str] = lambda: "ok") 
     log.info("metrics on http://%s/metrics, health on /healthz", listen)
 
 
-def collector_health() -> str:
-    """The collector's `/healthz`: how many launchers it follows and reaches, and how many VMIs."""
+#: The collector is unhealthy when its loop has not finished a round for this long (a round waits at most
+#: a listing's timeout, 15 s, and an agent call's).
+STUCK_SECONDS = 120.0
+
+
+def collector_health() -> tuple[bool, str]:
+    """The collector's `/healthz`: whether its loop goes round, how many launchers it follows and reaches,
+    and how many VMIs."""
+    import time
+
     from prometheus_client import REGISTRY
 
     def value(name: str) -> int:
         return int(REGISTRY.get_sample_value(name) or 0)
 
-    return (
-        f"ok: {value('guestinfo_collector_launchers')} launcher(s) followed, "
-        f"{value('guestinfo_collector_launchers_reachable')} reachable; "
-        f"{value('guestinfo_collector_vmis_tracked')} VMI(s)"
-    )
+    last = REGISTRY.get_sample_value("guestinfo_collector_last_round_timestamp_seconds") or 0.0
+    counts = (f"{value('guestinfo_collector_launchers')} launcher(s) followed, "
+              f"{value('guestinfo_collector_launchers_reachable')} reachable; "
+              f"{value('guestinfo_collector_vmis_tracked')} VMI(s)")
+    if last and time.time() - last > STUCK_SECONDS:
+        return False, f"stuck: no round finished for {time.time() - last:.0f}s; {counts}"
+    return True, f"ok: {counts}"
 
 
 def poll_intervals(values: list[str]) -> dict[str, float]:

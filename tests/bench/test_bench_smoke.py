@@ -23,6 +23,7 @@ POSITIVE_FIGURES = (
     "rest_secured_ratio",
     "rest_floor_requests_per_s",
     "list_0_p99_ms",
+    "collector_launchers_percent_of_core_per_1000_vmis",
     "list_1_p99_ms",
 )
 
@@ -40,6 +41,7 @@ def test_small_bench_prints_the_table_and_writes_figures(tmp_path: Path) -> None
     assert "REST reads/s, secured (TLS + token + SAR, cached)" in done.stdout
     assert "REST floor: a bare aiohttp handler" in done.stdout
     assert "REST list, fieldSelector status.nodeName=node-3" in done.stdout
+    assert "collector CPU per 1000 VMIs over 10 launchers" in done.stdout
     assert "Traceback" not in done.stderr
     figures = json.loads(output.read_text())["figures"]
     for name in POSITIVE_FIGURES:

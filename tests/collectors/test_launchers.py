@@ -43,7 +43,8 @@ def test_find_launchers_reads_the_kubelet_layout(tmp_path: Path) -> None:
     (pods / str(uuid.uuid4()) / "volumes").mkdir(parents=True)  # a pod that is not a launcher
     (pods / "not a pod uid").mkdir()
     (pods / "stray-file").write_text("")
-    found = find_launchers(str(pods), TEMPLATE, str(links))
+    found, failed = find_launchers(str(pods), TEMPLATE, str(links))
+    assert failed == {}
     assert [(item.pod_uid, item.socket) for item in found.values()] == [
         (launcher, str(pods / launcher / RUNTIME_DIR / SOCKET_NAME))]
     (uri,) = found
@@ -62,6 +63,20 @@ def test_a_socket_path_too_long_for_an_address_gets_a_short_link(tmp_path: Path)
     assert short_path("/run/short.sock", str(tmp_path), "x") == "/run/short.sock"
     with pytest.raises(OSError, match="too long a path"):
         short_path(real, "/" + "d" * 120, "x")
+
+
+def test_a_launcher_that_cannot_be_linked_is_named_not_dropped_silently(tmp_path: Path) -> None:
+    pods = Path("/tmp") / f"p{uuid.uuid4().hex[:6]}"
+    try:
+        uid = str(uuid.uuid4())
+        pod_folder(pods, uid)
+        long_links = tmp_path / ("l" * 90)  # too long a folder for a short link
+        long_links.mkdir()
+        found, failed = find_launchers(str(pods), TEMPLATE, str(long_links))
+        assert len(str(pods / uid / RUNTIME_DIR / SOCKET_NAME)) > SOCKET_PATH_MAX  # it needs a link
+        assert found == {} and "too long a path" in failed[uid]
+    finally:
+        shutil.rmtree(pods, ignore_errors=True)
 
 
 class Launcher:
@@ -159,7 +174,8 @@ async def test_launchers_are_found_followed_and_dropped(broker: EmbeddedBroker, 
         await asyncio.to_thread(second.start, "vm-b")
         await reports.expect("vm-b", "running")
         assert gauge("guestinfo_collector_launchers") == 2
-        assert collector_health().startswith("ok: 2 launcher(s) followed, 2 reachable")
+        healthy, text = collector_health()
+        assert healthy and text.startswith("ok: 2 launcher(s) followed, 2 reachable"), text
 
         await asyncio.to_thread(first.stop)  # its daemon away, its pod still there: not a removal
         await reports.read(3.0)

@@ -4,6 +4,8 @@ what went away, and a connection that fails."""
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +21,7 @@ async def test_present_then_gone_then_unreachable(tmp_path: Path) -> None:
         assert not listing.listed_once
         first = await listing.list(100.0)
         assert first is not None and listing.listed_once
-        assert [(r.vmi.name, r.state, r.observed_at) for r, _ in first.present] == [
+        assert [(r.vmi.name, r.state, r.observed_at) for r, _ in first.present] == [  # in name order
             ("a", "running", 100.0), ("b", "running", 100.0)]
         assert first.gone == []
         conn = await listing.connection()
@@ -37,3 +39,24 @@ async def test_present_then_gone_then_unreachable(tmp_path: Path) -> None:
                                RateLimitedLog(logging.getLogger(__name__)))
         assert await broken.list(102.0) is None  # unreachable: nothing known, nothing gone
         assert broken.conn is None and not broken.listed_once
+
+
+async def test_a_daemon_that_never_answers_is_given_up_and_not_asked_again_meanwhile(tmp_path: Path) -> None:
+    """A launcher's daemon that accepts the connection and never answers (wedged) must not hold the node:
+    the listing is given up after its timeout, and that URI is skipped until the stuck call returns."""
+    path = tmp_path / "wedged.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    executor = ThreadPoolExecutor(2)
+    try:
+        listing = DomainListing(f"qemu+unix:///session?socket={path}", "node-a", executor,
+                                RateLimitedLog(logging.getLogger(__name__)))
+        started = time.monotonic()
+        assert await listing.list(1.0, timeout=0.5) is None
+        assert await listing.list(2.0, timeout=0.5) is None  # skipped at once: the first call still hangs
+        assert time.monotonic() - started < 2.0
+        assert not listing.listed_once
+    finally:
+        server.close()  # the hung call fails now and its thread ends
+        executor.shutdown(wait=False, cancel_futures=True)
