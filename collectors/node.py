@@ -164,7 +164,7 @@ class NodeCollector:
         observed_at = time.time()
         gone = TickReports()
         for key, vmi in listing.seen.items():
-            if any(key in other.seen for other in self._listings.values()):
+            if self._listed_elsewhere(key, listing):
                 continue
             await self._forget(key)
             gone.domains.append(removal(vmi, self.config.node_name, observed_at))
@@ -172,6 +172,9 @@ class NodeCollector:
         if gone.domains:
             await self._emit(emit, gone)
         return len(gone.domains)
+
+    def _listed_elsewhere(self, key: str, listing: DomainListing) -> bool:
+        return any(key in other.seen for other in self._listings.values() if other is not listing)
 
     def has_connection(self, uri: str) -> bool:
         """A libvirt connection of `uri` is open (its last listing worked)."""
@@ -213,7 +216,8 @@ class NodeCollector:
             if result is None:
                 continue  # libvirt unreachable: nothing is known, so nothing is reported removed
             spread = self.config.poll_warmup if scheduled and first_listing else 0.0
-            now.domains.extend(result.gone)
+            # A VMI another URI still lists is not gone (an old launcher pod beside the new one).
+            now.domains.extend(gone for gone in result.gone if not self._listed_elsewhere(gone.vmi.key, listing))
             for report, listed in result.present:
                 found.append((listing.uri, report, listed))
                 if report.vmi.key not in self._vmis:

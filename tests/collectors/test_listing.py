@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from collectors import CollectorConfig, NodeCollector, TickReports
 from collectors.listing import DomainListing
 from collectors.ratelimit import RateLimitedLog
 from tests.collectors.test_node import write_domains
@@ -60,3 +61,28 @@ async def test_a_daemon_that_never_answers_is_given_up_and_not_asked_again_meanw
     finally:
         server.close()  # the hung call fails now and its thread ends
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def test_a_vmi_another_uri_still_lists_is_not_reported_gone(tmp_path: Path) -> None:
+    """Two launchers may list one VMI for a while (the old pod lingering beside the new one): its domain
+    going from one of them is no removal while the other still lists it."""
+    old = write_domains(tmp_path / "old.xml", ["vm"])
+    new = write_domains(tmp_path / "new.xml", ["vm"])
+    collector = NodeCollector(CollectorConfig(bootstrap_servers="127.0.0.1:1", libvirt_uris=[old, new], node_name="n"))
+    try:
+        await collector.collect_once()
+        domain = (await collector.connection(old)).lookupByName("default_vm")
+        domain.destroy()
+        domain.undefine()
+        reports = await collector.collect_once()
+        assert [r for r in reports.domains if r.removed] == []
+        assert [r.vmi.name for r in reports.domains] == ["vm"]  # still listed by the other
+        gone = await collector.drop_uri(new, _ignore)
+        assert gone == 1  # listed nowhere now
+    finally:
+        await collector.close()
+        collector.shutdown()
+
+
+async def _ignore(_reports: TickReports) -> None:
+    pass
