@@ -129,9 +129,11 @@ class DomainEventWatcher:
         self.connects += 1
         if self.connects > 1:
             log.info("libvirt events: reconnected to %s", self.uri)
-            self.on_event(DomainEvent(self.uri, "", "resync"))
         else:
             log.info("libvirt events: watching %s", self.uri)
+        # What happened before the callbacks were registered (while disconnected, or, the first time,
+        # between the collector's first listing and now) was not seen: the URI is listed again.
+        self.on_event(DomainEvent(self.uri, "", "resync"))
         try:
             await self._closed.wait()
             log.warning("libvirt events: connection to %s lost; reconnecting", self.uri)

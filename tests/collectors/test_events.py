@@ -31,6 +31,8 @@ async def test_lifecycle_events_and_reconnect(libvirtd: Libvirtd) -> None:
     task = asyncio.create_task(watcher.run())
     try:
         await wait_for(events, lambda _: watcher.connects == 1)
+        # Connected: a listing is asked for (what happened before the callbacks were registered was missed).
+        await wait_for(events, lambda found: [e.kind for e in found].count("resync") == 1)
         other = await asyncio.to_thread(libvirt.open, libvirtd.uri)
         dom = other.defineXML(DOMAIN)
         dom.create()
@@ -49,7 +51,7 @@ async def test_lifecycle_events_and_reconnect(libvirtd: Libvirtd) -> None:
         libvirtd.stop()  # the daemon goes away and comes back: the watcher reconnects and asks for a resync
         await asyncio.sleep(0.5)
         libvirtd.start()
-        await wait_for(events, lambda found: any(e.kind == "resync" for e in found), timeout=30)
+        await wait_for(events, lambda found: [e.kind for e in found].count("resync") == 2, timeout=30)
         other = await asyncio.to_thread(libvirt.open, libvirtd.uri)
         other.lookupByName("test").suspend()
         other.close()
