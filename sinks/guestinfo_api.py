@@ -100,6 +100,10 @@ class Output:
     form: str = "object"
     meta_version: str = "v1"
 
+    @property
+    def meta_api_version(self) -> str:
+        return f"meta.k8s.io/{self.meta_version}"
+
 
 def negotiate(accept: str) -> Output | None:
     """The first form of `accept` this server writes (JSON only); None when there is none."""
@@ -200,7 +204,7 @@ def table_row(obj: dict[str, Any], output: Output, include: str, now: float) -> 
     if include == "Object":
         row["object"] = obj
     elif include != "None":
-        row["object"] = partial_metadata(obj, f"meta.k8s.io/{output.meta_version}")
+        row["object"] = partial_metadata(obj, output.meta_api_version)
     return row
 
 
@@ -208,7 +212,7 @@ def table_body(objects: list[dict[str, Any]], output: Output, include: str, meta
     now = time.time()
     return orjson.dumps({
         "kind": "Table",
-        "apiVersion": f"meta.k8s.io/{output.meta_version}",
+        "apiVersion": output.meta_api_version,
         "metadata": metadata,
         "columnDefinitions": column_definitions(),
         "rows": [table_row(obj, output, include, now) for obj in objects],
@@ -219,9 +223,8 @@ def list_body(items: list[Listed], output: Output, include: str, metadata: dict[
     if output.form == "table":
         return table_body([orjson.loads(object_bytes(item)) for item in items], output, include, metadata)
     if output.form == "metadata":
-        objects = [partial_metadata(orjson.loads(object_bytes(item)), f"meta.k8s.io/{output.meta_version}")
-                   for item in items]
-        return orjson.dumps({"kind": "PartialObjectMetadataList", "apiVersion": f"meta.k8s.io/{output.meta_version}",
+        objects = [partial_metadata(orjson.loads(object_bytes(item)), output.meta_api_version) for item in items]
+        return orjson.dumps({"kind": "PartialObjectMetadataList", "apiVersion": output.meta_api_version,
                              "metadata": metadata, "items": objects})
     # The objects are stored as JSON: the list is written around them, never re-encoded.
     head = b'{"kind":"%s","apiVersion":"%s","metadata":%s,"items":[' % (
@@ -229,12 +232,13 @@ def list_body(items: list[Listed], output: Output, include: str, metadata: dict[
     return head + b",".join(object_bytes(item) for item in items) + b"]}"
 
 
-def single_body(item: Listed, output: Output, include: str) -> bytes:
-    body = object_bytes(item)
+def object_body(body: bytes, output: Output, include: str, table_metadata: dict[str, Any]) -> bytes:
+    """One GuestInfo (its bytes, with resourceVersion) in the form asked for: itself, a Table of one row
+    (with `table_metadata`), or its PartialObjectMetadata. A get answers with it, and each watch event."""
     if output.form == "table":
-        return table_body([orjson.loads(body)], output, include, {"resourceVersion": str(item.resource_version)})
+        return table_body([orjson.loads(body)], output, include, table_metadata)
     if output.form == "metadata":
-        return orjson.dumps(partial_metadata(orjson.loads(body), f"meta.k8s.io/{output.meta_version}"))
+        return orjson.dumps(partial_metadata(orjson.loads(body), output.meta_api_version))
     return body
 
 
@@ -248,21 +252,30 @@ def _include(request: web.Request) -> str:
 # -- handlers ---------------------------------------------------------------------------------------
 
 
-async def get_guestinfo(request: web.Request) -> web.StreamResponse:
-    """GET .../namespaces/{namespace}/guestinfos/{name}."""
+def requested_form(request: web.Request) -> tuple[Output, str] | web.Response:
+    """The form (`Accept`) and `includeObject` a get, list or watch asks for, or the error answer."""
     output = negotiate(request.headers.get("Accept", ""))
     if output is None:
         return not_acceptable()
     try:
-        include = _include(request)
+        return output, _include(request)
     except ValueError as exc:
         return bad_request(str(exc))
+
+
+async def get_guestinfo(request: web.Request) -> web.StreamResponse:
+    """GET .../namespaces/{namespace}/guestinfos/{name}."""
+    form = requested_form(request)
+    if isinstance(form, web.Response):
+        return form
+    output, include = form
     name = request.match_info["name"]
     namespace = request.match_info["namespace"]
     item = None if "\x00" in namespace + name else await request.app[STORE_KEY].get_guestinfo(namespace, name)
     if item is None:
         return not_found(name)
-    return web.Response(body=single_body(item, output, include), content_type=JSON)
+    body = object_body(object_bytes(item), output, include, {"resourceVersion": str(item.resource_version)})
+    return web.Response(body=body, content_type=JSON)
 
 
 def not_acceptable() -> web.Response:
@@ -275,12 +288,12 @@ def not_acceptable() -> web.Response:
 
 async def list_or_watch(request: web.Request) -> web.StreamResponse:
     """GET .../guestinfos and .../namespaces/{namespace}/guestinfos: a list, or with ?watch a watch."""
-    output = negotiate(request.headers.get("Accept", ""))
-    if output is None:
-        return not_acceptable()
+    form = requested_form(request)
+    if isinstance(form, web.Response):
+        return form
+    output, include = form
     try:
         chosen = selection(request)
-        include = _include(request)
         watching = _bool(request.query, "watch")
         limit = min(_integer(request.query, "limit") or 0, _LIMIT_CAP)
     except (SelectorError, ValueError) as exc:
@@ -410,11 +423,7 @@ class WatchStream:
         self.sent = 0
 
     async def send(self, event_type: str, obj: bytes) -> None:
-        if self.output.form == "table":
-            rows = table_body([orjson.loads(obj)], self.output, self.include, {})
-            obj = rows
-        elif self.output.form == "metadata":
-            obj = orjson.dumps(partial_metadata(orjson.loads(obj), f"meta.k8s.io/{self.output.meta_version}"))
+        obj = object_body(obj, self.output, self.include, {})
         await self.response.write(b'{"type":"%s","object":%s}\n' % (event_type.encode(), obj))
         self.sent += 1
 

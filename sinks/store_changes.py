@@ -13,7 +13,7 @@ it is what each object changed since then held before its first change (docs/gue
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from schemas.vmi import VMIRecord
 from sinks.guestinfos import encode_guestinfo, guestinfo, selectable_fields
@@ -90,6 +90,12 @@ class Plan:
     entries: list[LogEntry] = field(default_factory=list)
 
 
+def row_of(record: VMIRecord, seq: int, object_seq: int, created_at: float) -> RowWrite:
+    """A VMI's row for `record`: its GuestInfo (created at `created_at`) and selectable fields."""
+    obj = guestinfo(record, created_at)
+    return RowWrite(record, seq, object_seq, created_at, encode_guestinfo(obj), selectable_fields(obj))
+
+
 def plan_change(change: Change, stored: StoredVMI | None, last_seq: int, now: float) -> Plan | None:
     """What `change` writes over `stored`, numbering writes after `last_seq`; None when it writes nothing
     (a deletion of nothing, or a record older than the stored one: delivery is at-least-once)."""
@@ -104,8 +110,8 @@ def plan_change(change: Change, stored: StoredVMI | None, last_seq: int, now: fl
     ref = change.vmi
     same_vmi = stored is not None and stored.uid == ref.uid
     created_at = stored.created_at if stored is not None and same_vmi else now
-    obj = guestinfo(change, created_at)
-    body = encode_guestinfo(obj)
+    row = row_of(change, 0, 0, created_at)
+    body = row.body
     seq = last_seq + 1
     plan = Plan(seq)
     if stored is not None and not same_vmi:
@@ -122,7 +128,7 @@ def plan_change(change: Change, stored: StoredVMI | None, last_seq: int, now: fl
     else:
         object_seq = stored.object_seq
     plan.last_seq = seq
-    plan.row = RowWrite(change, seq, object_seq, created_at, body, selectable_fields(obj))
+    plan.row = replace(row, seq=seq, object_seq=object_seq)
     return plan
 
 

@@ -14,9 +14,8 @@ import asyncpg
 
 from schemas.codec import decode, encode
 from schemas.vmi import VMIRecord
-from sinks.guestinfos import encode_guestinfo, guestinfo, selectable_fields
 from sinks.store import LOG_TABLE, META_TABLE, TABLE, Change, StoreError, Tombstone, Version, describe_url
-from sinks.store_changes import FIELD_ONLY_COLUMNS, LogEntry, StoredVMI, change_key, field_values, plan_batch
+from sinks.store_changes import FIELD_ONLY_COLUMNS, LogEntry, StoredVMI, change_key, field_values, plan_batch, row_of
 from sinks.store_listing import (
     Listed,
     ListPage,
@@ -286,11 +285,10 @@ async def _backfill(conn: asyncpg.Connection) -> None:
     assignments = ", ".join(f"{column} = {next(marks)}" for column in columns)
     update = f"UPDATE {TABLE} SET {assignments} WHERE namespace = {next(marks)} AND name = {next(marks)}"
     for namespace, name, updated_at, raw in rows:
-        record = decode(VMIRecord, raw)
         seq += 1
-        obj = guestinfo(record, float(updated_at))
-        await conn.execute(update, seq, seq, record.vmi.uid, float(updated_at), encode_guestinfo(obj),
-                           *field_values(selectable_fields(obj)), namespace, name)
+        row = row_of(decode(VMIRecord, raw), seq, seq, float(updated_at))
+        await conn.execute(update, seq, seq, row.record.vmi.uid, row.created_at, row.body,
+                           *field_values(row.fields), namespace, name)
     await conn.execute(_SET_COUNTER, seq, "seq")
     await conn.execute(_SET_COUNTER, seq, "compacted")
 

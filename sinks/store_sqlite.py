@@ -12,9 +12,8 @@ from typing import Any, TypeVar
 
 from schemas.codec import decode, encode
 from schemas.vmi import VMIRecord
-from sinks.guestinfos import encode_guestinfo, guestinfo, selectable_fields
 from sinks.store import LOG_TABLE, META_TABLE, TABLE, Change, StoreError, Tombstone, Version, check_url
-from sinks.store_changes import FIELD_ONLY_COLUMNS, LogEntry, StoredVMI, change_key, field_values, plan_batch
+from sinks.store_changes import FIELD_ONLY_COLUMNS, LogEntry, StoredVMI, change_key, field_values, plan_batch, row_of
 from sinks.store_listing import (
     Listed,
     ListPage,
@@ -361,11 +360,9 @@ def _backfill(conn: sqlite3.Connection) -> None:
     columns = ("seq", "object_seq", "uid", "created_at", "body", *FIELD_ONLY_COLUMNS)
     update = f"UPDATE {TABLE} SET {', '.join(f'{c} = ?' for c in columns)} WHERE namespace = ? AND name = ?"
     for namespace, name, updated_at, raw in rows:
-        record = decode(VMIRecord, raw)
         seq += 1
-        obj = guestinfo(record, float(updated_at))
-        values = field_values(selectable_fields(obj))
-        conn.execute(update, (seq, seq, record.vmi.uid, float(updated_at), encode_guestinfo(obj), *values,
+        row = row_of(decode(VMIRecord, raw), seq, seq, float(updated_at))
+        conn.execute(update, (seq, seq, row.record.vmi.uid, row.created_at, row.body, *field_values(row.fields),
                               namespace, name))
     conn.execute(_SET_COUNTER, (seq, "seq"))
     conn.execute(_SET_COUNTER, (seq, "compacted"))
