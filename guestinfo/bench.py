@@ -467,63 +467,64 @@ def ceiling_app(bootstrap: str, app_id: str, datadir: Path, with_table: bool) ->
 
 async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topic: str,
                    batch_size: int = 1000, batch_wait_ms: int = 50) -> None:
-    """The join's work per event without Faust: what `streams.app` does, in a plain aiokafka loop.
+    """The join's work without Faust: `streams.batches.JoinBatches`, the very class the Faust agent
+    runs, fed by a plain aiokafka loop.
 
-    Per `getmany` batch (as Faust's `take_events(1000, within=0.05)`): events grouped by key; per key
-    the stored state decoded, every event applied with `streams.app.apply_event`, at most one output
-    send and one changelog send of the encoded state when it changed; then all sends awaited and the
-    offsets committed. Runs until cancelled.
+    Per `getmany` batch (as Faust's `take_events(1000, within=0.05)`): the batch through `JoinBatches`
+    (fold, outputs delivered, states written), the states' changelog sends awaited (as Faust flushes
+    its table's changelog before it commits), then the offsets committed. Runs until cancelled.
     """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+    from streams.batches import JoinBatches
+    from streams.fold import MAX_RECORD_BYTES
+    from streams.output import make_output_producer
+
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024)
+    producer = make_output_producer(bootstrap, MAX_RECORD_BYTES)
+    changelog = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_RECORD_BYTES)
     await consumer.start()
     await producer.start()
+    await changelog.start()
     try:
         partitions = consumer.partitions_for_topic(DOMAIN_TOPIC) or set(range(PARTITIONS))
         consumer.assign([TopicPartition(t, p) for t in (DOMAIN_TOPIC, AGENT_TOPIC) for p in sorted(partitions)])
-        states: dict[bytes, bytes] = {}
+        states = ChangelogStates(changelog, changelog_topic)
+        batches = JoinBatches(states, producer, output_topic=output_topic)
         while True:
-            batches = await consumer.getmany(timeout_ms=batch_wait_ms, max_records=batch_size)
-            if not batches:
+            fetched = await consumer.getmany(timeout_ms=batch_wait_ms, max_records=batch_size)
+            if not fetched:
                 continue
-            by_key: dict[bytes, list[Any]] = {}
-            for records in batches.values():
-                for record in records:
-                    by_key.setdefault(record.key or b"", []).append(record)
-            futures: list[asyncio.Future[Any]] = []
-            for key, messages in by_key.items():
-                futures += await _raw_process_key(producer, states, key, messages, output_topic, changelog_topic)
-            await asyncio.gather(*futures)
+            await batches.take(record for records in fetched.values() for record in records)
+            await states.flush()
             await consumer.commit()
     finally:
+        await changelog.stop()
         await producer.stop()
         await consumer.stop()
 
 
-async def _raw_process_key(producer: Any, states: dict[bytes, bytes], key: bytes, messages: list[Any],
-                           output_topic: str, changelog_topic: str) -> list[asyncio.Future[Any]]:
-    """The same work per VMI as the Faust agent's `process_batch`, on a plain producer:
-    `streams.app.fold_batch`, and the output as `streams.app.output_send` makes it."""
-    from schemas.topics import DEAD_LETTER_TOPIC
-    from streams.app import dead_letter, fold_batch, output_send
-    from streams.metrics import EMITTED
+class ChangelogStates:
+    """The plain loop's states: a dict whose writes also go to a changelog topic, as a Faust table's do."""
 
-    futures: list[asyncio.Future[Any]] = []
-    stored = states.get(key)
-    batch = fold_batch(stored, key, messages)
-    for message, _kind, reason in batch.refused:
-        futures.append(await producer.send(DEAD_LETTER_TOPIC, dead_letter(message, reason), key=key))
-    if batch.output is not None:
-        send = output_send(key, batch.output)
-        futures.append(await producer.send(output_topic, send.value, key=key, headers=list(send.headers)))
-        EMITTED.labels("record" if send.value is not None else "tombstone").inc()
-    if batch.state != stored:
-        states[key] = batch.state
-        futures.append(await producer.send(changelog_topic, batch.state, key=key))
-    return futures
+    def __init__(self, producer: Any, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._states: dict[bytes, bytes] = {}
+        self._pending: list[asyncio.Task[Any]] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._states.get(key)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._states[key] = value
+        self._pending.append(asyncio.ensure_future(self._producer.send(self._topic, value, key=key)))
+
+    async def flush(self) -> None:
+        """Wait for every changelog send since the last flush to be acknowledged."""
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*[await task for task in pending])
 
 
 # ------------------------------------------------------------------------------------------ REST reads

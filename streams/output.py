@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
@@ -29,6 +30,15 @@ class Send:
     key: bytes
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Producer(Protocol):
+    """What `deliver` uses of a producer (aiokafka's `AIOKafkaProducer.send`)."""
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None,
+        timestamp_ms: int | None = None, headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[object]: ...
 
 
 def make_output_producer(bootstrap_servers: str, max_request_size: int) -> AIOKafkaProducer:
@@ -57,7 +67,7 @@ def passing(error: KafkaError) -> bool:
     return bool(error.retriable) or isinstance(error, KafkaTimeoutError | KafkaConnectionError)
 
 
-async def deliver(producer: AIOKafkaProducer, sends: Sequence[Send]) -> list[KafkaError | None]:
+async def deliver(producer: Producer, sends: Sequence[Send]) -> list[KafkaError | None]:
     """Send everything and wait for the acks.
 
     What fails for a passing reason (`passing`: the broker away, a timeout, a leader moving) is sent

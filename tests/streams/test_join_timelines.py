@@ -25,7 +25,7 @@ import pytest
 from schemas.codec import DecodeError, encode
 from schemas.events import AgentReport, DomainReport, vmi_key
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
-from streams.app import apply_event, fold, fold_batch
+from streams.fold import apply_event, fold, fold_batch
 from streams.join import JoinResult, VMIState
 
 ABSENT = "<absent>"

@@ -1,0 +1,142 @@
+"""One VMI's raw events of a batch folded into its new state and at most one output (pure, no I/O).
+
+Decode, apply, encode: the stored state is decoded once per batch, every event of the VMI is applied
+in order (`streams.join`), and the new state is encoded once. A bad event is refused with a reason for
+the dead-letter topic, never raised: the VMI's other events go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from schemas.codec import DecodeError, decode, encode
+from schemas.events import AgentReport, DomainReport
+from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, UID_HEADER
+from streams.join import JoinResult, VMIState, apply_agent, apply_domain
+from streams.metrics import EVENTS
+from streams.output import Send
+
+log = logging.getLogger(__name__)
+
+#: The largest raw event, record or state (as large as the collector publishes).
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
+class RawMessage(Protocol):
+    """What the fold reads of a consumer record (Faust's and aiokafka's both have these)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A raw event the join cannot apply: `kind` for the metric, `reason` for the dead-letter topic."""
+
+    message: RawMessage
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedBatch:
+    """The outcome of one VMI's events of a batch: its new encoded state, the one output to send (the
+    last; records carry revisions and the merged topic is compacted, so a batch coalesces them), and
+    the events refused."""
+
+    state: bytes
+    output: JoinResult | None
+    refused: list[Refusal]
+
+
+def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage]) -> FoldedBatch:
+    """Apply one VMI's events of a batch, in order, to its stored state."""
+    state = load_state(stored)
+    output: JoinResult | None = None
+    refused: list[Refusal] = []
+    for message in messages:
+        EVENTS.labels(message.topic).inc()
+        try:
+            result = apply_event(state, message.topic, message.value, key)
+        except DecodeError as exc:
+            refused.append(Refusal(message, "undecodable", str(exc)))
+            continue
+        except Exception as exc:  # a bug on one event must not stop the stream for every VMI
+            log.debug("join failed on %s[%d]@%d", message.topic, message.partition, message.offset, exc_info=True)
+            refused.append(Refusal(message, "internal", f"internal error: {type(exc).__name__}: {exc}"))
+            continue
+        state = result.state
+        if result.record is not None or result.tombstone:
+            output = result
+    return FoldedBatch(encode(state), output, refused)
+
+
+def fold(stored: bytes | None, topic: str, value: bytes | None) -> JoinResult:
+    """Apply one raw event to a VMI's stored (encoded) state."""
+    return apply_event(load_state(stored), topic, value)
+
+
+def apply_event(state: VMIState, topic: str, value: bytes | None, key: bytes | None = None) -> JoinResult:
+    """Apply one raw event to a VMI's state; with `key`, the report must be of that VMI."""
+    if value is None:
+        raise DecodeError("raw event without a value")
+    if len(value) > MAX_RECORD_BYTES:
+        raise DecodeError(f"raw event of {len(value)} bytes is over the {MAX_RECORD_BYTES} byte limit")
+    report: DomainReport | AgentReport
+    if topic == DOMAIN_TOPIC:
+        report = decode(DomainReport, value)
+    elif topic == AGENT_TOPIC:
+        report = decode(AgentReport, value)
+    else:
+        raise DecodeError(f"unexpected topic {topic}")
+    if key is not None and key != report.vmi.key.encode():
+        raise DecodeError(f"key {key[:300]!r} is not the report's VMI {report.vmi.key!r}")
+    if isinstance(report, DomainReport):
+        return apply_domain(state, report)
+    return apply_agent(state, report)
+
+
+def load_state(stored: bytes | None) -> VMIState:
+    """A VMI's stored state; one that no longer decodes is replaced by a fresh state (and logged),
+    so that the VMI is rebuilt from its next events instead of being stuck."""
+    if stored is None:
+        return VMIState()
+    try:
+        return decode(VMIState, stored)
+    except DecodeError as exc:
+        log.error("stored join state does not decode, starting it afresh: %s", exc)
+        return VMIState()
+
+
+def output_send(topic: str, key: bytes, output: JoinResult) -> Send:
+    """The merged record, or the tombstone with the removed VMI's uid in `UID_HEADER`."""
+    if output.record is not None or not output.state.removed_uid:
+        return Send(topic, key, output.record_bytes())
+    return Send(topic, key, None, ((UID_HEADER, output.state.removed_uid.encode()),))
+
+
+def dead_letter(topic: str, refusal: Refusal) -> Send:
+    """The refused raw event on the dead-letter topic: where it was, why, and its value (cut at 64 KiB)."""
+    message = refusal.message
+    value = message.value
+    body = orjson.dumps({
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "reason": refusal.reason,
+        "value": value.decode("utf-8", errors="replace")[:65536] if value is not None else None,
+    })
+    return Send(topic, message.key or b"", body)

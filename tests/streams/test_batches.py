@@ -1,0 +1,196 @@
+"""`streams.batches.JoinBatches`, the join's delivery rules, without a broker: a scripted producer and a
+dict of states. Per-batch coalescing, resends, the unsendable path, never writing a state (nor
+returning, so never acknowledging) before its output is delivered, and abandoning a batch that cannot
+finish."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import orjson
+import pytest
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+
+from schemas.codec import encode
+from schemas.events import AgentReport, DomainReport, VMIRef
+from schemas.kubevirt import GuestOSInfo
+from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
+from streams import output
+from streams.batches import JoinBatches
+
+T0 = 1_764_000_000.0
+
+#: What the scripted producer answers a send with: None (delivered), an error, or a future to await.
+Outcome = BaseException | None | asyncio.Future[object]
+
+
+@dataclass
+class ScriptedProducer:
+    """Answers each send with `script(topic, key, attempt)`; records every send."""
+
+    script: Callable[[str, bytes, int], Outcome] = lambda topic, key, attempt: None
+    sent: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   partition: int | None = None, timestamp_ms: int | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[object]:
+        assert key is not None
+        attempt = sum(1 for t, k, _ in self.sent if (t, k) == (topic, key))
+        self.sent.append((topic, key, value))
+        outcome = self.script(topic, key, attempt)
+        if isinstance(outcome, asyncio.Future):
+            return outcome
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if outcome is None:
+            future.set_result(object())
+        else:
+            future.set_exception(outcome)
+        return future
+
+    def to(self, topic: str) -> list[tuple[bytes, bytes | None]]:
+        return [(key, value) for t, key, value in self.sent if t == topic]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int = 0
+    offset: int = 0
+
+
+class Abandoned(Exception):
+    """Raised by the test's abandon instead of ending the process."""
+
+
+def abandon(why: str) -> NoReturn:
+    raise Abandoned(why)
+
+
+@pytest.fixture(autouse=True)
+def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(output, "RETRY_PAUSES", (0.0,))
+
+
+def vmi(name: str) -> VMIRef:
+    return VMIRef(namespace="ns", name=name, uid=f"uid-{name}")
+
+
+def domain(name: str, at: float, offset: int = 0) -> Message:
+    report = DomainReport(vmi=vmi(name), node="n1", observed_at=at, agent_connected=True)
+    return Message(DOMAIN_TOPIC, f"ns/{name}".encode(), encode(report), offset=offset)
+
+
+def agent(name: str, at: float, os_id: str, offset: int = 0) -> Message:
+    report = AgentReport(vmi=vmi(name), node="n1", observed_at=at, connected=True, session="s",
+                         os=GuestOSInfo(id=os_id))
+    return Message(AGENT_TOPIC, f"ns/{name}".encode(), encode(report), offset=offset)
+
+
+def revision_and_os(value: bytes | None) -> tuple[int, str]:
+    assert value is not None
+    record = orjson.loads(value)
+    return record["revision"], record["status"]["guestOSInfo"].get("id", "")
+
+
+async def test_a_batch_sends_one_output_per_vmi_the_last_and_writes_each_state_once() -> None:
+    states: dict[bytes, bytes] = {}
+    producer = ScriptedProducer()
+    batches = JoinBatches(states, producer, on_abandon=abandon)
+    await batches.take([domain("a", T0), agent("a", T0 + 1, "fedora"), agent("a", T0 + 2, "debian"),
+                        domain("b", T0)])
+    outputs = producer.to(VMI_TOPIC)
+    assert [key for key, _ in outputs] == [b"ns/a", b"ns/b"], "one output per VMI and batch"
+    assert revision_and_os(outputs[0][1]) == (3, "debian"), "the last output of the batch, its revision counted"
+    assert set(states) == {b"ns/a", b"ns/b"}
+    assert orjson.loads(states[b"ns/a"])["revision"] == 3
+
+
+async def test_an_outage_is_waited_out_and_only_then_the_state_is_written() -> None:
+    states: dict[bytes, bytes] = {}
+    producer = ScriptedProducer(lambda topic, key, attempt: KafkaConnectionError() if attempt < 2 else None)
+    await JoinBatches(states, producer, on_abandon=abandon).take([domain("a", T0)])
+    assert [key for key, _ in producer.to(VMI_TOPIC)] == [b"ns/a"] * 3, "sent again until delivered"
+    assert b"ns/a" in states
+
+
+async def test_no_state_is_written_and_the_batch_not_done_before_its_outputs_are_acknowledged() -> None:
+    states: dict[bytes, bytes] = {}
+    ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    producer = ScriptedProducer(lambda topic, key, attempt: ack)
+    taking = asyncio.ensure_future(JoinBatches(states, producer, on_abandon=abandon).take([domain("a", T0)]))
+    await asyncio.sleep(0.05)
+    assert not taking.done(), "the caller may not acknowledge the events yet"
+    assert states == {}, "a state written before its output is delivered could lose the output"
+    ack.set_result(object())
+    await taking
+    assert b"ns/a" in states
+
+
+async def test_an_output_the_broker_refuses_for_good_dead_letters_the_vmis_events_and_keeps_its_state() -> None:
+    states: dict[bytes, bytes] = {}
+    refused = MessageSizeTooLargeError()
+    producer = ScriptedProducer(lambda topic, key, attempt: refused if (topic, key) == (VMI_TOPIC, b"ns/a") else None)
+    await JoinBatches(states, producer, on_abandon=abandon).take(
+        [domain("a", T0, offset=7), agent("a", T0 + 1, "fedora", offset=8), domain("b", T0, offset=9)])
+    assert list(states) == [b"ns/b"], "the refused VMI's state stays as it was: its next event sends again"
+    letters = [orjson.loads(value or b"") for _, value in producer.to(DEAD_LETTER_TOPIC)]
+    assert [(letter["topic"], letter["offset"]) for letter in letters] == [(DOMAIN_TOPIC, 7), (AGENT_TOPIC, 8)]
+    assert all("the broker refuses the merged output" in letter["reason"] for letter in letters)
+    assert [key for key, _ in producer.to(VMI_TOPIC)] == [b"ns/a", b"ns/b"], "refused for good: not sent again"
+
+
+async def test_an_undecodable_event_is_dead_lettered_and_the_vmis_other_events_go_on() -> None:
+    states: dict[bytes, bytes] = {}
+    producer = ScriptedProducer()
+    bad = Message(AGENT_TOPIC, b"ns/a", b"{not json", offset=3)
+    await JoinBatches(states, producer, on_abandon=abandon).take([domain("a", T0), bad, agent("a", T0 + 1, "alma")])
+    (letter,) = [orjson.loads(value or b"") for _, value in producer.to(DEAD_LETTER_TOPIC)]
+    assert (letter["offset"], letter["value"]) == (3, "{not json")
+    assert letter["reason"].startswith("not JSON")
+    (record,) = producer.to(VMI_TOPIC)
+    assert revision_and_os(record[1]) == (2, "alma")
+
+
+async def test_a_bug_on_a_batch_abandons_it() -> None:
+    class BrokenStates:
+        def get(self, key: bytes) -> bytes | None:
+            raise RuntimeError("the table is broken")
+
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            raise AssertionError("never reached")
+
+    with pytest.raises(Abandoned, match="a bug on a batch"):
+        await JoinBatches(BrokenStates(), ScriptedProducer(), on_abandon=abandon).take([domain("a", T0)])
+
+
+async def test_a_stop_mid_batch_waits_for_the_batch_then_lets_the_cancellation_through() -> None:
+    states: dict[bytes, bytes] = {}
+    ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    producer = ScriptedProducer(lambda topic, key, attempt: ack)
+    taking = asyncio.ensure_future(JoinBatches(states, producer, on_abandon=abandon).take([domain("a", T0)]))
+    await asyncio.sleep(0.05)
+    taking.cancel()
+    await asyncio.sleep(0.05)
+    assert not taking.done(), "a cancelled batch still runs to its end"
+    ack.set_result(object())
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    assert b"ns/a" in states, "the batch finished before the cancellation went through"
+
+
+async def test_a_stop_mid_batch_that_cannot_finish_within_the_grace_abandons_it() -> None:
+    states: dict[bytes, bytes] = {}
+    never: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    producer = ScriptedProducer(lambda topic, key, attempt: never)
+    batches = JoinBatches(states, producer, stop_grace=0.1, on_abandon=abandon)
+    taking = asyncio.ensure_future(batches.take([domain("a", T0)]))
+    await asyncio.sleep(0.05)
+    taking.cancel()
+    with pytest.raises(Abandoned, match="did not finish within"):
+        await taking
+    assert states == {}
