@@ -145,11 +145,12 @@ class JoinBatches:
 
 
 def _count_output(key: bytes, result: JoinResult) -> None:
-    record = result.record
-    if record is not None:
+    state = result.state
+    if result.record is not None:
         EMITTED.labels("record").inc()
-        (log.info if record.revision == 1 else log.debug)(
-            "VMI %s revision %d from node %s", record.vmi.key, record.revision, record.node
+        (log.info if state.revision == 1 else log.debug)(
+            "VMI %s revision %d from node %s", key.decode(errors="replace"), state.revision,
+            state.domain.node if state.domain else "?",
         )
     elif result.tombstone:
         EMITTED.labels("tombstone").inc()

@@ -10,12 +10,16 @@ its wording and is not removed on disconnect; it is removed when a connected age
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from schemas.events import AccessCredentialNeeds, AgentVersionInfo
-from schemas.kubevirt import AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED, VMICondition
+from schemas.kubevirt import AGENT_CONNECTED, AGENT_VERSION_NOT_SUPPORTED
+from streams.reports import AccessCredentialNeeds, AgentVersionInfo
+
+#: A VMICondition's JSON (`schemas.kubevirt.VMICondition`): metav1.Time fields are null when unset.
+Condition = dict[str, Any]
 
 REQUIRED_BASIC_COMMANDS = (
     "guest-ping",
@@ -47,11 +51,17 @@ REASON_PASSWORD = "This guest agent doesn't support required password commands"
 
 def probe_time(timestamp: float) -> str:
     """metav1.Time as Kubernetes writes it: RFC 3339, whole seconds, UTC."""
-    return datetime.fromtimestamp(int(timestamp), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339(int(timestamp))
 
 
-def agent_connected_condition(since: float) -> VMICondition:
-    return VMICondition(type=AGENT_CONNECTED, status="True", last_probe_time=probe_time(since))
+@functools.lru_cache(maxsize=4096)
+def _rfc3339(seconds: int) -> str:
+    """Cached (bounded): a VMI's condition times stay the same from record to record."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def agent_connected_condition(since: float) -> Condition:
+    return {"type": AGENT_CONNECTED, "status": "True", "lastProbeTime": probe_time(since), "lastTransitionTime": None}
 
 
 def unsupported_reason(info: AgentVersionInfo, needs: AccessCredentialNeeds | None = None) -> str | None:
@@ -74,17 +84,14 @@ def unsupported_reason(info: AgentVersionInfo, needs: AccessCredentialNeeds | No
     return f"Guest agent version '{info.version}' is not supported"
 
 
-def unsupported_condition(reason: str, since: float) -> VMICondition:
-    return VMICondition(
-        type=AGENT_VERSION_NOT_SUPPORTED, status="True", last_probe_time=probe_time(since), reason=reason
-    )
+def unsupported_condition(reason: str, since: float) -> Condition:
+    return {"type": AGENT_VERSION_NOT_SUPPORTED, "status": "True", "lastProbeTime": probe_time(since),
+            "lastTransitionTime": None, "reason": reason}
 
 
-def conditions(
-    connected_since: float | None, unsupported: tuple[str, float] | None
-) -> Sequence[VMICondition]:
+def conditions(connected_since: float | None, unsupported: tuple[str, float] | None) -> list[Condition]:
     """The agent conditions in KubeVirt's order: AgentConnected, then AgentVersionNotSupported."""
-    result: list[VMICondition] = []
+    result: list[Condition] = []
     if connected_since is not None:
         result.append(agent_connected_condition(connected_since))
     if unsupported is not None:

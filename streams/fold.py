@@ -10,16 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+import msgspec
 import orjson
+from prometheus_client import Counter
 
-from schemas.codec import DecodeError, decode, encode
-from schemas.events import AgentReport, DomainReport
+from schemas.codec import DecodeError
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, UID_HEADER
-from streams.join import JoinResult, VMIState, apply_agent, apply_domain
+from streams.join import STATES, JoinResult, VMIState, apply_agent, apply_domain, encode_state
 from streams.metrics import EVENTS
 from streams.output import Send
+from streams.reports import AGENT_REPORTS, DOMAIN_REPORTS
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage])
     output: JoinResult | None = None
     refused: list[Refusal] = []
     for message in messages:
-        EVENTS.labels(message.topic).inc()
+        _events_of(message.topic).inc()
         try:
             result = apply_event(state, message.topic, message.value, key)
         except DecodeError as exc:
@@ -81,7 +85,15 @@ def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage])
         state = result.state
         if result.record is not None or result.tombstone:
             output = result
-    return FoldedBatch(encode(state), output, refused)
+    return FoldedBatch(encode_state(state), output, refused)
+
+
+#: The events counter of each raw topic (a label lookup per event costs as much as a report's decode).
+_EVENTS_BY_TOPIC = {topic: EVENTS.labels(topic) for topic in (DOMAIN_TOPIC, AGENT_TOPIC)}
+
+
+def _events_of(topic: str) -> Counter:
+    return _EVENTS_BY_TOPIC.get(topic) or EVENTS.labels(topic)
 
 
 def fold(stored: bytes | None, topic: str, value: bytes | None) -> JoinResult:
@@ -95,18 +107,30 @@ def apply_event(state: VMIState, topic: str, value: bytes | None, key: bytes | N
         raise DecodeError("raw event without a value")
     if len(value) > MAX_RECORD_BYTES:
         raise DecodeError(f"raw event of {len(value)} bytes is over the {MAX_RECORD_BYTES} byte limit")
-    report: DomainReport | AgentReport
     if topic == DOMAIN_TOPIC:
-        report = decode(DomainReport, value)
-    elif topic == AGENT_TOPIC:
-        report = decode(AgentReport, value)
-    else:
-        raise DecodeError(f"unexpected topic {topic}")
-    if key is not None and key != report.vmi.key.encode():
-        raise DecodeError(f"key {key[:300]!r} is not the report's VMI {report.vmi.key!r}")
-    if isinstance(report, DomainReport):
-        return apply_domain(state, report)
-    return apply_agent(state, report)
+        domain = decoded(DOMAIN_REPORTS, value)
+        _check_key(key, domain.vmi.key)
+        return apply_domain(state, domain)
+    if topic == AGENT_TOPIC:
+        agent = decoded(AGENT_REPORTS, value)
+        _check_key(key, agent.vmi.key)
+        return apply_agent(state, agent)
+    raise DecodeError(f"unexpected topic {topic}")
+
+
+def decoded(decoder: msgspec.json.Decoder[T], value: bytes) -> T:
+    """`value` decoded and validated; any failure is a `DecodeError` with the reason."""
+    try:
+        return decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"invalid {getattr(decoder.type, '__name__', decoder.type)}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from exc
+
+
+def _check_key(key: bytes | None, vmi: str) -> None:
+    if key is not None and key != vmi.encode():
+        raise DecodeError(f"key {key[:300]!r} is not the report's VMI {vmi!r}")
 
 
 def load_state(stored: bytes | None) -> VMIState:
@@ -115,7 +139,7 @@ def load_state(stored: bytes | None) -> VMIState:
     if stored is None:
         return VMIState()
     try:
-        return decode(VMIState, stored)
+        return decoded(STATES, stored)
     except DecodeError as exc:
         log.error("stored join state does not decode, starting it afresh: %s", exc)
         return VMIState()
@@ -124,7 +148,7 @@ def load_state(stored: bytes | None) -> VMIState:
 def output_send(topic: str, key: bytes, output: JoinResult) -> Send:
     """The merged record, or the tombstone with the removed VMI's uid in `UID_HEADER`."""
     if output.record is not None or not output.state.removed_uid:
-        return Send(topic, key, output.record_bytes())
+        return Send(topic, key, output.record)
     return Send(topic, key, None, ((UID_HEADER, output.state.removed_uid.encode()),))
 
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Sequence
+from typing import Any
 
-from schemas.events import DomainInterface, GuestInterface
-from schemas.kubevirt import NetworkInterface
 from schemas.limits import GUEST_ONLY_INTERFACE_LIMIT
+from streams.reports import DomainInterface, GuestInterface
+
+#: A VirtualMachineInstanceNetworkInterface's JSON (`schemas.kubevirt.NetworkInterface`).
+NetworkInterface = dict[str, Any]
 
 SOURCE_DOMAIN = "domain"
 SOURCE_GUEST_AGENT = "guest-agent"
@@ -79,16 +82,27 @@ def is_link_local_or_invalid(address: str) -> bool:
         return True
 
 
+def network_interface(*, ip_address: str = "", mac: str = "", name: str = "", ip_addresses: list[str] | None = None,
+                      interface_name: str = "", info_source: str = "", queue_count: int = 0,
+                      link_state: str = "") -> NetworkInterface:
+    """One entry in the model's key order; every field is omitempty."""
+    entry = {
+        "ipAddress": ip_address, "mac": mac, "name": name, "ipAddresses": ip_addresses,
+        "interfaceName": interface_name, "infoSource": info_source, "queueCount": queue_count,
+        "linkState": link_state,
+    }
+    return {key: value for key, value in entry.items() if value}
+
+
 def domain_interfaces(domain: Sequence[DomainInterface]) -> list[NetworkInterface]:
     """Step 1: the domain's interfaces, then its SR-IOV host devices."""
     plain = [i for i in domain if not i.sriov]
     sriov = [i for i in domain if i.sriov]
     return [
-        NetworkInterface(
-            name=i.name, mac=i.mac, info_source=SOURCE_DOMAIN, queue_count=i.queue_count, link_state=i.link_state
-        )
+        network_interface(name=i.name, mac=i.mac, info_source=SOURCE_DOMAIN, queue_count=i.queue_count,
+                          link_state=i.link_state)
         for i in plain
-    ] + [NetworkInterface(name=i.name, mac=i.mac, info_source=SOURCE_DOMAIN) for i in sriov]
+    ] + [network_interface(name=i.name, mac=i.mac, info_source=SOURCE_DOMAIN) for i in sriov]
 
 
 def merge_interfaces(
@@ -96,7 +110,7 @@ def merge_interfaces(
 ) -> list[NetworkInterface]:
     """The full `status.interfaces` list for one VMI."""
     merged = domain_interfaces(domain)
-    by_mac = {entry.mac: index for index, entry in enumerate(merged) if entry.mac}
+    by_mac = {entry["mac"]: index for index, entry in enumerate(merged) if entry.get("mac")}
     masquerade = {i.mac for i in domain if i.binding == MASQUERADE and i.mac}
     guest_only: list[NetworkInterface] = []
     for group in group_by_mac(guest or ()):
@@ -107,25 +121,17 @@ def merge_interfaces(
             entry = merged[index]
             if first.mac in masquerade:
                 addresses = [a for a in addresses if not is_link_local_or_invalid(a)]
-            info_source = entry.info_source
+            info_source = entry.get("infoSource", "")
             if first.name:
                 info_source = add_info_source(info_source, SOURCE_GUEST_AGENT)
-            merged[index] = entry.model_copy(
-                update={
-                    "interface_name": first.name,
-                    "ip_addresses": addresses,
-                    "ip_address": addresses[0] if addresses else "",
-                    "info_source": info_source,
-                }
+            merged[index] = network_interface(
+                ip_address=addresses[0] if addresses else "", mac=entry.get("mac", ""), name=entry.get("name", ""),
+                ip_addresses=addresses, interface_name=first.name, info_source=info_source,
+                queue_count=entry.get("queueCount", 0), link_state=entry.get("linkState", ""),
             )
         elif len(guest_only) < GUEST_ONLY_INTERFACE_LIMIT:
-            guest_only.append(
-                NetworkInterface(
-                    mac=first.mac,
-                    ip_address=addresses[0] if addresses else "",
-                    ip_addresses=addresses,
-                    interface_name=first.name,
-                    info_source=SOURCE_GUEST_AGENT,
-                )
-            )
+            guest_only.append(network_interface(
+                mac=first.mac, ip_address=addresses[0] if addresses else "", ip_addresses=addresses,
+                interface_name=first.name, info_source=SOURCE_GUEST_AGENT,
+            ))
     return merged + guest_only

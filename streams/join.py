@@ -39,30 +39,25 @@ Freshness:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
+import msgspec
+from msgspec.structs import replace
 
-from schemas.codec import encode
-from schemas.events import AgentReport, DomainReport, EventModel
-from schemas.vmi import VMIRecord, VMIStatusFields
 from streams.conditions import conditions, unsupported_reason
-from streams.guestosinfo import guest_agent_info
 from streams.interfaces import merge_interfaces
+from streams.record import Encoded, record_content
+from streams.reports import AgentReport, DomainReport
 
 #: The agent answers, by `AgentReport` field, with their key in `VMIRecord.observed` (the JSON name).
 AGENT_FIELDS = {
-    name: AgentReport.model_fields[name].alias or name
-    for name in ("info", "os", "hostname", "timezone", "users", "filesystems", "interfaces", "fs_freeze_status")
+    field.name: field.encode_name for field in msgspec.structs.fields(AgentReport)
+    if field.name in ("info", "os", "hostname", "timezone", "users", "filesystems", "interfaces", "fs_freeze_status")
 }
-#: Domain report fields that are bookkeeping, not content (a change of these alone is no change).
-_DOMAIN_BOOKKEEPING = {"observed_at"}
 
 
-class VMIState(EventModel):
-    """What the join keeps per VMI in its changelog-backed table."""
+class VMIState(msgspec.Struct, frozen=True, rename="camel"):
+    """What the join keeps per VMI in its changelog-backed table (camelCase JSON, as it always was)."""
 
     domain: DomainReport | None = None
     #: The latest report of a node that has the domain but does not own the VMI (migration target).
@@ -90,21 +85,18 @@ class VMIState(EventModel):
     ended_uids: list[str] = []
 
 
+STATES = msgspec.json.Decoder(VMIState)
+encode_state = msgspec.json.Encoder().encode
+
+
 @dataclass(frozen=True, slots=True)
 class JoinResult:
-    """The new state and what to send: `record`, or a tombstone."""
+    """The new state and what to send: `record` (the merged record's JSON, as it goes on the topic),
+    or a tombstone."""
 
     state: VMIState
-    record: VMIRecord | None = None
+    record: bytes | None = None
     tombstone: bool = False
-    #: `record` as JSON, when it was already encoded (the digest needed it): encode once, send these bytes.
-    encoded: bytes | None = None
-
-    def record_bytes(self) -> bytes | None:
-        """The record as it goes on the merged topic; None for a tombstone."""
-        if self.record is None:
-            return None
-        return self.encoded if self.encoded is not None else encode(self.record)
 
 
 # ---------------------------------------------------------------------------------------------- domain
@@ -157,7 +149,7 @@ def _forget_pending(state: VMIState, removal: DomainReport) -> VMIState:
     if pending is None or pending.node != removal.node or _other_vmi(pending.vmi.uid, removal.vmi.uid) \
             or pending.observed_at > removal.observed_at:
         return state
-    return state.model_copy(update={"pending": None})
+    return replace(state, pending=None)
 
 
 def _after_removal(state: VMIState, report: DomainReport) -> JoinResult:
@@ -185,10 +177,10 @@ def _other_incarnation(state: VMIState, report: DomainReport) -> JoinResult:
     if incoming is not None and same_incoming and report.observed_at < incoming.observed_at:
         return JoinResult(state)
     if report.removed:
-        return JoinResult(state.model_copy(update={"incoming": None})) if same_incoming else JoinResult(state)
+        return JoinResult(replace(state, incoming=None)) if same_incoming else JoinResult(state)
     if report.observed_at > state.domain.observed_at:
         return _take(_fresh(state, ended=state.domain.vmi.uid), report)
-    return JoinResult(state.model_copy(update={"incoming": report}))
+    return JoinResult(replace(state, incoming=report))
 
 
 def _switch_over(owner: DomainReport, incoming: DomainReport) -> bool:
@@ -202,18 +194,18 @@ def _from_other_node(state: VMIState, report: DomainReport) -> JoinResult:
         # The source of a finished migration: its late reports change nothing (its removal ends that),
         # unless it runs the VMI while the owner does not: a migration back.
         if report.removed:
-            return JoinResult(state.model_copy(update={"left_node": None}))
+            return JoinResult(replace(state, left_node=None))
         return _move(state, report) if _switch_over(state.domain, report) else JoinResult(state)
     incoming = state.incoming
     if incoming is not None and incoming.node == report.node and report.observed_at < incoming.observed_at:
         return JoinResult(state)
     if report.removed:
         if incoming is not None and incoming.node == report.node:
-            return JoinResult(state.model_copy(update={"incoming": None}))
+            return JoinResult(replace(state, incoming=None))
         return JoinResult(state)
     if _switch_over(state.domain, report):
         return _move(state, report)
-    return JoinResult(state.model_copy(update={"incoming": report}))
+    return JoinResult(replace(state, incoming=report))
 
 
 def _owner_gone(state: VMIState, report: DomainReport) -> JoinResult:
@@ -240,7 +232,7 @@ def _move(state: VMIState, report: DomainReport) -> JoinResult:
     if _other_vmi(state.domain.vmi.uid, report.vmi.uid):
         return _take(_fresh(state, ended=state.domain.vmi.uid), report)
     left = state.domain.node
-    return _take(state.model_copy(update={"incoming": None, "left_node": left}), report)
+    return _take(replace(state, incoming=None, left_node=left), report)
 
 
 def _take(state: VMIState, report: DomainReport) -> JoinResult:
@@ -257,22 +249,15 @@ def _take(state: VMIState, report: DomainReport) -> JoinResult:
     if report.agent_connected:
         keep = state.connected_since is not None and not moved
         connected_since = state.connected_since if keep else report.observed_at
-    if state.domain is None or _domain_content(state.domain) != _domain_content(report):
+    if state.domain is None or replace(state.domain, observed_at=report.observed_at) != report:
         observed["domain"] = report.observed_at
-    update: dict[str, Any] = {
-        "domain": report, "agent": agent, "connected_since": connected_since, "observed": observed
-    }
-    taken = state.model_copy(update=update)
+    taken = replace(state, domain=report, agent=agent, connected_since=connected_since, observed=observed)
     pending = taken.pending
     if pending is not None and _claims(report, pending):
-        taken = taken.model_copy(update={"pending": None})
+        taken = replace(taken, pending=None)
         if not _stale_agent(taken, pending):
             taken = _with_agent(taken, pending)
     return _emit(taken)
-
-
-def _domain_content(report: DomainReport) -> dict[str, Any]:
-    return report.model_dump(exclude=_DOMAIN_BOOKKEEPING)
 
 
 # ----------------------------------------------------------------------------------------------- agent
@@ -329,7 +314,7 @@ def _hold(state: VMIState, report: AgentReport) -> VMIState:
             return state
         if report.session == pending.session:
             report = merge_agent(pending, report)
-    return state.model_copy(update={"pending": report})
+    return replace(state, pending=report)
 
 
 def _with_agent(state: VMIState, report: AgentReport) -> VMIState:
@@ -346,13 +331,13 @@ def _with_agent(state: VMIState, report: AgentReport) -> VMIState:
             continue
         unchanged = not new_session and previous is not None and getattr(previous, name) == value
         observed[key] = state.observed[key] if unchanged and key in state.observed else report.observed_at
-    return state.model_copy(update={"agent": agent, "observed": observed})
+    return replace(state, agent=agent, observed=observed)
 
 
 def merge_agent(previous: AgentReport, report: AgentReport) -> AgentReport:
     """The latest answers of one session: fields the new report left null keep their previous value."""
     carried = {name: getattr(previous, name) for name in AGENT_FIELDS if getattr(report, name) is None}
-    return report.model_copy(update=carried)
+    return replace(report, **carried)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -363,7 +348,7 @@ def _redelivered(state: VMIState) -> JoinResult:
     write and the send): send the current record again, same revision, so it cannot be lost."""
     if state.domain is None or state.revision == 0:
         return JoinResult(state)
-    return JoinResult(state, record=build_record(state, state.revision))
+    return JoinResult(state, record=Encoded(_content(state)).record(state.revision, _observed_at(state)))
 
 
 def _judge_agent_version(state: VMIState) -> VMIState:
@@ -372,63 +357,40 @@ def _judge_agent_version(state: VMIState) -> VMIState:
         return state
     reason = unsupported_reason(state.agent.info, state.domain.access_credentials)
     if reason is None:
-        return state.model_copy(update={"unsupported_reason": None, "unsupported_since": None})
+        return replace(state, unsupported_reason=None, unsupported_since=None)
     if state.unsupported_reason is None:
-        return state.model_copy(
-            update={"unsupported_reason": reason, "unsupported_since": state.agent.observed_at}
-        )
+        return replace(state, unsupported_reason=reason, unsupported_since=state.agent.observed_at)
     return state
 
 
-def build_record(state: VMIState, revision: int) -> VMIRecord:
+def _content(state: VMIState) -> dict[str, object]:
+    """What the VMI's record says (`streams.record`), leaving out its revision and observation time."""
     domain = state.domain
     assert domain is not None
     agent = state.agent
     unsupported = None
     if state.unsupported_reason is not None and state.unsupported_since is not None:
         unsupported = (state.unsupported_reason, state.unsupported_since)
-    info = guest_agent_info(agent)
-    return VMIRecord(
-        vmi=domain.vmi,
-        node=domain.node,
-        revision=revision,
-        observed_at=max(domain.observed_at, agent.observed_at if agent else 0.0),
-        agent_connected=domain.agent_connected,
-        status=VMIStatusFields(
-            guest_os_info=info.os,
-            interfaces=merge_interfaces(domain.interfaces, agent.interfaces if agent else None),
-            conditions=list(conditions(state.connected_since, unsupported)),
-        ),
-        guest_agent_info=info,
-        users=(agent.users or []) if agent else [],
-        filesystems=(agent.filesystems or []) if agent else [],
-        observed=state.observed,
+    return record_content(
+        domain.vmi, domain.node, domain.agent_connected,
+        merge_interfaces(domain.interfaces, agent.interfaces if agent else None),
+        conditions(state.connected_since, unsupported), agent, state.observed,
     )
 
 
-#: What a record carries that is not content: a change of these alone is no change.
-_RECORD_BOOKKEEPING = ("revision", "observedAt")
-
-
-def encode_with_digest(record: VMIRecord) -> tuple[bytes, str]:
-    """The record's JSON, and a digest of what it says leaving out its revision and observation time
-    (one serialisation serves both)."""
-    data = record.model_dump(mode="json")
-    content = {key: value for key, value in data.items() if key not in _RECORD_BOOKKEEPING}
-    return orjson.dumps(data), hashlib.blake2b(orjson.dumps(content), digest_size=16).hexdigest()
-
+def _observed_at(state: VMIState) -> float:
+    assert state.domain is not None
+    return max(state.domain.observed_at, state.agent.observed_at if state.agent else 0.0)
 
 
 def _emit(state: VMIState) -> JoinResult:
+    """Send the record when what it says changed (its digest), with the next revision."""
     state = _judge_agent_version(state)
     if state.domain is None:
         return JoinResult(state)
-    record = build_record(state, state.revision + 1)
-    encoded, digest = encode_with_digest(record)
-    if digest == state.emitted_digest:
+    encoded = Encoded(_content(state))
+    if encoded.digest == state.emitted_digest:
         return JoinResult(state)
-    return JoinResult(
-        state.model_copy(update={"revision": record.revision, "emitted_digest": digest}),
-        record=record,
-        encoded=encoded,
-    )
+    revision = state.revision + 1
+    record = encoded.record(revision, _observed_at(state))
+    return JoinResult(replace(state, revision=revision, emitted_digest=encoded.digest), record=record)

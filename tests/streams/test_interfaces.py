@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from schemas.events import DomainInterface, GuestInterface
+from schemas.kubevirt import NetworkInterface
 from streams.interfaces import add_info_source, merge_interfaces
+from streams.reports import DomainInterface, GuestInterface
 
 CASES = sorted((Path(__file__).parent / "data" / "interfaces").glob("*.json"))
 
@@ -16,16 +18,18 @@ CASES = sorted((Path(__file__).parent / "data" / "interfaces").glob("*.json"))
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_interface_merge(case: Path) -> None:
     data = json.loads(case.read_text())
-    domain = [DomainInterface.model_validate(i) for i in data["domain"]]
-    guest = None if data["guest"] is None else [GuestInterface.model_validate(i) for i in data["guest"]]
-    merged = [i.model_dump(mode="json") for i in merge_interfaces(domain, guest)]
+    domain = msgspec.convert(data["domain"], list[DomainInterface])
+    guest = None if data["guest"] is None else msgspec.convert(data["guest"], list[GuestInterface])
+    merged = merge_interfaces(domain, guest)
     assert merged == data["expected"], data["rule"]
+    contract = [NetworkInterface.model_validate(entry).model_dump(mode="json") for entry in merged]
+    assert [list(entry) for entry in merged] == [list(entry) for entry in contract], "the model's keys, in its order"
 
 
 def test_merge_is_deterministic() -> None:
     case = json.loads((Path(__file__).parent / "data" / "interfaces" / "mac_match_ipv4_first.json").read_text())
-    domain = [DomainInterface.model_validate(i) for i in case["domain"]]
-    guest = [GuestInterface.model_validate(i) for i in case["guest"]]
+    domain = msgspec.convert(case["domain"], list[DomainInterface])
+    guest = msgspec.convert(case["guest"], list[GuestInterface])
     assert merge_interfaces(domain, guest) == merge_interfaces(domain, guest)
 
 

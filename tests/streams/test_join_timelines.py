@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from schemas.codec import DecodeError, encode
+from schemas.codec import DecodeError, decode, encode
 from schemas.events import AgentReport, DomainReport, vmi_key
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
+from schemas.vmi import VMIRecord
 from streams.fold import apply_event, fold, fold_batch
-from streams.join import JoinResult, VMIState
+from streams.join import STATES, JoinResult, VMIState, encode_state
 
 ABSENT = "<absent>"
 CASES = sorted((Path(__file__).parent / "data" / "timelines").glob("*.json"))
@@ -89,7 +91,7 @@ class Timeline:
 
     def one(self, side: str, report: dict[str, Any]) -> JoinResult | None:
         result = fold(self.stored, *raw(side, report))
-        self.stored = encode(result.state)
+        self.stored = encode_state(result.state)
         return self.check(result)
 
     def batch(self, events: list[tuple[str, dict[str, Any]]]) -> JoinResult | None:
@@ -104,9 +106,10 @@ class Timeline:
         if result is None or (result.record is None and not result.tombstone):
             return None
         if result.record is not None:
-            assert result.record_bytes() == encode(result.record), "the bytes sent are the record's JSON"
-            assert result.record.revision >= self.revision, "revisions never go back"
-            self.revision = result.record.revision
+            record = decode(VMIRecord, result.record)
+            assert encode(record) == result.record, "the bytes sent are the contract model's, byte for byte"
+            assert record.revision >= self.revision, "revisions never go back"
+            self.revision = record.revision
         return result
 
 
@@ -114,7 +117,7 @@ def check_expectation(result: JoinResult | None, expect: dict[str, Any], where: 
     assert emitted(result) == expect["emit"], where
     if "record" in expect:
         assert result is not None and result.record is not None
-        assert_contains(json.loads(encode(result.record)), expect["record"], where)
+        assert_contains(json.loads(result.record), expect["record"], where)
 
 
 def play_tick(timeline: Timeline, step: dict[str, Any], order: str, where: str) -> JoinResult | None:
@@ -147,7 +150,7 @@ def test_state_round_trips_through_the_changelog_encoding() -> None:
     case = json.loads((Path(__file__).parent / "data" / "timelines" / "domain_then_agent.json").read_text())
     result = fold(None, DOMAIN_TOPIC, encode(DomainReport.model_validate(case["steps"][1]["domain"])))
     assert result.state is not None
-    assert VMIState.model_validate_json(encode(result.state)) == result.state
+    assert STATES.decode(encode_state(result.state)) == result.state
 
 
 def test_unreadable_stored_state_starts_afresh() -> None:
@@ -155,7 +158,7 @@ def test_unreadable_stored_state_starts_afresh() -> None:
     case = json.loads((Path(__file__).parent / "data" / "timelines" / "domain_then_agent.json").read_text())
     domain = encode(DomainReport.model_validate(case["steps"][1]["domain"]))
     result = fold(b'{"revision": "garbage"}', DOMAIN_TOPIC, domain)
-    assert result.record is not None and result.record.revision == 1
+    assert result.record is not None and json.loads(result.record)["revision"] == 1
 
 
 def test_a_report_under_another_vmis_key_is_refused() -> None:
@@ -165,3 +168,27 @@ def test_a_report_under_another_vmis_key_is_refused() -> None:
     with pytest.raises(DecodeError, match="is not the report's VMI"):
         apply_event(VMIState(), DOMAIN_TOPIC, domain, key=b"other/vmi")
     assert apply_event(VMIState(), DOMAIN_TOPIC, domain, key=b"ns1/vm1").record is not None
+
+
+def test_a_state_written_before_the_msgspec_hot_path_reads_and_says_the_same() -> None:
+    """An upgraded worker recovers states its predecessor wrote: the same records byte for byte, the
+    same digest (an unchanged report emits nothing), revisions carried on (never reset to 1)."""
+    case = json.loads((Path(__file__).parent / "data" / "state_before_msgspec.json").read_text())
+    old_state, old_record = orjson.dumps(case["state"]), orjson.dumps(case["record"])
+    steps = [(step["topic"], orjson.dumps(step["report"])) for step in case["steps"]]
+    stored: bytes | None = None
+    record = None
+    for topic, value in steps:
+        result = fold(stored, topic, value)
+        stored, record = encode_state(result.state), result.record or record
+    assert record == old_record, "the same events make the same record"
+    assert STATES.decode(stored) == STATES.decode(old_state), "and the same state"
+    agent_topic, agent = steps[1]
+    again = fold(old_state, agent_topic, agent)
+    assert again.record == old_record, "a re-delivery resends the old record, its revision unchanged"
+    later = orjson.loads(agent)
+    later["observedAt"] += 10
+    assert fold(old_state, agent_topic, orjson.dumps(later)).record is None, "the old digest still matches"
+    changed = {**later, "hostname": "renamed"}
+    revision = json.loads(fold(old_state, agent_topic, orjson.dumps(changed)).record or b"{}")["revision"]
+    assert revision == case["record"]["revision"] + 1
