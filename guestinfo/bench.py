@@ -471,10 +471,10 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
     runs, fed by a plain aiokafka loop.
 
     Per `getmany` batch (as Faust's `take_events(1000, within=0.05)`): the batch through `JoinBatches`
-    (fold, outputs delivered, states written), the states' changelog sends awaited (as Faust flushes
-    its table's changelog before it commits), then the offsets committed. Runs until cancelled.
+    (fold, outputs and changed states sent and acknowledged, states kept in a dict), then the offsets
+    committed. Runs until cancelled.
     """
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.batches import JoinBatches
     from streams.fold import MAX_RECORD_BYTES
@@ -483,48 +483,21 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     producer = make_output_producer(bootstrap, MAX_RECORD_BYTES)
-    changelog = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_RECORD_BYTES)
     await consumer.start()
     await producer.start()
-    await changelog.start()
     try:
         partitions = consumer.partitions_for_topic(DOMAIN_TOPIC) or set(range(PARTITIONS))
         consumer.assign([TopicPartition(t, p) for t in (DOMAIN_TOPIC, AGENT_TOPIC) for p in sorted(partitions)])
-        states = ChangelogStates(changelog, changelog_topic)
-        batches = JoinBatches(states, producer, output_topic=output_topic)
+        states: dict[bytes, bytes] = {}
+        batches = JoinBatches(states, producer, output_topic=output_topic, changelog_topic=changelog_topic)
         while True:
             fetched = await consumer.getmany(timeout_ms=batch_wait_ms, max_records=batch_size)
-            if not fetched:
-                continue
-            await batches.take(record for records in fetched.values() for record in records)
-            await states.flush()
-            await consumer.commit()
+            if fetched:
+                await batches.take(record for records in fetched.values() for record in records)
+                await consumer.commit()
     finally:
-        await changelog.stop()
         await producer.stop()
         await consumer.stop()
-
-
-class ChangelogStates:
-    """The plain loop's states: a dict whose writes also go to a changelog topic, as a Faust table's do."""
-
-    def __init__(self, producer: Any, topic: str) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._states: dict[bytes, bytes] = {}
-        self._pending: list[asyncio.Task[Any]] = []
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._states.get(key)
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self._states[key] = value
-        self._pending.append(asyncio.ensure_future(self._producer.send(self._topic, value, key=key)))
-
-    async def flush(self) -> None:
-        """Wait for every changelog send since the last flush to be acknowledged."""
-        pending, self._pending = self._pending, []
-        await asyncio.gather(*[await task for task in pending])
 
 
 # ------------------------------------------------------------------------------------------ REST reads

@@ -143,6 +143,7 @@ def join(args: argparse.Namespace) -> int:
         bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
         app_id=args.app_id,
         datadir=datadir,
+        compression=args.compression,
     )
     run_join_worker(config)
     return 0

@@ -18,7 +18,7 @@ from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, PARTITIONS
 from streams.batches import JoinBatches
 from streams.consumer import JoinApp
 from streams.fold import MAX_RECORD_BYTES
-from streams.output import make_output_producer
+from streams.output import Compression, make_output_producer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class JoinConfig(BaseModel):
     session_timeout: float = Field(default=6.0, description="Consumer session timeout, seconds")
     batch_size: int = Field(default=1000, ge=1, description="Raw events taken from the stream at once")
     batch_wait: float = Field(default=0.05, gt=0, description="Seconds to wait for a batch to fill")
+    compression: Compression = Field(default="none", description="Compression of the records the join sends")
 
 
 def faust_settings(config: JoinConfig) -> dict[str, Any]:
@@ -85,10 +86,12 @@ def build_app(config: JoinConfig) -> faust.App:
 
     @app.agent(raw_topics, concurrency=1)
     async def join(stream: faust.StreamT[bytes]) -> None:
-        producer = make_output_producer(config.bootstrap_servers, MAX_RECORD_BYTES)
+        producer = make_output_producer(config.bootstrap_servers, MAX_RECORD_BYTES, config.compression)
         await producer.start()
         try:
-            batches = JoinBatches(table, producer)
+            # The table's store holds the states; JoinBatches sends their changelog records itself, in one
+            # round with the outputs, instead of one Faust send per write (docs/kafka-on-tansu.md §2).
+            batches = JoinBatches(table.data, producer, changelog_topic=table.changelog_topic.get_topic_name())
             taken = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
             # `take_events` acknowledges a batch's events when the loop body ends, however it ends.
             async for events in taken:

@@ -6,9 +6,13 @@ For each batch of raw events:
 2. Every output and dead letter is handed to the producer at once, and the batch waits for all the
    acks. What fails for a passing reason is sent again until it is delivered (`streams.output.deliver`):
    an outage delays and never loses.
-3. Only then are the new states written. An output the broker refuses for good (too large for it,
-   say) is not written as state, so the VMI's next event produces the record again; the VMI's events
-   go to the dead-letter topic with the reason.
+3. Then the new states are written. An output the broker refuses for good (too large for it, say)
+   is not written as state, so the VMI's next event produces the record again; the VMI's events go to
+   the dead-letter topic with the reason.
+   With a `changelog_topic`, `states` is only the local store and the changed states go to that topic
+   with the outputs, in the same round of sends (the Faust worker's table: one Faust table write costs
+   about as much as folding ten events, `docs/kafka-on-tansu.md` §2). A state sent for a VMI whose output
+   was refused is sent back as it was.
 4. The caller acknowledges the batch's events only when `take` returns. A batch is never left half
    done: a stop or rebalance that cancels it waits for it; a bug, or a batch that cannot finish within
    the stop grace, ends the process at once (`abandon`), before the events are committed, and the
@@ -25,12 +29,13 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 from schemas.topics import DEAD_LETTER_TOPIC, VMI_TOPIC
 from streams.fold import FoldedBatch, RawMessage, Refusal, dead_letter, fold_batch, output_send
 from streams.join import JoinResult
-from streams.metrics import DEAD_LETTERS, EMITTED
+from streams.metrics import CHANGELOG_REFUSED, DEAD_LETTERS, EMITTED
 from streams.output import Producer, Send, deliver
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,7 @@ ABANDONED = 70
 
 
 class States(Protocol):
-    """Where the encoded states live: a Faust table, or a plain mapping."""
+    """Where the encoded states live: a Faust table's store, or a plain mapping."""
 
     def get(self, key: bytes) -> bytes | None: ...
     def __setitem__(self, key: bytes, value: bytes) -> None: ...
@@ -66,10 +71,12 @@ class JoinBatches:
         *,
         output_topic: str = VMI_TOPIC,
         dead_letter_topic: str = DEAD_LETTER_TOPIC,
+        changelog_topic: str | None = None,
         stop_grace: float = STOP_GRACE,
         on_abandon: Callable[[str], NoReturn] = abandon,
     ) -> None:
         self._states = states
+        self._changelog_topic = changelog_topic
         self._producer = producer
         self._output_topic = output_topic
         self._dead_letter_topic = dead_letter_topic
@@ -103,38 +110,52 @@ class JoinBatches:
             self._abandon("a bug on a batch")
 
     async def _process(self, by_key: dict[bytes, list[RawMessage]]) -> None:
-        folded: list[tuple[bytes, bytes | None, FoldedBatch, list[RawMessage]]] = []
+        folded = []
         for key, messages in by_key.items():
             stored = self._states.get(key)
-            folded.append((key, stored, fold_batch(stored, key, messages), messages))
+            folded.append(_Folded(key, stored, fold_batch(stored, key, messages), messages))
         sends: list[Send] = []
-        output_at: dict[bytes, int] = {}
-        for key, _, batch, _ in folded:
-            sends += [self._dead_letter(refusal) for refusal in batch.refused]
-            if batch.output is not None:
-                output_at[key] = len(sends)
-                sends.append(output_send(self._output_topic, key, batch.output))
+        for vmi in folded:
+            sends += [self._dead_letter(refusal) for refusal in vmi.batch.refused]
+            if vmi.batch.output is not None:
+                vmi.output_at = len(sends)
+                sends.append(output_send(self._output_topic, vmi.key, vmi.batch.output))
+            if self._changelog_topic is not None and vmi.batch.state != vmi.stored:
+                vmi.state_at = len(sends)
+                sends.append(Send(self._changelog_topic, vmi.key, vmi.batch.state))
         refused = await deliver(self._producer, sends) if sends else []
-        unsendable: list[Send] = []
-        for key, stored, batch, messages in folded:
-            at = output_at.get(key)
-            if at is not None and refused[at] is not None:
-                bad = {id(refusal.message) for refusal in batch.refused}
-                why = f"the broker refuses the merged output: {refused[at]}"
-                unsendable += [self._dead_letter(Refusal(message, "unsendable", why))
-                               for message in messages if id(message) not in bad]
+        again: list[Send] = []
+        for vmi in folded:
+            if vmi.output_at is not None and (error := refused[vmi.output_at]) is not None:
+                again += self._unsendable(vmi, f"the broker refuses the merged output: {error}")
                 continue
-            if batch.output is not None:
-                _count_output(key, batch.output)
-            if batch.state != stored:
-                self._states[key] = batch.state
-        outputs = set(output_at.values())
-        lost = [error for at, error in enumerate(refused) if at not in outputs and error is not None]
-        if unsendable:
-            lost += [error for error in await deliver(self._producer, unsendable) if error is not None]
+            if vmi.batch.output is not None:
+                _count_output(vmi.key, vmi.batch.output)
+            if vmi.batch.state != vmi.stored:
+                self._states[vmi.key] = vmi.batch.state
+            if vmi.state_at is not None and (error := refused[vmi.state_at]) is not None:
+                CHANGELOG_REFUSED.inc()
+                log.error("the changelog refuses the state of VMI %s (%s): it is kept in memory, and a restart "
+                          "before its next change recovers the state before it", vmi.key.decode(errors="replace"),
+                          error)
+        kept = {at for vmi in folded for at in (vmi.output_at, vmi.state_at) if at is not None}
+        lost = [error for at, error in enumerate(refused) if at not in kept and error is not None]
+        if again:
+            lost += [error for error in await deliver(self._producer, again) if error is not None]
         if lost:
-            log.error("the broker refuses %d dead letters (e.g. %s): their raw events are logged here only",
-                      len(lost), lost[0])
+            log.error("the broker refuses %d dead letters or changelog restores (e.g. %s): their raw events are "
+                      "logged here only", len(lost), lost[0])
+
+    def _unsendable(self, vmi: _Folded, why: str) -> list[Send]:
+        """An output the broker refuses for good: the VMI's state stays as it was (its next event makes
+        the record again), a state already sent to the changelog is sent back, and the VMI's events go
+        to the dead-letter topic."""
+        bad = {id(refusal.message) for refusal in vmi.batch.refused}
+        sends = [self._dead_letter(Refusal(message, "unsendable", why))
+                 for message in vmi.messages if id(message) not in bad]
+        if vmi.state_at is not None and self._changelog_topic is not None:
+            sends.append(Send(self._changelog_topic, vmi.key, vmi.stored))
+        return sends
 
     def _dead_letter(self, refusal: Refusal) -> Send:
         DEAD_LETTERS.labels(refusal.kind).inc()
@@ -142,6 +163,19 @@ class JoinBatches:
         self._dead_letter_log.warning(refusal.kind, "dead-lettering %s[%d]@%d: %s", message.topic,
                                       message.partition, message.offset, refusal.reason)
         return dead_letter(self._dead_letter_topic, refusal)
+
+
+@dataclass(slots=True)
+class _Folded:
+    """One VMI's part of a batch: its stored state, what the fold made of it, and where its output
+    and its state are among the batch's sends."""
+
+    key: bytes
+    stored: bytes | None
+    batch: FoldedBatch
+    messages: list[RawMessage]
+    output_at: int | None = None
+    state_at: int | None = None
 
 
 def _count_output(key: bytes, result: JoinResult) -> None:

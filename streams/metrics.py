@@ -9,3 +9,7 @@ EMITTED = Counter("guestinfo_join_emitted_total", "Merged outputs sent, by kind 
 DEAD_LETTERS = Counter(
     "guestinfo_join_dead_letters_total", "Raw events sent to the dead-letter topic, by reason kind.", ["reason"]
 )
+CHANGELOG_REFUSED = Counter(
+    "guestinfo_join_changelog_refused_total",
+    "States the table's changelog refused for good (kept in memory; a restart recovers the state before them).",
+)

@@ -194,3 +194,47 @@ async def test_a_stop_mid_batch_that_cannot_finish_within_the_grace_abandons_it(
     with pytest.raises(Abandoned, match="did not finish within"):
         await taking
     assert states == {}
+
+
+CHANGELOG = "join-vmi-state-changelog"
+
+
+async def test_with_a_changelog_topic_changed_states_go_there_in_the_round_of_the_outputs() -> None:
+    states: dict[bytes, bytes] = {}
+    producer = ScriptedProducer()
+    batches = JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon)
+    await batches.take([domain("a", T0), domain("b", T0)])
+    assert producer.to(CHANGELOG) == [(b"ns/a", states[b"ns/a"]), (b"ns/b", states[b"ns/b"])]
+    assert [t for t, _, _ in producer.sent] == [VMI_TOPIC, CHANGELOG, VMI_TOPIC, CHANGELOG], "one round"
+    await batches.take([domain("a", T0)])  # a re-delivery: the record again, the state unchanged
+    assert len(producer.to(CHANGELOG)) == 2, "an unchanged state is not sent again"
+
+
+async def test_a_state_sent_for_an_unsendable_output_is_sent_back_as_it_was() -> None:
+    states: dict[bytes, bytes] = {}
+    refuse = {b"ns/a"}
+    producer = ScriptedProducer(
+        lambda topic, key, attempt: MessageSizeTooLargeError() if topic == VMI_TOPIC and key in refuse else None)
+    batches = JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon)
+    await batches.take([domain("a", T0)])
+    assert states == {}
+    sent, restored = producer.to(CHANGELOG)
+    assert sent[1] is not None and restored == (b"ns/a", None), "a VMI new to the store: its key deleted again"
+    refuse.clear()
+    await batches.take([domain("a", T0 + 1)])
+    before = states[b"ns/a"]
+    refuse.add(b"ns/a")
+    await batches.take([agent("a", T0 + 2, "fedora")])
+    assert states[b"ns/a"] == before
+    assert producer.to(CHANGELOG)[-1] == (b"ns/a", before), "the changelog ends on the state the store holds"
+
+
+async def test_a_state_the_changelog_refuses_is_kept_in_the_store_and_counted() -> None:
+    from streams.metrics import CHANGELOG_REFUSED
+
+    states: dict[bytes, bytes] = {}
+    producer = ScriptedProducer(lambda topic, key, attempt: MessageSizeTooLargeError() if topic == CHANGELOG else None)
+    before = CHANGELOG_REFUSED._value.get()
+    await JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon).take([domain("a", T0)])
+    assert b"ns/a" in states and len(producer.to(VMI_TOPIC)) == 1
+    assert CHANGELOG_REFUSED._value.get() == before + 1

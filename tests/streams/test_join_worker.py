@@ -24,10 +24,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def join_app(broker: EmbeddedBroker, unique: str, tmp_path: Path) -> AsyncIterator[faust.App]:
+async def join_app(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[faust.App]:
     await ensure_topics(broker.bootstrap_servers)
+    compression = getattr(request, "param", "none")
     app = await started(JoinConfig(bootstrap_servers=broker.bootstrap_servers, app_id=f"join-{unique}",
-                                   datadir=tmp_path))
+                                   datadir=tmp_path, compression=compression))
     try:
         yield app
     finally:
@@ -77,6 +80,7 @@ async def read_merged(bootstrap: str, key: str, count: int, topic: str = VMI_TOP
     return [record.value for record in await read_merged_records(bootstrap, key, count, topic)]
 
 
+@pytest.mark.parametrize("join_app", ["none", "zstd"], indirect=True)
 async def test_join_emits_records_then_tombstone(broker: EmbeddedBroker, join_app: faust.App, unique: str) -> None:
     vmi = VMIRef(namespace=f"ns-{unique}", name="vm1", uid="u1")
     domain = DomainReport(

@@ -182,7 +182,8 @@ HOSTILE = {
 }
 RAW_HOSTILE = {
     "NaN": ("domain", b'{"vmi":{"namespace":"ns","name":"vm"},"node":"n","observedAt":NaN}'),
-    "a time out of a float's range": ("domain", b'{"vmi":{"namespace":"ns","name":"vm"},"node":"n","observedAt":1e400}'),
+    "a time out of a float's range": ("domain",
+                                      b'{"vmi":{"namespace":"ns","name":"vm"},"node":"n","observedAt":1e400}'),
     "not JSON": ("agent", b'{"vmi":'),
 }
 
