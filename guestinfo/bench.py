@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +117,32 @@ class Report:
     figures: dict[str, float | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     failed: bool = False
+
+
+def calibration_workload() -> int:
+    """A fixed pure-Python workload (string formatting, dict updates, list sorting), the kind of work
+    the pipeline's hot paths do: its time says how fast this machine runs Python."""
+    counts: dict[str, int] = {}
+    for i in range(200_000):
+        name = f"vm-{i % 2_000:05d}/{i % 7}"
+        counts[name] = counts.get(name, 0) + i
+    ordered = sorted(counts.items(), key=lambda item: (item[1] % 97, item[0]))
+    return sum(len(name) * value for name, value in ordered[:1_000]) + len(ordered)
+
+
+def calibration_row(rounds: int = 7) -> Row:
+    """The best of `rounds` timings of `calibration_workload`: figures measured on another machine
+    compare with this run's once scaled by the ratio of the two calibration rows."""
+    best = min(_timed(calibration_workload) for _ in range(rounds))
+    return Row("calibration", "calibration: fixed pure-Python workload (1 core)", best * 1000, f"{best * 1000:.0f} ms",
+               note=f"best of {rounds}; a machine twice as fast shows half this figure (guestinfo.bench."
+               "calibration_workload)")
+
+
+def _timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 def progress(message: str) -> None:
@@ -420,27 +446,32 @@ async def measure_raw_join(bootstrap: str, total: int) -> JoinResult:
     return await run_join_child(Child("plain aiokafka join loop", argv), port, total)
 
 
-async def measure_faust_ceiling(bootstrap: str, total: int, workdir: Path, with_table: bool) -> JoinResult:
+#: How a Faust ceiling writes its state: not at all, through Faust's table (`table[key] = value`, one
+#: Faust send per write), or the way the join writes it (the table's store, and one round of changelog
+#: sends per batch on a producer of its own, `streams.batches`).
+CEILING_TABLES = ("none", "faust", "batched")
+
+
+async def measure_faust_ceiling(bootstrap: str, total: int, workdir: Path, table: str) -> JoinResult:
     """What one Faust worker can do at most on this machine: the join's app (same settings, same
-    `take_events` batches) doing no join work, with or without one table write per key and batch."""
+    `take_events` batches) doing no join work, writing the latest raw value per key as `table` says."""
     app_id = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
     port = free_port()
     argv = [sys.executable, "-m", "guestinfo.bench", "faust-ceiling", "--bootstrap-servers", bootstrap,
-            "--app-id", app_id, "--datadir", str(workdir / app_id), "--metrics-port", str(port)]
-    if with_table:
-        argv.append("--table")
-    name = "Faust ceiling" + (" with table writes" if with_table else "")
+            "--app-id", app_id, "--datadir", str(workdir / app_id), "--metrics-port", str(port), "--table", table]
+    name = f"Faust ceiling, table writes: {table}"
     progress(f"{name}: starting it as its own process")
     return await run_join_child(Child(name, argv), port, total)
 
 
-def ceiling_app(bootstrap: str, app_id: str, datadir: Path, with_table: bool) -> Any:
-    """The join worker's Faust app without the join: events are counted (and with `with_table`, the
-    last value per key of each batch is written to a changelog-backed table, as the join writes its
-    state) and nothing is sent."""
+def ceiling_app(bootstrap: str, app_id: str, datadir: Path, table_writes: str) -> Any:
+    """The join worker's Faust app without the join: events are counted, the last value per key of each
+    batch is written as the state (see `CEILING_TABLES`), and nothing else is sent."""
     from streams.app import TABLE_NAME, JoinConfig, faust_settings
     from streams.consumer import JoinApp
+    from streams.fold import MAX_RECORD_BYTES
     from streams.metrics import EVENTS
+    from streams.output import Send, deliver, make_output_producer
 
     config = JoinConfig(bootstrap_servers=bootstrap, app_id=app_id, datadir=datadir)
     app = JoinApp(app_id, **faust_settings(config))
@@ -450,14 +481,24 @@ def ceiling_app(bootstrap: str, app_id: str, datadir: Path, with_table: bool) ->
 
     @app.agent(raw_topics, concurrency=1)
     async def ceiling(stream: Any) -> None:
-        async for events in stream.take_events(config.batch_size, within=config.batch_wait):
-            latest: dict[bytes, bytes] = {}
-            for event in events:
-                EVENTS.labels(event.message.topic).inc()
-                latest[event.message.key or b""] = event.message.value
-            if with_table:
-                for key, value in latest.items():
-                    table[key] = value
+        producer = make_output_producer(bootstrap, MAX_RECORD_BYTES)
+        await producer.start()
+        changelog = table.changelog_topic.get_topic_name()
+        try:
+            async for events in stream.take_events(config.batch_size, within=config.batch_wait):
+                latest: dict[bytes, bytes] = {}
+                for event in events:
+                    EVENTS.labels(event.message.topic).inc()
+                    latest[event.message.key or b""] = event.message.value
+                if table_writes == "faust":
+                    for key, value in latest.items():
+                        table[key] = value
+                elif table_writes == "batched":
+                    for key, value in latest.items():
+                        table.data[key] = value
+                    await deliver(producer, [Send(changelog, key, value) for key, value in latest.items()])
+        finally:
+            await producer.stop()
 
     return app
 
@@ -505,13 +546,17 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
 
 def sample_record(index: int) -> Any:
     """A merged record as the join makes it (domain + agent report of one VMI), for the store."""
-    from streams.join import VMIState, apply_agent, apply_domain
+    from schemas.codec import decode, encode
+    from schemas.vmi import VMIRecord
+    from streams.fold import fold
+    from streams.join import encode_state
 
     node = f"node-{index % 8}"
-    state = apply_domain(VMIState(), _domain_report(index, node, T0)).state
-    record = apply_agent(state, _agent_report(_agent_base(index, node), T0 + 1, 2_000_000_000)).record
+    state = fold(None, DOMAIN_TOPIC, encode(_domain_report(index, node, T0))).state
+    record = fold(encode_state(state), AGENT_TOPIC,
+                  encode(_agent_report(_agent_base(index, node), T0 + 1, 2_000_000_000))).record
     assert record is not None
-    return record
+    return decode(VMIRecord, record)
 
 
 def make_records(count: int) -> list[Any]:
@@ -1212,18 +1257,46 @@ def _join_rows(report: Report, faust: JoinResult | None, raw: JoinResult | None,
             f"{raw.cores:.2f} cores; {raw.emitted:,} records out"))
 
 
-def _ceiling_rows(report: Report, ceilings: dict[bool, JoinResult], raw: JoinResult | None, total: int) -> None:
-    """What limits the Faust join: the same app with no join work, then with the table writes added."""
-    labels = {False: ("join_faust_ceiling", "Faust ceiling: take_events, no work (1 process)"),
-              True: ("join_faust_ceiling_table", "Faust ceiling: + one table write per key (1 process)")}
-    for with_table, result in sorted(ceilings.items()):
-        key, label = labels[with_table]
+CEILING_ROWS = {
+    "none": ("join_faust_ceiling", "Faust ceiling: take_events, no work (1 process)", ""),
+    "faust": ("join_faust_ceiling_table", "Faust ceiling: + one table write per key (1 process)",
+              " when it writes its state through Faust's table"),
+    "batched": ("join_faust_ceiling_batched", "Faust ceiling: + the join's changelog round per batch (1 process)",
+                " when it writes its state as the join does"),
+}
+#: The join against the Faust ceiling that writes its state through Faust's table: at least this.
+CEILING_RATIO_TARGET = 0.8
+
+
+def _ceiling_rows(report: Report, ceilings: dict[str, JoinResult], faust: JoinResult | None,
+                  raw: JoinResult | None, total: int) -> None:
+    """What limits the Faust join: the same app with no join work, then with the state writes added;
+    and the join's rate as a share of the ceiling that writes through Faust's table."""
+    for table in CEILING_TABLES:
+        if table not in ceilings:
+            continue
+        result = ceilings[table]
+        key, label, how = CEILING_ROWS[table]
         report.figures[f"{key}_events_per_s"] = result.events_per_s
         ratio = f"{result.events_per_s / raw.events_per_s:.2f} of plain" if raw else ""
         report.rows.append(Row(
             key, label, result.events_per_s, f"{result.events_per_s:,.0f} ev/s", "-", None, ratio,
             f"{result.cpu_s_total / total * 1e6:,.0f} µs CPU/event, {result.cores:.2f} cores: the most one Faust "
-            "worker does here" + (" when it writes its state" if with_table else "")))
+            f"worker does here{how}"))
+    table_ceiling, batched = ceilings.get("faust"), ceilings.get("batched")
+    label = "join, Faust worker / Faust ceiling + one table write per key"
+    if faust is None or table_ceiling is None:
+        report.figures["join_ratio_ceiling_table"] = None
+        report.rows.append(Row("join_ratio_ceiling_table", label, target=f"≥ {CEILING_RATIO_TARGET}",
+                               note="not measured: a row it needs is missing"))
+        return
+    share = faust.events_per_s / table_ceiling.events_per_s
+    report.figures["join_ratio_ceiling_table"] = share
+    note = ("the join writes its state as the row below does, not through Faust's table; "
+            f"{faust.events_per_s / batched.events_per_s:.2f} of that row, the rest being the fold and the outputs"
+            if batched is not None else "")
+    report.rows.append(Row("join_ratio_ceiling_table", label, share, f"{share:.2f}", f"≥ {CEILING_RATIO_TARGET}",
+                           share >= CEILING_RATIO_TARGET, note=note))
 
 
 def _rest_rows(report: Report, rest: RestResult) -> None:
@@ -1296,9 +1369,9 @@ async def _join_phase(report: Report, size: Size, broker: EmbeddedBroker, workdi
         f"join workload: {size.events:,} raw events preloaded ({size.vmis:,} VMIs, 4 partitions; 70% agent reports "
         f"with changed content, avg {sum(agent_sizes) // max(1, len(agent_sizes))} B; 10% unchanged agent, 20% "
         f"unchanged domain reports). Rate over {WINDOW[0]:.0%}-{WINDOW[1]:.0%} of the events, from the process's "
-        "events counter; CPU from /proc. Both join loops take up to 1,000 events at a time, fold each VMI's "
-        "events once, and send at most one record and one state per VMI and batch; Faust writes its state through "
-        "its changelog-backed table, the plain loop to a topic of its own (no recovery).")
+        "events counter; CPU from /proc. Both join loops run each batch of up to 1,000 events through "
+        "streams.batches.JoinBatches: one fold per VMI, at most one record and one changelog write per VMI and batch, "
+        "all sent in one round; the Faust worker keeps its states in its table's store, the plain loop in a dict.")
     faust = raw = None
     try:
         faust = await measure_faust_join(bootstrap, size.events, workdir)
@@ -1313,16 +1386,15 @@ async def _join_phase(report: Report, size: Size, broker: EmbeddedBroker, workdi
     except MeasureError as exc:
         report.failed = True
         report.rows.append(Row("join_raw", "join, plain aiokafka loop (1 process)", note=f"not measured: {exc}"))
-    ceilings: dict[bool, JoinResult] = {}
-    for with_table in (False, True):
+    ceilings: dict[str, JoinResult] = {}
+    for table in CEILING_TABLES:
         try:
-            ceilings[with_table] = await measure_faust_ceiling(bootstrap, size.events, workdir, with_table)
-            progress(f"  Faust ceiling{' with table writes' if with_table else ''}: "
-                     f"{ceilings[with_table].events_per_s:,.0f} ev/s")
+            ceilings[table] = await measure_faust_ceiling(bootstrap, size.events, workdir, table)
+            progress(f"  Faust ceiling, table writes {table}: {ceilings[table].events_per_s:,.0f} ev/s")
         except MeasureError as exc:
-            report.notes.append(f"Faust ceiling{' with table writes' if with_table else ''} not measured: {exc}")
+            report.notes.append(f"Faust ceiling, table writes {table}: not measured: {exc}")
     _join_rows(report, faust, raw, size.events)
-    _ceiling_rows(report, ceilings, raw, size.events)
+    _ceiling_rows(report, ceilings, faust, raw, size.events)
 
 
 async def _rest_phase(report: Report, size: Size, workdir: Path) -> None:
@@ -1401,6 +1473,9 @@ async def bench(size_name: str) -> Report:
     report = Report(size_name)
     with tempfile.TemporaryDirectory(prefix="guestinfo-bench-") as tmp:
         workdir = Path(tmp)  # absolute: tempfile uses an absolute temporary directory
+        calibration = calibration_row()
+        progress(f"calibration: {calibration.shown}")
+        report.figures["calibration_ms"] = calibration.value
         progress(f"size {size_name}: starting the embedded broker")
         async with EmbeddedBroker() as broker:
             await _join_phase(report, size, broker, workdir)
@@ -1411,7 +1486,7 @@ async def bench(size_name: str) -> Report:
                                                  launchers=size.collector_launchers)
             if collector[0].value and spread[0].value:
                 spread[0].ratio = f"{spread[0].value / collector[0].value:.2f} x one URI"
-            report.rows[:0] = collector + spread
+            report.rows[:0] = [calibration, *collector, *spread]
             report.figures["collector_percent_of_core_per_1000_vmis"] = collector[0].value
             report.figures["collector_launchers_percent_of_core_per_1000_vmis"] = spread[0].value
             report.figures.update(collector[0].figures)
@@ -1460,7 +1535,8 @@ def _helper_parser() -> argparse.ArgumentParser:
     ceiling.add_argument("--app-id", required=True)
     ceiling.add_argument("--datadir", type=Path, required=True)
     ceiling.add_argument("--metrics-port", type=int, required=True)
-    ceiling.add_argument("--table", action="store_true", help="write the latest value per key to a table")
+    ceiling.add_argument("--table", choices=CEILING_TABLES, default="none",
+                         help="how the latest value per key and batch is written as state")
     load = roles.add_parser("rest-load", help="REST load generator: prints its figures as JSON")
     load.add_argument("--url", required=True)
     load.add_argument("--expected", type=Path, required=True,

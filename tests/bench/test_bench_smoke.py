@@ -17,6 +17,9 @@ POSITIVE_FIGURES = (
     "join_ratio_faust_raw",
     "join_faust_ceiling_events_per_s",
     "join_faust_ceiling_table_events_per_s",
+    "join_faust_ceiling_batched_events_per_s",
+    "join_ratio_ceiling_table",
+    "calibration_ms",
     "rest_requests_per_s",
     "rest_p99_ms",
     "rest_secured_requests_per_s",
@@ -37,6 +40,8 @@ def test_small_bench_prints_the_table_and_writes_figures(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     assert "join, Faust worker" in done.stdout
     assert "Faust ceiling: take_events, no work" in done.stdout
+    assert "join, Faust worker / Faust ceiling + one table write per key" in done.stdout
+    assert "calibration: fixed pure-Python workload" in done.stdout
     assert "REST guestosinfo reads/s" in done.stdout
     assert "REST reads/s, secured (TLS + token + SAR, cached)" in done.stdout
     assert "REST floor: a bare aiohttp handler" in done.stdout
