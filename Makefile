@@ -15,7 +15,7 @@ run: setup
 test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy schemas collectors streams sinks guestinfo
+	$(BIN)/mypy schemas plumbing collectors streams sinks guestinfo
 	$(BIN)/pytest -ra
 
 # The benchmark (full size, a few minutes): prints one table; see README "Performance".

@@ -2,8 +2,7 @@
 `guestinfo.agent.v1`.
 
 Entry points: `run_collector(config)` (the loop), `NodeCollector(config).tick(emit)` (start one tick;
-each agent poll hands its reports to `emit` when it ends), `NodeCollector(config).collect_once()` (one
-tick, waiting for its polls). Metrics: `collectors.metrics` (prometheus_client's default registry).
+each agent poll hands its reports to `emit` when it ends). Metrics: `collectors.metrics` (`plumbing.metrics`).
 """
 
 from collectors.config import CollectorConfig

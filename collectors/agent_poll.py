@@ -193,17 +193,3 @@ async def run_poll(
     finally:
         CURRENT_GUEST.reset(token)
     return poll
-
-
-async def poll_agent(
-    transport: AgentTransport,
-    vmi: VMIRef,
-    *,
-    node: str,
-    observed_at: float,
-    budget: float,
-    commands: tuple[str, ...] = POLLED_COMMANDS,
-) -> tuple[AgentReport, bool]:
-    """The `AgentReport` of one VMI, within `budget` seconds; also whether the agent answered the sync."""
-    poll = await run_poll(transport, vmi, budget=budget, commands=commands)
-    return poll.report(vmi, node=node, observed_at=observed_at), poll.synced

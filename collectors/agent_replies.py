@@ -6,7 +6,7 @@ Strings longer than `MAX_STRING` are cut to it; lists longer than the schema lim
 (both are logged): an over-long reply still yields its first items.
 
 Those log lines are about tenant-written data, so they are rate-limited per guest and kind (once per
-`collectors.ratelimit.REPEAT_AFTER`): the guest is the VMI key in `CURRENT_GUEST`, which the agent
+`plumbing.logs.REPEAT_AFTER`): the guest is the VMI key in `CURRENT_GUEST`, which the agent
 poll sets for the task it runs in.
 """
 
@@ -20,21 +20,18 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from collectors.errors import AgentReplyError
-from collectors.ratelimit import RateLimitedLog
+from plumbing.logs import RateLimitedLog
+from schemas.agent_commands import AGENT_COMMANDS, BY_FIELD
 from schemas.events import AgentVersionInfo, GuestInterface, GuestIPAddress, GuestTimezone
 from schemas.kubevirt import FileSystem, FileSystemDisk, GuestAgentCommandInfo, GuestOSInfo, GuestOSUser
-from schemas.limits import MAX_ADDRESSES, MAX_DISKS, MAX_ITEMS, MAX_STRING
+from schemas.limits import MAX_STRING
 
 log = logging.getLogger(__name__)
 
-GUEST_INFO: Final = "guest-info"
-GET_OSINFO: Final = "guest-get-osinfo"
-GET_HOST_NAME: Final = "guest-get-host-name"
-GET_TIMEZONE: Final = "guest-get-timezone"
-GET_USERS: Final = "guest-get-users"
-GET_FSINFO: Final = "guest-get-fsinfo"
-NETWORK_GET_INTERFACES: Final = "guest-network-get-interfaces"
-FSFREEZE_STATUS: Final = "guest-fsfreeze-status"
+#: The registry's commands, by the `AgentReport` field each fills.
+INFO, OS, HOST_NAME, TIMEZONE = BY_FIELD["info"], BY_FIELD["os"], BY_FIELD["hostname"], BY_FIELD["timezone"]
+USERS, FILESYSTEMS, INTERFACES = BY_FIELD["users"], BY_FIELD["filesystems"], BY_FIELD["interfaces"]
+FREEZE_STATUS = BY_FIELD["fs_freeze_status"]
 
 #: The VMI whose replies are being converted (a key for the rate-limited notes; "?" when unknown).
 CURRENT_GUEST: ContextVar[str] = ContextVar("guestinfo_current_guest", default="?")
@@ -52,6 +49,11 @@ def _clip_string(value: Any) -> Any:
         note(logging.INFO, "string", "string of %d characters cut to %d", len(value), MAX_STRING)
         return value[:MAX_STRING]
     return value
+
+
+def _limit(bound: int | None) -> int:
+    assert bound is not None, "a list answer's command has its bounds in schemas.agent_commands"
+    return bound
 
 
 def _capped(limit: int) -> Callable[[Any], Any]:
@@ -85,7 +87,7 @@ class _RawCommand(_Raw):
 
 class _RawGuestInfo(_Raw):
     version: Text = ""
-    supported_commands: Annotated[list[_RawCommand], BeforeValidator(_capped(MAX_ITEMS))] = []
+    supported_commands: Annotated[list[_RawCommand], BeforeValidator(_capped(_limit(INFO.max_items)))] = []
 
 
 class _RawOSInfo(_Raw):
@@ -125,7 +127,7 @@ class _RawFileSystem(_Raw):
     type: Text = ""
     used_bytes: Integer = Field(default=0, alias="used-bytes")
     total_bytes: Integer = Field(default=0, alias="total-bytes")
-    disk: Annotated[list[_RawDisk], BeforeValidator(_capped(MAX_DISKS))] = []
+    disk: Annotated[list[_RawDisk], BeforeValidator(_capped(_limit(FILESYSTEMS.max_nested)))] = []
 
 
 class _RawAddress(_Raw):
@@ -140,9 +142,9 @@ class _RawInterface(_Raw):
     ip_addresses: list[_RawAddress] = Field(default=[], alias="ip-addresses")
 
 
-_USERS = TypeAdapter(Annotated[list[_RawUser], BeforeValidator(_capped(MAX_ITEMS))])
-_FILESYSTEMS = TypeAdapter(Annotated[list[_RawFileSystem], BeforeValidator(_capped(MAX_ITEMS))])
-_INTERFACES = TypeAdapter(Annotated[list[_RawInterface], BeforeValidator(_capped(MAX_ITEMS))])
+_USERS = TypeAdapter(Annotated[list[_RawUser], BeforeValidator(_capped(_limit(USERS.max_items)))])
+_FILESYSTEMS = TypeAdapter(Annotated[list[_RawFileSystem], BeforeValidator(_capped(_limit(FILESYSTEMS.max_items)))])
+_INTERFACES = TypeAdapter(Annotated[list[_RawInterface], BeforeValidator(_capped(_limit(INTERFACES.max_items)))])
 _STATUS = TypeAdapter(Text)
 
 
@@ -175,7 +177,7 @@ def guest_info(reply: Any) -> AgentVersionInfo:
             ],
         )
 
-    result: AgentVersionInfo = _converting(GUEST_INFO, build)
+    result: AgentVersionInfo = _converting(INFO.name, build)
     return result
 
 
@@ -186,13 +188,13 @@ def guest_os_info(reply: Any) -> GuestOSInfo:
         raw = _RawOSInfo.model_validate(reply)
         return GuestOSInfo.model_validate(raw.model_dump())
 
-    result: GuestOSInfo = _converting(GET_OSINFO, build)
+    result: GuestOSInfo = _converting(OS.name, build)
     return result
 
 
 def guest_host_name(reply: Any) -> str:
     """`guest-get-host-name` → the `host-name`."""
-    result: str = _converting(GET_HOST_NAME, lambda: _RawHostName.model_validate(reply).host_name)
+    result: str = _converting(HOST_NAME.name, lambda: _RawHostName.model_validate(reply).host_name)
     return result
 
 
@@ -203,7 +205,7 @@ def guest_timezone(reply: Any) -> GuestTimezone:
         raw = _RawTimezone.model_validate(reply)
         return GuestTimezone(zone=raw.zone, offset=raw.offset)
 
-    result: GuestTimezone = _converting(GET_TIMEZONE, build)
+    result: GuestTimezone = _converting(TIMEZONE.name, build)
     return result
 
 
@@ -222,7 +224,7 @@ def guest_users(reply: Any) -> list[GuestOSUser]:
             for (user, domain), login in earliest.items()
         ]
 
-    result: list[GuestOSUser] = _converting(GET_USERS, build)
+    result: list[GuestOSUser] = _converting(USERS.name, build)
     return result
 
 
@@ -242,7 +244,7 @@ def guest_filesystems(reply: Any) -> list[FileSystem]:
             for raw in _FILESYSTEMS.validate_python(reply)
         ]
 
-    result: list[FileSystem] = _converting(GET_FSINFO, build)
+    result: list[FileSystem] = _converting(FILESYSTEMS.name, build)
     return result
 
 
@@ -260,33 +262,39 @@ def guest_interfaces(reply: Any) -> list[GuestInterface]:
                 for address in raw.ip_addresses
                 if address.ip_address_type in ("ipv4", "ipv6")
             ]
-            if len(addresses) > MAX_ADDRESSES:
+            most = _limit(INTERFACES.max_nested)
+            if len(addresses) > most:
                 note(logging.WARNING, "addresses", "interface %.64s: %d addresses cut to %d", raw.name,
-                     len(addresses), MAX_ADDRESSES)
-                addresses = addresses[:MAX_ADDRESSES]
+                     len(addresses), most)
+                addresses = addresses[:most]
             interfaces.append(GuestInterface(name=raw.name, mac=raw.hardware_address, ip_addresses=addresses))
         return interfaces
 
-    result: list[GuestInterface] = _converting(NETWORK_GET_INTERFACES, build)
+    result: list[GuestInterface] = _converting(INTERFACES.name, build)
     return result
 
 
 def guest_fsfreeze_status(reply: Any) -> str:
     """`guest-fsfreeze-status` → "thawed" or "frozen" (any string is passed on as is)."""
-    result: str = _converting(FSFREEZE_STATUS, lambda: _STATUS.validate_python(reply))
+    result: str = _converting(FREEZE_STATUS.name, lambda: _STATUS.validate_python(reply))
     return result
 
 
-#: The polled commands, in polling order, with their converter and the `AgentReport` field they fill.
+#: The converter of each field's answer.
+_CONVERTER_OF: Final[dict[str, Callable[[Any], Any]]] = {
+    INFO.field: guest_info,
+    OS.field: guest_os_info,
+    HOST_NAME.field: guest_host_name,
+    TIMEZONE.field: guest_timezone,
+    USERS.field: guest_users,
+    FILESYSTEMS.field: guest_filesystems,
+    INTERFACES.field: guest_interfaces,
+    FREEZE_STATUS.field: guest_fsfreeze_status,
+}
+#: The polled commands (`schemas.agent_commands`), in polling order, with the `AgentReport` field each
+#: fills and its converter. A command of the registry without a converter fails here, at import.
 CONVERTERS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
-    GUEST_INFO: ("info", guest_info),
-    GET_OSINFO: ("os", guest_os_info),
-    GET_HOST_NAME: ("hostname", guest_host_name),
-    GET_TIMEZONE: ("timezone", guest_timezone),
-    GET_USERS: ("users", guest_users),
-    GET_FSINFO: ("filesystems", guest_filesystems),
-    NETWORK_GET_INTERFACES: ("interfaces", guest_interfaces),
-    FSFREEZE_STATUS: ("fs_freeze_status", guest_fsfreeze_status),
+    command.name: (command.field, _CONVERTER_OF[command.field]) for command in AGENT_COMMANDS
 }
 
 

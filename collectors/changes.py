@@ -35,16 +35,17 @@ from collectors.agent_replies import CONVERTERS
 from collectors.metrics import BUFFERED_VMIS, FULL_RESYNCS, REPORTS_UNCHANGED
 from collectors.publisher import Report, make_producer, publish
 from collectors.reports import TickReports
+from plumbing.backoff import Backoff
 from schemas.events import AgentReport, DomainReport
 
 log = logging.getLogger(__name__)
 
 #: The data fields of an `AgentReport`, one per polled command.
 AGENT_FIELDS: tuple[str, ...] = tuple(field_name for field_name, _ in CONVERTERS.values())
-RETRY_FIRST = 0.5
+#: Pauses after failed publications in a row: doubling from the first to the most.
+RETRY_FIRST, RETRY_MOST = 0.5, 30.0
 #: A publication that has not completed by then is given up (and the producer restarted).
 PUBLISH_DEADLINE = 15.0
-RETRY_MAX = 30.0
 
 
 def _plain(value: Any) -> Any:
@@ -258,7 +259,7 @@ class StatePublisher:
     async def run(self) -> None:
         """Publish whatever waits, until cancelled."""
         producer: Any = None
-        delay = RETRY_FIRST
+        backoff = Backoff(RETRY_FIRST, RETRY_MOST)
         try:
             while True:
                 await self._ready.wait()
@@ -266,8 +267,7 @@ class StatePublisher:
                 if producer is None:
                     producer = await self._start_producer()
                     if producer is None:
-                        await self._failed(delay)
-                        delay = min(delay * 2, RETRY_MAX)
+                        await self._failed(backoff.next())
                         continue
                 batch = self.outbox.take()
                 BUFFERED_VMIS.set(len(self.outbox))
@@ -290,10 +290,9 @@ class StatePublisher:
                         async with asyncio.timeout(5):
                             await stale.stop()
                     self.outbox.put_back(failed)
-                    await self._failed(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    await self._failed(backoff.next())
                     continue
-                delay = RETRY_FIRST
+                backoff.reset()
                 if self._failing:
                     self._failing = False
                     everything = self.tracker.full()

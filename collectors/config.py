@@ -7,20 +7,12 @@ import socket
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collectors.launchers import DEFAULT_LAUNCHER_URI
+from schemas.agent_commands import AGENT_COMMANDS
 from schemas.events import split_vmi_key
 
-#: Seconds between two polls of each agent command once warmed up: upstream virt-launcher's defaults
-#: (docs/upstream-behaviour.md §3; the "sys" group is os, hostname, timezone, interfaces).
-DEFAULT_POLL_INTERVALS: dict[str, float] = {
-    "guest-info": 300.0,
-    "guest-get-fsinfo": 300.0,
-    "guest-fsfreeze-status": 5.0,
-    "guest-get-osinfo": 120.0,
-    "guest-get-host-name": 120.0,
-    "guest-get-timezone": 120.0,
-    "guest-network-get-interfaces": 120.0,
-    "guest-get-users": 10.0,
-}
+#: Seconds between two polls of each agent command once warmed up (`schemas.agent_commands`: upstream
+#: virt-launcher's defaults, docs/upstream-behaviour.md §3).
+DEFAULT_POLL_INTERVALS: dict[str, float] = {command.name: command.interval for command in AGENT_COMMANDS}
 
 
 class CollectorConfig(BaseModel):

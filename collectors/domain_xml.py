@@ -45,7 +45,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from collectors.errors import DomainXMLError
-from collectors.ratelimit import RateLimitedLog
+from plumbing.logs import RateLimitedLog
 from schemas.events import AccessCredentialNeeds, DomainInterface, DomainReport, VMIRef, split_domain_name
 from schemas.kubevirt import GUEST_AGENT_CHANNEL
 from schemas.limits import MAX_ITEMS

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import libvirt
 
+from plumbing.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 EventKind = Literal[
@@ -40,8 +42,7 @@ _LIFECYCLE: dict[int, EventKind] = {
     libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
 }
 #: After a lost connection, the first retry waits this long; each failure doubles it up to the cap.
-RECONNECT_FIRST = 0.5
-RECONNECT_MAX = 30.0
+RECONNECT_FIRST, RECONNECT_MOST = 0.5, 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,21 +105,19 @@ class DomainEventWatcher:
 
     async def run(self) -> None:
         start_libvirt_events()
-        delay = RECONNECT_FIRST
-        attempt = 0
+        backoff = Backoff(RECONNECT_FIRST, RECONNECT_MOST)
         while True:
             try:
                 conn = await asyncio.to_thread(libvirt.open, self.uri)
             except libvirt.libvirtError as exc:
-                attempt += 1
+                pause = backoff.next()
                 log.warning(
                     "libvirt events: cannot connect to %s (attempt #%d, again in %.1fs): %s",
-                    self.uri, attempt, delay, exc,
+                    self.uri, backoff.failures, pause, exc,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX)
+                await asyncio.sleep(pause)
                 continue
-            delay, attempt = RECONNECT_FIRST, 0
+            backoff.reset()
             await self._watch(conn)
 
     async def _watch(self, conn: libvirt.virConnect) -> None:

@@ -21,7 +21,7 @@ import libvirt
 
 from collectors.domain_xml import DomainState, parse_domain
 from collectors.errors import DomainXMLError
-from collectors.ratelimit import RateLimitedLog
+from plumbing.logs import RateLimitedLog
 from schemas.events import DomainReport, VMIRef, split_domain_name, vmi_key
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ it ends, so one slow or hostile agent delays nobody else. A VMI whose previous p
 polled again. A VMI with a socket override has its domain report sent with its agent report, since
 its `agent_connected` is what the poll found.
 
-`NodeCollector.collect_once()` is one tick that waits for its polls (for tests); `run_collector(config)`
-is the long-running loop, which never waits for a poll.
+`NodeCollector.tick(emit)` starts one tick; `run_collector(config)` is the long-running loop, which
+never waits for a poll.
 
 Every VMI has an agent session token (`AgentReport.session`). The join voids what the agent said in
 an earlier session, so it is renewed only on evidence that the agent (or the guest) restarted:
@@ -81,11 +81,11 @@ from collectors.metrics import (
     VMIS_BACKED_OFF,
     VMIS_TRACKED,
 )
-from collectors.ratelimit import RateLimitedLog
 from collectors.reports import Emit, TickReports
 from collectors.schedule import CommandSchedule
 from collectors.slots import ANSWERING, CONTINUING, OTHER, PrioritySlots
 from collectors.vmi import VMI, PollPlan
+from plumbing.logs import RateLimitedLog
 from schemas.events import AgentReport, DomainReport, VMIRef, split_domain_name, vmi_key
 
 log = logging.getLogger(__name__)
@@ -184,20 +184,6 @@ class NodeCollector:
     async def connection(self, uri: str) -> libvirt.virConnect:
         """The open libvirt connection of `uri`, opened on first use (and after a failure)."""
         return await self._listings[uri].connection()
-
-    async def collect_once(self) -> TickReports:
-        """One tick, waiting for the agent polls it started: all of its reports, those known at tick
-        time first, then each poll's as it ended."""
-        collected = TickReports()
-
-        async def keep(reports: TickReports) -> None:
-            collected.domains.extend(reports.domains)
-            collected.agents.extend(reports.agents)
-
-        polls = await self.tick(keep)
-        if polls:
-            await asyncio.wait(polls)
-        return collected
 
     async def tick(
         self, emit: Emit, *, uris: Iterable[str] | None = None, scheduled: bool = False

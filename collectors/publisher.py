@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from collectors.metrics import REPORTS_PUBLISHED, REPORTS_UNPUBLISHED
+from plumbing.kafka import make_producer as make_kafka_producer
 from schemas.codec import encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
@@ -23,19 +24,10 @@ Report = DomainReport | AgentReport
 
 
 def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
-    """The collector's producer: acks from all replicas, small linger, gzip; not idempotent (Tansu)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks="all",
-        linger_ms=20,  # batching: the reports of one round go out together
-        compression_type="gzip",  # built into aiokafka, no extra library
-        # No idempotence: Tansu rejects the idempotent producer's InitProducerId. Duplicates after a
-        # retry are harmless (the join keeps the latest state of a key).
-        enable_idempotence=False,
-        request_timeout_ms=10_000,  # a broker gone is noticed within 10 s: the state waits in the outbox
-        max_request_size=MAX_RECORD_BYTES,
-        client_id="guestinfo-collector",
-    )
+    """The collector's producer (`plumbing.kafka`): a 20 ms linger, so that the reports of one round go
+    out together; gzip. A broker gone is noticed within 10 s: the state waits in the outbox."""
+    return make_kafka_producer(bootstrap_servers, client_id="guestinfo-collector", max_request_size=MAX_RECORD_BYTES,
+                               linger_ms=20, compression="gzip")
 
 
 async def publish(

@@ -207,12 +207,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from guestinfo.simulation import run_simulation
+    from guestinfo.lab.simulation import run_simulation
 
     return run_simulation(args)
 
 
 def bench(args: argparse.Namespace) -> int:
-    from guestinfo.bench import run_bench
+    from guestinfo.lab.bench import run_bench
 
     return run_bench(args)

@@ -17,6 +17,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from plumbing.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 #: The exit code of a stage refusing its configuration (argparse's, and `guestinfo`'s UsageError).
@@ -44,17 +46,22 @@ class ChildSpec:
 @dataclass
 class Child:
     spec: ChildSpec
+    #: Pauses before each restart in a row: 1 s doubling up to the supervisor's `max_backoff`.
+    restart_backoff: Backoff
     process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
     stopping: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def restarts(self) -> int:
+        return self.restart_backoff.failures
 
 
 class Supervisor:
     """Starts, watches, restarts and stops the stage processes of one pipeline."""
 
     def __init__(self, specs: list[ChildSpec], stop_grace: float = 10.0, max_backoff: float = 30.0):
-        self.children = [Child(spec) for spec in specs]
+        self.children = [Child(spec, Backoff(1.0, max_backoff)) for spec in specs]
         self.stop_grace = stop_grace
         self.max_backoff = max_backoff
         self.failed: asyncio.Future[Child] = asyncio.get_running_loop().create_future()
@@ -82,8 +89,7 @@ class Supervisor:
                 if not self.failed.done():
                     self.failed.set_result(child)
                 return
-            child.restarts += 1
-            delay = min(self.max_backoff, 2.0 ** min(child.restarts - 1, 10))
+            delay = child.restart_backoff.next()
             log.error(
                 "%s exited with code %s; restart #%d in %.0fs", child.spec.name, code, child.restarts, delay
             )

@@ -143,10 +143,6 @@ class Authenticator:
         self.request_header = request_header
         self.tokens = tokens
 
-    @property
-    def enabled(self) -> bool:
-        return self.certificates is not None or self.tokens is not None
-
     async def authenticate(self, der: bytes | None, headers: CIMultiDictProxy[str]) -> Identity | None:
         """The caller of a request with client certificate `der` (verified by the handshake) and `headers`,
         in group `system:authenticated` as Kubernetes adds it to everyone identified (RBAC's discovery

@@ -1,15 +1,17 @@
-"""What both sinks share: the consumer of `guestinfo.vmi.v1` and decoding its records."""
+"""What both sinks share: the consumer of `guestinfo.vmi.v1`, decoding its records, and the consume
+loop (`plumbing.consuming`) fed with the decoded changes."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from plumbing.consuming import Batch
+from plumbing.consuming import consume_batches as plumbing_consume
+from plumbing.kafka import make_consumer as make_kafka_consumer
 from schemas.codec import DecodeError, decode
 from schemas.events import split_vmi_key
 from schemas.topics import UID_HEADER, VMI_TOPIC
@@ -35,23 +37,9 @@ class VMIChange:
 
 
 def make_consumer(bootstrap_servers: str, group_id: str) -> AIOKafkaConsumer:
-    """A consumer of the merged topic: manual commits, from the earliest offset for a new group.
-
-    A short session makes group joins quick on Tansu (join waits session/2, docs/kafka-on-tansu.md §1).
-    """
-    return AIOKafkaConsumer(
-        VMI_TOPIC,
-        bootstrap_servers=bootstrap_servers,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        # Tansu answers a held fetch on its own schedule within this wait, not when data arrives: the
-        # wait adds to every record's latency (500 ms default: median 59 ms, up to 0.22 s; 100 ms:
-        # 17 ms, up to 37 ms). See streams/consumer.py.
-        fetch_max_wait_ms=100,
-    )
+    """A consumer of the merged topic (`plumbing.kafka`): manual commits, from the earliest offset for
+    a new group."""
+    return make_kafka_consumer(bootstrap_servers, VMI_TOPIC, group_id=group_id, client_id=f"guestinfo-{group_id}")
 
 
 def _where(msg: ConsumerRecord[bytes, bytes]) -> str:
@@ -94,45 +82,19 @@ def tombstone_uid(msg: ConsumerRecord[bytes, bytes]) -> str:
     return ""
 
 
-#: Records fetched per batch.
-MAX_BATCH = 500
-#: Pause before a batch that was not fully handled is fetched again, growing to the maximum.
-RETRY_PAUSE = 0.5
-RETRY_PAUSE_MAX = 30.0
-
-
 async def consume_batches(
     consumer: AIOKafkaConsumer, sink: str, handle: Callable[[list[VMIChange]], Awaitable[bool]]
 ) -> None:
-    """The loop of every sink, until cancelled: fetch a batch, decode it, hand it to `handle`.
+    """The loop of every sink (`plumbing.consuming`), until cancelled: each batch decoded and handed to
+    `handle`, which says whether it is done; a batch not done is fetched again after a growing pause."""
 
-    Offsets are committed only after `handle` says the batch is done. When it says not, the batch's
-    partitions are rewound to where the batch began and it is fetched again after a growing pause:
-    nothing is committed past work that did not happen.
-    """
-    pause = RETRY_PAUSE
-    while True:
-        batches = await consumer.getmany(timeout_ms=1000, max_records=MAX_BATCH)
-        if not batches:
-            continue
-        if not await handle(decode_batch(batches, sink)):
-            for partition, messages in batches.items():
-                consumer.seek(partition, messages[0].offset)
-            log.warning("%s sink: batch not fully applied; fetching it again in %.1fs", sink, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, RETRY_PAUSE_MAX)
-            continue
-        pause = RETRY_PAUSE
-        try:
-            await consumer.commit()
-        except KafkaError as exc:
-            # The batch is applied; its records come again after a rebalance (sinks are idempotent).
-            log.warning("%s sink: offset commit failed, records may be re-delivered: %s", sink, exc)
+    async def decoded(batch: Batch) -> bool:
+        return await handle(decode_batch(batch, sink))
+
+    await plumbing_consume(consumer, f"{sink} sink", decoded)
 
 
-def decode_batch(
-    batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]], sink: str
-) -> list[VMIChange]:
+def decode_batch(batches: Batch, sink: str) -> list[VMIChange]:
     """All decodable changes of a `getmany` result, in partition order."""
     changes: list[VMIChange] = []
     for messages in batches.values():

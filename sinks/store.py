@@ -51,14 +51,6 @@ Change = VMIRecord | Tombstone
 class Store(Protocol):
     """What every backend offers (all coroutines); `close` is idempotent."""
 
-    async def upsert(self, record: VMIRecord) -> bool:
-        """Write `record` unless a higher revision is stored; True when the row was written."""
-        ...
-
-    async def delete(self, namespace: str, name: str) -> bool:
-        """Delete the VMI's row; True when there was one."""
-        ...
-
     async def get(self, namespace: str, name: str) -> VMIRecord | None:
         """The stored record, or None."""
         ...

@@ -14,7 +14,7 @@ import asyncpg
 
 from schemas.codec import decode, encode
 from schemas.vmi import VMIRecord
-from sinks.store import LOG_TABLE, META_TABLE, TABLE, Change, StoreError, Tombstone, Version, describe_url
+from sinks.store import LOG_TABLE, META_TABLE, TABLE, Change, StoreError, Version, describe_url
 from sinks.store_changes import FIELD_ONLY_COLUMNS, LogEntry, StoredVMI, change_key, field_values, plan_batch, row_of
 from sinks.store_listing import (
     Listed,
@@ -134,12 +134,6 @@ class PostgresStore:
         if self._pool is None:
             raise StoreError("the store is closed")
         return self._pool
-
-    async def upsert(self, record: VMIRecord) -> bool:
-        return await self.write_batch([record]) > 0
-
-    async def delete(self, namespace: str, name: str) -> bool:
-        return await self.write_batch([Tombstone(namespace, name)]) > 0
 
     async def write_batch(self, changes: Sequence[Change]) -> int:
         keys = list({change_key(change) for change in changes})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -28,23 +27,6 @@ async def write_batch(store: Store, changes: list[VMIChange]) -> int:
     return written
 
 
-async def write_until_done(store: Store, changes: list[VMIChange]) -> int:
-    """Write the batch, retrying a failing store with capped backoff (offsets stay uncommitted)."""
-    delay = 0.5
-    attempt = 1
-    while True:
-        try:
-            return await write_batch(store, changes)
-        except Exception as exc:  # any store failure: keep the batch, never crash the loop
-            log.error(
-                "store sink: writing %d changes failed (attempt #%d, retrying in %.1fs): %s",
-                len(changes), attempt, delay, exc,
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
-        attempt += 1
-
-
 async def run_store_sink(
     bootstrap_servers: str, group_id: str, store: Store, written: Callable[[], None] | None = None
 ) -> None:
@@ -54,7 +36,13 @@ async def run_store_sink(
     await consumer.start()
     log.info("store sink consuming as group %s from %s", group_id, bootstrap_servers)
     async def write(changes: list[VMIChange]) -> bool:
-        rows = await write_until_done(store, changes)
+        """One batch into the store; a store failure leaves the batch to the consume loop's policy
+        (`plumbing.consuming`: fetched again after a growing pause, offsets not committed)."""
+        try:
+            rows = await write_batch(store, changes)
+        except Exception as exc:  # any store failure: keep the batch, never crash the loop
+            log.error("store sink: writing %d changes failed: %s", len(changes), exc)
+            return False
         log.debug("store sink: %d changes, %d rows changed", len(changes), rows)
         if written is not None:
             written()

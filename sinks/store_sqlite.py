@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from schemas.codec import decode, encode
 from schemas.vmi import VMIRecord
-from sinks.store import LOG_TABLE, META_TABLE, TABLE, Change, StoreError, Tombstone, Version, check_url
+from sinks.store import LOG_TABLE, META_TABLE, TABLE, Change, StoreError, Version, check_url
 from sinks.store_changes import FIELD_ONLY_COLUMNS, LogEntry, StoredVMI, change_key, field_values, plan_batch, row_of
 from sinks.store_listing import (
     Listed,
@@ -193,12 +193,6 @@ class SQLiteStore:
             if exc.sqlite_errorcode & 0xFF not in _LOCKED_CODES:
                 raise
         return await self._reader.run(lambda conn: conn.execute(sql, (namespace, name)).fetchone())
-
-    async def upsert(self, record: VMIRecord) -> bool:
-        return await self.write_batch([record]) > 0
-
-    async def delete(self, namespace: str, name: str) -> bool:
-        return await self.write_batch([Tombstone(namespace, name)]) > 0
 
     async def write_batch(self, changes: Sequence[Change]) -> int:
         return await self._writer.run(lambda conn: _write_batch(conn, changes))

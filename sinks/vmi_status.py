@@ -22,6 +22,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 
+from plumbing.backoff import Backoff
 from sinks.consuming import VMIChange, consume_batches, make_consumer
 from sinks.kube_client import api_client
 from sinks.metrics import STATUS_PATCHES
@@ -84,10 +85,9 @@ async def make_api_client(cfg: StatusConfig) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def backoff(attempt: int, cfg: StatusConfig) -> float:
-    """Capped exponential delay with full jitter for retry number `attempt` (1-based)."""
-    cap = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
-    return random.uniform(cap / 2, cap)
+def jittered(pause: float) -> float:
+    """A pause between half and all of `pause`: replicas retrying the same VMI do not meet again."""
+    return random.uniform(pause / 2, pause)
 
 
 async def _get_vmi(api: client.CustomObjectsApi, namespace: str, name: str) -> JsonObject:
@@ -120,7 +120,7 @@ def _describe(exc: BaseException) -> str:
 
 async def sync_vmi(api: client.CustomObjectsApi, change: VMIChange, cfg: StatusConfig) -> str:
     """Bring one VMI's status to `change`, retrying conflicts and errors a bounded number of times."""
-    attempt = 0
+    backoff = Backoff(cfg.backoff_base, cfg.backoff_max)
     while True:
         try:
             outcome = await sync_once(api, change)
@@ -141,7 +141,8 @@ async def sync_vmi(api: client.CustomObjectsApi, change: VMIChange, cfg: StatusC
             if outcome == Outcome.PATCHED:
                 log.info("status sink: patched status of VMI %s", change.key)
             return outcome
-        attempt += 1
+        delay = jittered(backoff.next())
+        attempt = backoff.failures
         if attempt > cfg.max_retries:
             log.error(
                 "status sink: VMI %s still failing after %d attempts, its batch will be fetched again: %s",
@@ -149,7 +150,6 @@ async def sync_vmi(api: client.CustomObjectsApi, change: VMIChange, cfg: StatusC
             )
             STATUS_PATCHES.labels(Outcome.FAILED).inc()
             return Outcome.FAILED
-        delay = backoff(attempt, cfg)
         what = "conflict" if conflict else "error"
         log.warning(
             "status sink: %s on VMI %s: %s; retry #%d/%d in %.2fs",

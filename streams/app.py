@@ -14,11 +14,12 @@ from typing import Any
 import faust
 from pydantic import BaseModel, ConfigDict, Field
 
+from plumbing.kafka import Compression
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, PARTITIONS
 from streams.batches import JoinBatches
 from streams.consumer import JoinApp
 from streams.fold import MAX_RECORD_BYTES
-from streams.output import Compression, make_output_producer
+from streams.output import make_output_producer
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,16 @@ For each batch of raw events:
 2. Every output and dead letter is handed to the producer at once, and the batch waits for all the
    acks. What fails for a passing reason is sent again until it is delivered (`streams.output.deliver`):
    an outage delays and never loses.
-3. Then the new states are written. An output the broker refuses for good (too large for it, say)
-   is not written as state, so the VMI's next event produces the record again; the VMI's events go to
-   the dead-letter topic with the reason.
-   With a `changelog_topic`, `states` is only the local store and the changed states go to that topic
-   with the outputs, in the same round of sends (the Faust worker's table: one Faust table write costs
-   about as much as folding ten events, `docs/kafka-on-tansu.md` §2). A state sent for a VMI whose output
-   was refused is sent back as it was.
+3. Only then are the new states written. An output the broker refuses for good (too large for it,
+   say) is not written as state, so the VMI's next event produces the record again; the VMI's events
+   go to the dead-letter topic with the reason.
+   With a `changelog_topic`, `states` is only the local store, and the changed states go to that topic
+   in a second round of sends, after the outputs (the Faust worker's table: one Faust table write costs
+   about as much as folding ten events, `docs/kafka-on-tansu.md` §2). Never before: a changelog ahead
+   of an output a crash kept from the broker would lose that output for good (a tombstone is not sent
+   again for a removal the state has already applied). A state the changelog refuses for good is
+   written without the agent's answers (`trimmed_state`): the changelog never stays behind a revision
+   consumers have seen.
 4. The caller acknowledges the batch's events only when `take` returns. A batch is never left half
    done: a stop or rebalance that cancels it waits for it; a bug, or a batch that cannot finish within
    the stop grace, ends the process at once (`abandon`), before the events are committed, and the
@@ -27,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
+from aiokafka.errors import KafkaError
+
+from plumbing.logs import RateLimitedLog
 from schemas.topics import DEAD_LETTER_TOPIC, VMI_TOPIC
-from streams.fold import FoldedBatch, RawMessage, Refusal, dead_letter, fold_batch, output_send
+from streams.fold import FoldedBatch, RawMessage, Refusal, dead_letter, fold_batch, output_send, trimmed_state
 from streams.join import JoinResult
 from streams.metrics import CHANGELOG_REFUSED, DEAD_LETTERS, EMITTED
 from streams.output import Producer, Send, deliver
@@ -82,7 +87,9 @@ class JoinBatches:
         self._dead_letter_topic = dead_letter_topic
         self._stop_grace = stop_grace
         self._abandon = on_abandon
-        self._dead_letter_log = OncePerMinute(log)
+        #: Dead letters are logged once a minute per kind (the metric counts all): raw events are written
+        #: by collectors, and a broken one repeats.
+        self._dead_letter_log = RateLimitedLog(log, repeat_after=60.0)
 
     async def take(self, messages: Iterable[RawMessage]) -> None:
         """Run one batch to its end; the caller acknowledges its events once this returns."""
@@ -114,68 +121,82 @@ class JoinBatches:
         for key, messages in by_key.items():
             stored = self._states.get(key)
             folded.append(_Folded(key, stored, fold_batch(stored, key, messages), messages))
+        # Round 1: outputs and dead letters.
         sends: list[Send] = []
         for vmi in folded:
             sends += [self._dead_letter(refusal) for refusal in vmi.batch.refused]
             if vmi.batch.output is not None:
                 vmi.output_at = len(sends)
                 sends.append(output_send(self._output_topic, vmi.key, vmi.batch.output))
-            if self._changelog_topic is not None and vmi.batch.state != vmi.stored:
-                vmi.state_at = len(sends)
-                sends.append(Send(self._changelog_topic, vmi.key, vmi.batch.state))
         refused = await deliver(self._producer, sends) if sends else []
-        again: list[Send] = []
+        outputs = {vmi.output_at for vmi in folded if vmi.output_at is not None}
+        lost = [error for at, error in enumerate(refused) if at not in outputs and error is not None]
+        # Round 2: the states of the VMIs whose output went (or that had none), and the dead letters of
+        # those whose output the broker refused for good.
+        second: list[Send] = []
+        changelog: list[_Folded] = []
         for vmi in folded:
             if vmi.output_at is not None and (error := refused[vmi.output_at]) is not None:
-                again += self._unsendable(vmi, f"the broker refuses the merged output: {error}")
+                second += self._unsendable(vmi, f"the broker refuses the merged output: {error}")
                 continue
             if vmi.batch.output is not None:
                 _count_output(vmi.key, vmi.batch.output)
             if vmi.batch.state != vmi.stored:
                 self._states[vmi.key] = vmi.batch.state
-            if vmi.state_at is not None and (error := refused[vmi.state_at]) is not None:
-                CHANGELOG_REFUSED.inc()
-                log.error("the changelog refuses the state of VMI %s (%s): it is kept in memory, and a restart "
-                          "before its next change recovers the state before it", vmi.key.decode(errors="replace"),
-                          error)
-        kept = {at for vmi in folded for at in (vmi.output_at, vmi.state_at) if at is not None}
-        lost = [error for at, error in enumerate(refused) if at not in kept and error is not None]
-        if again:
-            lost += [error for error in await deliver(self._producer, again) if error is not None]
+                if self._changelog_topic is not None:
+                    changelog.append(vmi)
+        first_state = len(second)
+        second += [Send(self._changelog_topic or "", vmi.key, vmi.batch.state) for vmi in changelog]
+        refused = await deliver(self._producer, second) if second else []
+        lost += [error for error in refused[:first_state] if error is not None]
+        too_large = [(vmi, error) for vmi, error in zip(changelog, refused[first_state:], strict=True)
+                     if error is not None]
+        if too_large:
+            await self._trimmed(too_large)
         if lost:
-            log.error("the broker refuses %d dead letters or changelog restores (e.g. %s): their raw events are "
-                      "logged here only", len(lost), lost[0])
+            log.error("the broker refuses %d dead letters (e.g. %s): their raw events are logged here only",
+                      len(lost), lost[0])
+
+    async def _trimmed(self, refused: list[tuple[_Folded, KafkaError]]) -> None:
+        """States the changelog refuses for good (a broker whose record limit is under the producer's):
+        their outputs are out, so the changelog must not stay behind at a revision consumers have seen.
+        It gets the state without the agent's answers instead, which the VMI's next reports bring back."""
+        assert self._changelog_topic is not None
+        for vmi, error in refused:
+            CHANGELOG_REFUSED.inc()
+            log.error("the changelog refuses the state of VMI %s (%d bytes: %s): writing it without the agent's "
+                      "answers", vmi.key.decode(errors="replace"), len(vmi.batch.state), error)
+        sends = [Send(self._changelog_topic, vmi.key, trimmed_state(vmi.batch.state)) for vmi, _ in refused]
+        for (vmi, _), error in zip(refused, await deliver(self._producer, sends), strict=True):
+            if error is not None:
+                log.critical("the changelog refuses even the trimmed state of VMI %s (%s): a restart recovers "
+                             "an older state of it", vmi.key.decode(errors="replace"), error)
 
     def _unsendable(self, vmi: _Folded, why: str) -> list[Send]:
         """An output the broker refuses for good: the VMI's state stays as it was (its next event makes
-        the record again), a state already sent to the changelog is sent back, and the VMI's events go
-        to the dead-letter topic."""
+        the record again), and its events go to the dead-letter topic."""
         bad = {id(refusal.message) for refusal in vmi.batch.refused}
-        sends = [self._dead_letter(Refusal(message, "unsendable", why))
-                 for message in vmi.messages if id(message) not in bad]
-        if vmi.state_at is not None and self._changelog_topic is not None:
-            sends.append(Send(self._changelog_topic, vmi.key, vmi.stored))
-        return sends
+        return [self._dead_letter(Refusal(message, "unsendable", why))
+                for message in vmi.messages if id(message) not in bad]
 
     def _dead_letter(self, refusal: Refusal) -> Send:
         DEAD_LETTERS.labels(refusal.kind).inc()
         message = refusal.message
-        self._dead_letter_log.warning(refusal.kind, "dead-lettering %s[%d]@%d: %s", message.topic,
-                                      message.partition, message.offset, refusal.reason)
+        self._dead_letter_log.note(logging.WARNING, refusal.kind, "dead-lettering %s[%d]@%d: %s", message.topic,
+                                   message.partition, message.offset, refusal.reason)
         return dead_letter(self._dead_letter_topic, refusal)
 
 
 @dataclass(slots=True)
 class _Folded:
     """One VMI's part of a batch: its stored state, what the fold made of it, and where its output
-    and its state are among the batch's sends."""
+    is among the batch's sends."""
 
     key: bytes
     stored: bytes | None
     batch: FoldedBatch
     messages: list[RawMessage]
     output_at: int | None = None
-    state_at: int | None = None
 
 
 def _count_output(key: bytes, result: JoinResult) -> None:
@@ -190,19 +211,3 @@ def _count_output(key: bytes, result: JoinResult) -> None:
         EMITTED.labels("tombstone").inc()
         log.info("VMI %s is gone: tombstone sent", key.decode(errors="replace"))
 
-
-class OncePerMinute:
-    """Logs a warning at most once a minute per kind; the rest go to DEBUG (the metric counts all)."""
-
-    def __init__(self, logger: logging.Logger, every: float = 60.0) -> None:
-        self._logger = logger
-        self._every = every
-        self._last: dict[str, float] = {}
-
-    def warning(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, -self._every) >= self._every:
-            self._last[kind] = now
-            self._logger.warning(message + " (more of this kind within a minute go to debug)", *args)
-        else:
-            self._logger.debug(message, *args)

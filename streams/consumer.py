@@ -1,11 +1,8 @@
 """The join worker's Kafka consumer: two changes to faust-streaming's, both for the Tansu broker.
 
-1. **Fetch wait.** faust-streaming builds its aiokafka consumer with a fixed `fetch_max_wait_ms=1500`.
-   Tansu does not answer a held fetch when data arrives but on its own schedule within that wait, so
-   the wait adds to every event's latency: measured here (one record at random times, the consumer
-   idle), a 1,500 ms wait gave a median delay of 0.28 s and up to 0.58 s; 100 ms gave 17 ms and up to
-   37 ms. With a real Kafka the broker answers as soon as data arrives, and a shorter wait only costs
-   a few more empty fetches a second while idle.
+1. **Fetch wait.** faust-streaming builds its aiokafka consumer with a fixed `fetch_max_wait_ms=1500`;
+   on Tansu the wait adds to every event's latency (`plumbing.kafka`). The consumer gets the same
+   100 ms as every other.
 2. **Highwaters.** Table recovery reads a changelog partition up to its highwater, which Faust takes
    from ListOffsets(LATEST). Tansu answers that with the base offset of the newest batch + 1, short of
    the end whenever that batch holds more than one record (docs/kafka-on-tansu.md §1): the tail of the changelog
@@ -25,14 +22,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from plumbing.kafka import FETCH_MAX_WAIT_MS, make_consumer
+
 log = logging.getLogger(__name__)
 
-#: The longest a fetch is held by the broker when there is no data (the consumer's own default is 500).
-FETCH_MAX_WAIT_MS = 100
 #: How long confirming the highwaters may take before the reported ones are used (and a warning logged).
 CONFIRM_TIMEOUT = 15.0
 
@@ -42,10 +39,7 @@ async def confirmed_highwaters(servers: Sequence[str], reported: Mapping[Any, in
     returns. A partition whose fetch gives no answer within `CONFIRM_TIMEOUT` keeps its reported value."""
     if not reported:
         return {}
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=list(servers), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS, client_id="guestinfo-join-highwaters",
-    )
+    consumer = make_consumer(",".join(servers), group_id=None, client_id="guestinfo-join-highwaters")
     await consumer.start()
     try:
         partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in reported}

@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 import orjson
+from msgspec.structs import replace
 from prometheus_client import Counter
 
 from schemas.codec import DecodeError
@@ -122,6 +123,8 @@ def decoded(decoder: msgspec.json.Decoder[T], value: bytes) -> T:
     """`value` decoded and validated; any failure is a `DecodeError` with the reason."""
     try:
         return decoder.decode(value)
+    except RecursionError as exc:  # msgspec's own nesting limit (about 1,000 levels), even in ignored keys
+        raise DecodeError("not JSON this join reads: nested too deep") from exc
     except msgspec.ValidationError as exc:
         raise DecodeError(f"invalid {getattr(decoder.type, '__name__', decoder.type)}: {exc}") from exc
     except msgspec.DecodeError as exc:
@@ -143,6 +146,14 @@ def load_state(stored: bytes | None) -> VMIState:
     except DecodeError as exc:
         log.error("stored join state does not decode, starting it afresh: %s", exc)
         return VMIState()
+
+
+def trimmed_state(encoded: bytes) -> bytes:
+    """A state without the agent's answers, held ones and a migration target's report: what must
+    survive a restart (revision, digest, domain, removal marker, ended uids) in a fraction of the bytes."""
+    state = load_state(encoded)
+    observed = {key: at for key, at in state.observed.items() if key == "domain"}
+    return encode_state(replace(state, agent=None, pending=None, incoming=None, observed=observed))
 
 
 def output_send(topic: str, key: bytes, output: JoinResult) -> Send:

@@ -44,16 +44,15 @@ from dataclasses import dataclass
 import msgspec
 from msgspec.structs import replace
 
+from schemas.agent_commands import AGENT_COMMANDS
 from streams.conditions import conditions, unsupported_reason
 from streams.interfaces import merge_interfaces
 from streams.record import Encoded, record_content
 from streams.reports import AgentReport, DomainReport
 
-#: The agent answers, by `AgentReport` field, with their key in `VMIRecord.observed` (the JSON name).
-AGENT_FIELDS = {
-    field.name: field.encode_name for field in msgspec.structs.fields(AgentReport)
-    if field.name in ("info", "os", "hostname", "timezone", "users", "filesystems", "interfaces", "fs_freeze_status")
-}
+#: The agent answers (`schemas.agent_commands`), by `AgentReport` field, with their key in
+#: `VMIRecord.observed` (the JSON name).
+AGENT_FIELDS = {command.field: command.key for command in AGENT_COMMANDS}
 
 
 class VMIState(msgspec.Struct, frozen=True, rename="camel"):

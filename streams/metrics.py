@@ -11,5 +11,5 @@ DEAD_LETTERS = Counter(
 )
 CHANGELOG_REFUSED = Counter(
     "guestinfo_join_changelog_refused_total",
-    "States the table's changelog refused for good (kept in memory; a restart recovers the state before them).",
+    "States the table's changelog refused for good (written there without the agent's answers instead).",
 )

@@ -14,10 +14,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+from plumbing.backoff import Backoff
+from plumbing.kafka import Compression, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +44,16 @@ class Producer(Protocol):
     ) -> asyncio.Future[object]: ...
 
 
-#: Compression of the join's produce batches. "none" is the default: aiokafka compresses gzip at level 9
-#: in the event loop, which cost the join a sixth of its CPU at bench load; lz4 and zstd (cramjam) are
-#: cheap and shrink the JSON records about fourfold, for a Kafka where bytes cost more than CPU.
-Compression = Literal["none", "gzip", "lz4", "zstd"]
-
-
 def make_output_producer(bootstrap_servers: str, max_request_size: int,
                          compression: Compression = "none") -> AIOKafkaProducer:
-    """Acks from all replicas, a short linger so that a batch's sends share produce requests."""
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=512 * 1024,
-        compression_type=None if compression == "none" else compression,
-        # Tansu rejects the idempotent producer (docs/kafka-on-tansu.md §1); a duplicate after a retry is
-        # harmless: records carry revisions and consumers drop what they have seen.
-        enable_idempotence=False,
-        request_timeout_ms=10_000,
-        max_request_size=max_request_size,
-        client_id="guestinfo-join-output",
-    )
+    """The join's own producer (`plumbing.kafka`): a short linger and large batches, so that a batch's
+    sends share produce requests."""
+    return make_producer(bootstrap_servers, client_id="guestinfo-join-output", max_request_size=max_request_size,
+                         linger_ms=5, max_batch_size=512 * 1024, compression=compression)
 
 
-#: Pauses between rounds of resending what failed for a passing reason: doubling up to the last.
-RETRY_PAUSES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+#: Pauses between rounds of resending what failed for a passing reason: doubling from the first to the most.
+RETRY_FIRST, RETRY_MOST = 0.1, 10.0
 
 
 def passing(error: KafkaError) -> bool:
@@ -78,14 +65,14 @@ async def deliver(producer: Producer, sends: Sequence[Send]) -> list[KafkaError 
     """Send everything and wait for the acks.
 
     What fails for a passing reason (`passing`: the broker away, a timeout, a leader moving) is sent
-    again, pausing longer each round (`RETRY_PAUSES`), for as long as it takes: the caller acknowledges
-    the raw events only after this returns, so an outage delays output and never loses it. Returns,
-    per send, None when delivered or the error no resend can cure (the broker refuses the record:
-    too large, an invalid topic...). Anything that is not a Kafka error is a bug and is raised.
+    again, pausing longer each round (`RETRY_FIRST` doubling up to `RETRY_MOST`), for as long as it
+    takes: the caller acknowledges the raw events only after this returns, so an outage delays output
+    and never loses it. Returns, per send, None when delivered or the error no resend can cure (the
+    broker refuses the record: too large, an invalid topic...). Anything but a Kafka error is a bug: raised.
     """
     outcome: list[KafkaError | None] = [None] * len(sends)
     todo = list(range(len(sends)))
-    rounds = 0
+    backoff = Backoff(RETRY_FIRST, RETRY_MOST)
     while True:
         futures: list[tuple[int, asyncio.Future[object]]] = []
         for index in todo:
@@ -107,8 +94,7 @@ async def deliver(producer: Producer, sends: Sequence[Send]) -> list[KafkaError 
         todo = [index for index in todo if (error := outcome[index]) is not None and passing(error)]
         if not todo:
             return outcome
-        pause = RETRY_PAUSES[min(rounds, len(RETRY_PAUSES) - 1)]
-        rounds += 1
+        pause = backoff.next()
         log.warning("%d of %d sends failed (round %d), e.g. to %s: %s; sending them again in %.1fs",
-                    len(todo), len(sends), rounds, sends[todo[0]].topic, outcome[todo[0]], pause)
+                    len(todo), len(sends), backoff.failures, sends[todo[0]].topic, outcome[todo[0]], pause)
         await asyncio.sleep(pause)

@@ -78,10 +78,6 @@ def guest_agent_info(agent: AgentReport | None, users: list[JSON], filesystems: 
     return out
 
 
-def vmi_ref(vmi: VMIRef) -> JSON:
-    return {"namespace": vmi.namespace, "name": vmi.name, "uid": vmi.uid}
-
-
 def record_content(vmi: VMIRef, node: str, agent_connected: bool, interfaces: list[JSON],
                    conditions: list[JSON], agent: AgentReport | None, observed: dict[str, float]) -> JSON:
     """The record without its bookkeeping (revision, observedAt), keys in the model's order."""

@@ -4,7 +4,8 @@ The contract of the raw topics is `schemas.events` (pydantic): the collector val
 report with it when it builds one. The join decodes each report again, as hostile input, into these
 Structs: the same JSON names, the same bounds (`schemas.limits`), unknown keys refused, in a few µs
 instead of pydantic's ~60 µs per report. Being strict, they are if anything stricter than the models:
-a number where a string belongs is refused, not converted. `tests/streams/test_reports.py` holds them
+a number where a string belongs is refused, not converted, and only the camelCase names are read (the
+models also took the snake_case ones, which no collector writes). `tests/streams/test_reports.py` holds them
 to the models field by field, and to the models' decisions on valid and hostile documents.
 
 Between decode and the merged record's JSON the join works on these directly: no model round trips.

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from guestinfo.bench import NAMESPACE, rest_load
+from guestinfo.lab.bench import NAMESPACE
+from guestinfo.lab.rest_load import rest_load
 
 PATH = f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances/{{name}}/guestosinfo"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,7 +49,7 @@ async def test_every_request_is_timed_and_its_body_checked(serve: Serve) -> None
 
     names = [f"vm-{i:02d}" for i in range(50)]
     url = await serve(handler)
-    result = await rest_load(url, {name: body_of(name) for name in names}, requests=500, concurrency=8)
+    result = await rest_load(url, NAMESPACE, {name: body_of(name) for name in names}, requests=500, concurrency=8)
     assert (result.requests, result.errors, result.wrong_bodies) == (500, 0, 0)
     assert len(asked) == 500 + 200  # the 200 warm-up requests are sent but not counted
     assert set(asked) <= set(names) and len(set(asked)) > 40
@@ -64,9 +65,10 @@ async def test_a_body_of_another_vmi_is_counted_wrong(serve: Serve) -> None:
         return web.Response(body=body_of("vm-1" if name == "vm-0" else name), content_type="application/json")
 
     url = await serve(handler)
-    result = await rest_load(url, {"vm-0": body_of("vm-0")}, requests=300, concurrency=4)
+    result = await rest_load(url, NAMESPACE, {"vm-0": body_of("vm-0")}, requests=300, concurrency=4)
     assert (result.requests, result.errors, result.wrong_bodies) == (300, 0, 300)
-    mixed = await rest_load(url, {"vm-0": body_of("vm-0"), "vm-2": body_of("vm-2")}, requests=300, concurrency=4)
+    both = {"vm-0": body_of("vm-0"), "vm-2": body_of("vm-2")}
+    mixed = await rest_load(url, NAMESPACE, both, requests=300, concurrency=4)
     assert mixed.errors == 0 and 0 < mixed.wrong_bodies < 300
 
 
@@ -75,7 +77,7 @@ async def test_a_status_other_than_200_is_an_error(serve: Serve) -> None:
         return web.Response(status=404, body=body_of(request.match_info["name"]), content_type="application/json")
 
     url = await serve(handler)
-    result = await rest_load(url, {"vm-0": body_of("vm-0")}, requests=300, concurrency=4)
+    result = await rest_load(url, NAMESPACE, {"vm-0": body_of("vm-0")}, requests=300, concurrency=4)
     assert (result.requests, result.errors) == (300, 300)
 
 
@@ -90,7 +92,7 @@ async def test_a_response_without_content_length_fails_the_run(serve: Serve) -> 
 
     url = await serve(handler)
     with pytest.raises(ConnectionError, match="Content-Length"):
-        await rest_load(url, {"vm-0": body_of("vm-0")}, requests=10, concurrency=2)
+        await rest_load(url, NAMESPACE, {"vm-0": body_of("vm-0")}, requests=10, concurrency=2)
 
 
 async def test_a_server_closing_the_connection_fails_the_run(serve: Serve) -> None:
@@ -101,4 +103,4 @@ async def test_a_server_closing_the_connection_fails_the_run(serve: Serve) -> No
 
     url = await serve(handler)
     with pytest.raises(ConnectionError, match="connection lost"):
-        await rest_load(url, {"vm-0": body_of("vm-0")}, requests=10, concurrency=2)
+        await rest_load(url, NAMESPACE, {"vm-0": body_of("vm-0")}, requests=10, concurrency=2)

@@ -1,4 +1,5 @@
-"""A scripted QGA unix-socket server, for replies a real qemu-ga cannot give (garbage, stale, huge)."""
+"""A scripted QGA unix-socket server, for replies a real qemu-ga cannot give (garbage, stale, huge):
+a script per test over the simulated guest agent (`guestinfo.lab.agent`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import orjson
+
+from guestinfo.lab import agent
 
 #: Given a request, the raw lines to write back (each should end with "\n", or not, to cut a line);
 #: None: stay silent; "close" (alone or as the last item of the list): drop the connection.
@@ -22,17 +25,11 @@ def line(value: Any) -> bytes:
 
 def returning(request: dict[str, Any], value: Any) -> list[bytes | str]:
     """The reply line qemu-ga writes: the return value and the request's id, when it had one."""
-    reply: dict[str, Any] = {"return": value}
-    if "id" in request:
-        reply["id"] = request["id"]
-    return [line(reply)]
+    return [agent.returning(request, value)]
 
 
 def sync_reply(request: dict[str, Any], *, echo_id: bool = True) -> list[bytes | str]:
-    reply: dict[str, Any] = {"return": request["arguments"]["id"]}
-    if echo_id and "id" in request:
-        reply["id"] = request["id"]
-    return [line(reply)]
+    return [agent.sync_reply(request, echo_id=echo_id)]
 
 
 class FakeAgent:
@@ -46,25 +43,19 @@ class FakeAgent:
         self.connections += 1
         self._writers.add(writer)
         try:
-            while request_line := await reader.readline():
-                request = orjson.loads(request_line)
-                self.requests.append(request)
-                answer = self.script(request)
-                if answer == "close":
-                    break
-                if isinstance(answer, list):
-                    for chunk in answer:
-                        if isinstance(chunk, str):
-                            break
-                        writer.write(chunk)
-                    await writer.drain()
-                    if answer and answer[-1] == "close":
-                        break
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+            await agent.serve(reader, writer, self.deliver)
         finally:
             self._writers.discard(writer)
-            writer.close()
+
+    def deliver(self, request: dict[str, Any]) -> agent.Delivery | None:
+        """The script's answer as the simulated agent's delivery."""
+        self.requests.append(request)
+        answer = self.script(request)
+        if answer is None:
+            return None
+        if answer == "close":
+            return agent.Delivery(close=True)
+        return agent.Delivery([chunk for chunk in answer if isinstance(chunk, bytes)], close="close" in answer)
 
     def drop_connections(self) -> None:
         """Close every open connection, as an agent that exits does."""

@@ -13,12 +13,12 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from collectors.agent_poll import poll_agent
 from collectors.agent_protocol import MAX_STRAY_LINES, AgentSocketClient, decode_reply, json_depth
 from collectors.errors import AgentCommandError, AgentProtocolError, AgentTimeout, AgentUnavailable
 from schemas.events import VMIRef
 from schemas.limits import MAX_REPLY_BYTES, MAX_REPLY_DEPTH
 from tests.collectors.fake_agent import Answer, Script, fake_agent, returning, sync_reply
+from tests.collectors.ticks import poll_agent
 
 Reply = Callable[[dict[str, Any]], Answer]
 

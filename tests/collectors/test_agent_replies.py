@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from collectors import agent_replies
 from collectors.agent_replies import CONVERTERS, CURRENT_GUEST, convert, guest_interfaces, guest_users
 from collectors.errors import AgentProtocolError, AgentReplyError
-from collectors.ratelimit import RateLimitedLog
+from plumbing.logs import RateLimitedLog
 from schemas.limits import MAX_ADDRESSES, MAX_ITEMS
 
 DATA = Path(__file__).parent / "data" / "agent"

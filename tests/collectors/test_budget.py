@@ -8,13 +8,13 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from collectors.agent_poll import poll_agent
 from collectors.agent_protocol import AgentSocketClient
 from collectors.budget import AGENT_REPORT_BUDGET, fit_report
 from schemas.codec import encode
 from schemas.events import AgentReport, AgentVersionInfo, VMIRef
 from schemas.kubevirt import GuestAgentCommandInfo, GuestOSUser
 from tests.collectors.fake_agent import Answer, fake_agent, returning, sync_reply
+from tests.collectors.ticks import poll_agent
 
 VMI = VMIRef(namespace="ns", name="vm")
 

@@ -12,7 +12,7 @@ import pytest
 from collectors import domain_xml
 from collectors.domain_xml import GUESTINFO_NS, MAX_DOMAIN_XML_BYTES, parse_domain
 from collectors.errors import DomainXMLError
-from collectors.ratelimit import RateLimitedLog
+from plumbing.logs import RateLimitedLog
 from schemas.codec import encode
 from schemas.limits import MAX_ITEMS
 

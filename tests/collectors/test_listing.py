@@ -11,8 +11,9 @@ from pathlib import Path
 
 from collectors import CollectorConfig, NodeCollector, TickReports
 from collectors.listing import DomainListing
-from collectors.ratelimit import RateLimitedLog
+from plumbing.logs import RateLimitedLog
 from tests.collectors.test_node import write_domains
+from tests.collectors.ticks import collect_once
 
 
 async def test_present_then_gone_then_unreachable(tmp_path: Path) -> None:
@@ -70,11 +71,11 @@ async def test_a_vmi_another_uri_still_lists_is_not_reported_gone(tmp_path: Path
     new = write_domains(tmp_path / "new.xml", ["vm"])
     collector = NodeCollector(CollectorConfig(bootstrap_servers="127.0.0.1:1", libvirt_uris=[old, new], node_name="n"))
     try:
-        await collector.collect_once()
+        await collect_once(collector)
         domain = (await collector.connection(old)).lookupByName("default_vm")
         domain.destroy()
         domain.undefine()
-        reports = await collector.collect_once()
+        reports = await collect_once(collector)
         assert [r for r in reports.domains if r.removed] == []
         assert [r.vmi.name for r in reports.domains] == ["vm"]  # still listed by the other
         gone = await collector.drop_uri(new, _ignore)

@@ -22,6 +22,7 @@ from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
 from tests.collectors.fake_agent import Answer, fake_agent, returning, sync_reply
+from tests.collectors.ticks import collect_once
 from tests.conftest import QemuGA
 
 UID = "5e1d3f8a-0c6b-4a77-9d1e-7f00c0ffee01"
@@ -149,23 +150,23 @@ async def test_domain_that_disappears_is_reported_removed(qemu_ga: Path, tmp_pat
     )
     collector = NodeCollector(config)
     try:
-        first = await collector.collect_once()
+        first = await collect_once(collector)
         assert [(d.vmi.key, d.removed) for d in first.domains] == [("default/demo", False)]
         assert [a.connected for a in first.agents] == [True]
 
         conn = await collector.connection(uri)
         domain = conn.lookupByName("default_demo")
         domain.destroy()
-        paused = await collector.collect_once()
+        paused = await collect_once(collector)
         assert [(d.state, d.removed, d.agent_connected) for d in paused.domains] == [("shutoff", False, False)]
         assert [a.connected for a in paused.agents] == [False]
 
         domain.undefine()
-        gone = await collector.collect_once()
+        gone = await collect_once(collector)
         assert [(d.vmi.key, d.vmi.uid, d.removed) for d in gone.domains] == [("default/demo", UID, True)]
         assert gone.agents == []
 
-        again = await collector.collect_once()
+        again = await collect_once(collector)
         assert again.domains == [] and again.agents == []
     finally:
         await collector.close()
@@ -178,7 +179,7 @@ async def test_unreachable_libvirt_reports_nothing_and_does_not_raise(tmp_path: 
     )
     collector = NodeCollector(config)
     try:
-        tick = await collector.collect_once()
+        tick = await collect_once(collector)
         assert tick.domains == [] and tick.agents == []
     finally:
         await collector.close()
@@ -190,7 +191,7 @@ async def test_libvirt_channel_without_socket_override_uses_libvirt(tmp_path: Pa
     uri = write_node(tmp_path / "node.xml", "02:00:00:00:00:02")
     collector = NodeCollector(CollectorConfig(bootstrap_servers="127.0.0.1:1", libvirt_uris=[uri], node_name="n"))
     try:
-        tick = await collector.collect_once()
+        tick = await collect_once(collector)
         assert [d.agent_connected for d in tick.domains] == [False]
         assert [(a.connected, a.info) for a in tick.agents] == [(False, None)]
     finally:
@@ -237,16 +238,16 @@ async def test_session_is_kept_while_the_agent_answers_and_renewed_when_it_resta
     uri = write_node(tmp_path / "node.xml", "02:00:00:00:00:03")
     collector = collector_of(uri, {"default/demo": restartable_qemu_ga.socket})
     try:
-        first = one_agent(await collector.collect_once())
-        second = one_agent(await collector.collect_once())
+        first = one_agent(await collect_once(collector))
+        second = one_agent(await collect_once(collector))
         assert first.connected and second.connected
         assert SESSION.fullmatch(first.session) and second.session == first.session
 
         restartable_qemu_ga.restart()
-        restarted = one_agent(await collector.collect_once())
+        restarted = one_agent(await collect_once(collector))
         assert restarted.connected, "the dead connection is replaced within the same poll"
         assert restarted.session != first.session
-        assert one_agent(await collector.collect_once()).session == restarted.session
+        assert one_agent(await collect_once(collector)).session == restarted.session
     finally:
         await collector.close()
         collector.shutdown()
@@ -257,11 +258,11 @@ async def test_session_is_renewed_when_the_domain_restarts(qemu_ga: Path, tmp_pa
     uri = write_node(tmp_path / "node.xml", "02:00:00:00:00:04")
     collector = collector_of(uri, {"default/demo": qemu_ga})
     try:
-        before = one_agent(await collector.collect_once())
+        before = one_agent(await collect_once(collector))
         domain = (await collector.connection(uri)).lookupByName("default_demo")
         domain.destroy()
         domain.create()
-        after = one_agent(await collector.collect_once())
+        after = one_agent(await collect_once(collector))
         assert before.connected and after.connected
         assert after.session != before.session
     finally:
@@ -285,15 +286,15 @@ async def test_a_timeout_then_an_answer_keeps_the_session(tmp_path: Path) -> Non
     async with fake_agent(sock, script) as agent:
         collector = collector_of(uri, {"default/vm": sock}, agent_timeout=0.2)
         try:
-            answered = one_agent(await collector.collect_once())
+            answered = one_agent(await collect_once(collector))
             silent = True
             asked = len(agent.requests)
-            lost = one_agent(await collector.collect_once())
+            lost = one_agent(await collect_once(collector))
             assert [r["execute"] for r in agent.requests[asked:]] == ["guest-info"], "no sync on a live connection"
             silent = False
-            assert not (await collector.collect_once()).agents, "a timed-out agent is backed off one tick"
+            assert not (await collect_once(collector)).agents, "a timed-out agent is backed off one tick"
             asked = len(agent.requests)
-            found = one_agent(await collector.collect_once())
+            found = one_agent(await collect_once(collector))
             assert agent.requests[asked]["execute"] == "guest-sync", "after a timeout the new connection syncs"
             assert agent.connections == 2
         finally:
@@ -322,11 +323,11 @@ async def test_a_paused_domain_is_not_polled_and_keeps_its_agent(tmp_path: Path)
     async with fake_agent(sock, healthy_script) as agent:
         collector = collector_of(uri, {"default/vm": sock})
         try:
-            before = one_agent(await collector.collect_once())
+            before = one_agent(await collect_once(collector))
             domain = (await collector.connection(uri)).lookupByName("default_vm")
             domain.suspend()
             asked = len(agent.requests)
-            paused = await collector.collect_once()
+            paused = await collect_once(collector)
             asked_while_paused = len(agent.requests) - asked
             after = TickReports()
 
@@ -362,7 +363,7 @@ async def test_a_poll_in_flight_when_the_domain_pauses_is_void(tmp_path: Path) -
     async with fake_agent(sock, healthy_script) as agent:
         collector = collector_of(uri, {"default/vm": sock}, agent_timeout=1.0)
         try:
-            assert one_agent(await collector.collect_once()).connected
+            assert one_agent(await collect_once(collector)).connected
             agent.script = slow_script
             (poll,) = await collector.tick(keep)
             await asyncio.sleep(0.2)  # synced, waiting for an answer that will not come
@@ -388,7 +389,7 @@ async def test_a_resume_polls_at_once_whatever_the_back_off(tmp_path: Path) -> N
     async with fake_agent(sock, slow_script) as agent:
         collector = collector_of(uri, {"default/vm": sock}, agent_timeout=0.3)
         try:
-            timed_out = one_agent(await collector.collect_once())  # a timeout: the VMI is backed off
+            timed_out = one_agent(await collect_once(collector))  # a timeout: the VMI is backed off
             assert any("no answer" in reason for reason in timed_out.errors.values()), timed_out.errors
             agent.script = healthy_script
             domain = (await collector.connection(uri)).lookupByName("default_vm")
@@ -413,10 +414,10 @@ async def test_agent_socket_dir_reaches_the_agent_of_a_vmi_by_name(tmp_path: Pat
             agent_socket_dir=str(sockets), agent_sockets={"default/other": str(explicit)},
         ))
         try:
-            tick = await collector.collect_once()
+            tick = await collect_once(collector)
             session = {a.vmi.key: a.session for a in tick.agents}
             (sockets / "default_vm.sock").unlink()  # the agent went away while we held its connection
-            gone = await collector.collect_once()
+            gone = await collect_once(collector)
         finally:
             await collector.close()
             collector.shutdown()
@@ -491,12 +492,12 @@ async def test_session_is_renewed_when_the_agent_closed_its_socket_between_polls
     collector = collector_of(uri, {"default/vm": sock})
     try:
         async with fake_agent(sock, script) as agent:
-            cut = one_agent(await collector.collect_once())
-            again = one_agent(await collector.collect_once())
+            cut = one_agent(await collect_once(collector))
+            again = one_agent(await collect_once(collector))
             assert agent.connections == 2
         async with fake_agent(sock, script) as restarted:
-            renewed = one_agent(await collector.collect_once())
-            kept = one_agent(await collector.collect_once())
+            renewed = one_agent(await collect_once(collector))
+            kept = one_agent(await collect_once(collector))
             assert restarted.connections == 1
     finally:
         await collector.close()

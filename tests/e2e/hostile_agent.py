@@ -1,5 +1,6 @@
-"""A guest agent for the hostile corpus: speaks the QGA protocol on a unix socket, answers like a
-healthy agent for the first ticks, then follows the case's script (tests/e2e/hostile/*.json).
+"""A guest agent for the hostile corpus: the simulated guest agent (`guestinfo.lab.agent`) answering
+like a healthy agent for the first ticks, then following the case's script (tests/e2e/hostile/*.json)
+through its delivery options.
 
 Script actions per command (or "*" for all): `reply` (a JSON value), `generate` (users: N,
 hostnameLength: N), `raw` (a line as text), `rawRepeat` (prefix + item * count + suffix), `rawHex`
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from guestinfo.lab import agent
 
 HOSTILE = Path(__file__).parent / "hostile"
 HEALTHY: dict[str, Any] = orjson.loads((HOSTILE / "healthy_agent.json").read_bytes())["replies"]
@@ -79,42 +82,26 @@ class ScriptedAgent:
         return script.get(command) or script.get("*")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            while line := await reader.readline():
-                request = orjson.loads(line)
-                command, request_id = request.get("execute"), request.get("id")
-                self._count_tick()
-                if command == "guest-sync":
-                    reply: dict[str, Any] = {"return": request["arguments"]["id"]}
-                    if request_id is not None:
-                        reply["id"] = request_id
-                    writer.write(orjson.dumps(reply) + b"\n")
-                    await writer.drain()
-                    continue
-                if not await self.answer(writer, command, request_id):
-                    break
-        writer.close()
+        await agent.serve(reader, writer, self.deliver)
 
-    async def answer(self, writer: asyncio.StreamWriter, command: str, request_id: Any) -> bool:
-        """Write the answer to one command; False when the connection is to be closed."""
-        action = self.action(command)
+    def deliver(self, request: dict[str, Any]) -> agent.Delivery | None:
+        """Healthy answers for the first ticks, then the case's action, as the simulated agent's options."""
+        command, request_id = request.get("execute"), request.get("id")
+        self._count_tick()
+        if command == "guest-sync":
+            return agent.Delivery([agent.sync_reply(request)])
+        action = self.action(str(command))
         if action is None or set(action) <= {"flood", "delay"}:
-            value = healthy_reply(command, self.mac)
+            value = healthy_reply(str(command), self.mac)
             if self.pulse and command == "guest-get-host-name":
                 value = {"host-name": f"pulse-{self.ticks}"}
             line = orjson.dumps({"return": value, "id": request_id}) + b"\n"
         else:
             line = b"" if action.get("silent") else body_line(action, request_id)
-        if action is not None:
-            if action.get("delay"):
-                await asyncio.sleep(action["delay"])
-            for number in range(action.get("flood", 0)):
-                if writer.is_closing():
-                    return False
-                writer.write(b'{"event": "unsolicited", "n": %d}\n' % number)
-        writer.write(line)
-        await writer.drain()
-        return not (action is not None and action.get("close"))
+        if action is None:
+            return agent.Delivery([line])
+        return agent.Delivery([line], delay=action.get("delay", 0.0), flood=action.get("flood", 0),
+                              close=bool(action.get("close")))
 
 
 @contextlib.asynccontextmanager

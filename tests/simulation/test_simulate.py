@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from guestinfo import simulation
 from guestinfo.broker import EmbeddedBroker, ensure_topics
-from guestinfo.simulation import AgentServer, fleet_spec, start_fleet, write_node_file
+from guestinfo.lab import simulation
+from guestinfo.lab.simulation import AgentServer, fleet_spec, start_fleet, write_node_file
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC

@@ -15,6 +15,7 @@ from sinks.serve import start_api
 from sinks.store import Store, Tombstone, open_store
 from tests.sinks.conftest import golden
 from tests.sinks.records import empty_record, full_record
+from tests.sinks.stores import delete, upsert
 
 PREFIX = "/apis/subresources.kubevirt.io"
 SUBRESOURCES = ("guestosinfo", "userlist", "filesystemlist")
@@ -24,9 +25,9 @@ SUBRESOURCES = ("guestosinfo", "userlist", "filesystemlist")
 async def api(store: Store, unique: str) -> AsyncIterator[str]:
     """The API on a free port over a store holding `full`, `empty` and `offline` in `ns-<unique>`."""
     ns = f"ns-{unique}"
-    await store.upsert(full_record(ns, "full"))
-    await store.upsert(empty_record(ns, "empty"))
-    await store.upsert(full_record(ns, "offline", agent_connected=False))
+    await upsert(store, full_record(ns, "full"))
+    await upsert(store, empty_record(ns, "empty"))
+    await upsert(store, full_record(ns, "offline", agent_connected=False))
     runner, port = await start_api(store, "127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -194,13 +195,13 @@ async def test_served_bodies_follow_every_new_revision(api: str, store: Store, u
     renamed = first.model_copy(
         update={"revision": 2, "guest_agent_info": first.guest_agent_info.model_copy(update={"hostname": "renamed"})}
     )
-    await store.upsert(renamed)
+    await upsert(store, renamed)
     _, _, body = await fetch(url)
     assert orjson.loads(body)["hostname"] == "renamed"
-    await store.upsert(renamed.model_copy(update={"revision": 3, "agent_connected": False}))
+    await upsert(store, renamed.model_copy(update={"revision": 3, "agent_connected": False}))
     status, _, _ = await fetch(url)
     assert status == 409
-    await store.delete(ns, "full")
+    await delete(store, ns, "full")
     status, _, _ = await fetch(url)
     assert status == 404
 
@@ -208,10 +209,10 @@ async def test_served_bodies_follow_every_new_revision(api: str, store: Store, u
 async def test_version_is_read_without_the_record(store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
     assert await store.version(ns, "vm") is None
-    await store.upsert(full_record(ns, "vm", revision=7))
+    await upsert(store, full_record(ns, "vm", revision=7))
     first = await store.version(ns, "vm")
     assert first is not None
-    await store.upsert(full_record(ns, "vm", revision=7))  # a re-delivery rewrites the row: a new version
+    await upsert(store, full_record(ns, "vm", revision=7))  # a re-delivery rewrites the row: a new version
     second = await store.version(ns, "vm")
     assert second is not None and second > first
 
@@ -239,14 +240,14 @@ class CountingStore:
 async def test_a_read_of_an_unchanged_vmi_reads_only_its_version(store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
     record = full_record(ns, "vm")
-    await store.upsert(record)
+    await upsert(store, record)
     counting = CountingStore(store)
     runner, port = await start_api(counting, "127.0.0.1", 0)  # type: ignore[arg-type]
     url = f"http://127.0.0.1:{port}{PREFIX}/v1/namespaces/{ns}/virtualmachineinstances/vm/guestosinfo"
     try:
         bodies = [(await fetch(url))[2] for _ in range(3)]
         assert (counting.versions, counting.gets) == (3, 1), "the record is read and encoded once"
-        await store.upsert(record.model_copy(update={"revision": 2}))
+        await upsert(store, record.model_copy(update={"revision": 2}))
         bodies.append((await fetch(url))[2])
         assert (counting.versions, counting.gets) == (4, 2), "a new version is read again"
     finally:

@@ -28,6 +28,7 @@ from sinks.store import Store, open_store
 from tests.sinks.pki import CA, Pair, serial_of
 from tests.sinks.records import full_record
 from tests.sinks.review_standin import ReviewStandIn, Rule, serve_standin
+from tests.sinks.stores import upsert
 
 DATA = Path(__file__).parent / "data" / "security"
 SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"
@@ -110,8 +111,8 @@ async def standin() -> AsyncIterator[ReviewStandIn]:
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     opened = await open_store(f"sqlite://{tmp_path / 'store.db'}")
     for namespace in ("allowed", "secret"):
-        await opened.upsert(full_record(namespace, "full"))
-    await opened.upsert(rhel_record("allowed", "rhel"))
+        await upsert(opened, full_record(namespace, "full"))
+    await upsert(opened, rhel_record("allowed", "rhel"))
     try:
         yield opened
     finally:
@@ -467,10 +468,10 @@ async def test_kubectl_get_gi_watch(api: str, store: Store, pki: PKI, tmp_path: 
 
         assert (await line())[:2] == ["NAME", "NODE"]
         assert [(await line())[0] for _ in range(2)] == ["full", "rhel"]
-        await store.upsert(rhel_record("allowed", "rhel", hostname="renamed", revision=2))
+        await upsert(store, rhel_record("allowed", "rhel", hostname="renamed", revision=2))
         changed = await line()
         assert changed[0] == "rhel" and "renamed" in changed
-        await store.upsert(rhel_record("allowed", "new-vm"))
+        await upsert(store, rhel_record("allowed", "new-vm"))
         assert (await line())[0] == "new-vm"
     finally:
         process.kill()

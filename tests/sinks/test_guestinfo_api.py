@@ -19,6 +19,7 @@ from sinks.store import Store, Tombstone
 from sinks.watch import ChangeFeed, Follower, WatchEnded
 from tests.sinks.conftest import golden
 from tests.sinks.records import full_record
+from tests.sinks.stores import delete, upsert
 from tests.sinks.test_guestinfo_store import with_hostname
 
 GI = "/apis/guestinfo.kubevirt.io/v1alpha1"
@@ -67,7 +68,7 @@ async def test_discovery(api: str) -> None:
 
 async def test_get_and_its_subresources(api: str, store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
-    await store.upsert(full_record(ns, "full", revision=2))
+    await upsert(store, full_record(ns, "full", revision=2))
     status, obj = await get(api, f"{GI}/namespaces/{ns}/guestinfos/full")
     assert status == 200 and obj["kind"] == "GuestInfo"
     stored = await store.get_guestinfo(ns, "full")
@@ -102,7 +103,7 @@ async def test_list_select_and_page(api: str, store: Store, unique: str) -> None
         names += [item["metadata"]["name"] for item in page["items"]]
         versions.add(page["metadata"]["resourceVersion"])
         if len(names) == 2:  # a change after the first page: later pages still show the first page's version
-            await store.upsert(with_hostname(full_record(ns, "vm3", 1), "moved", 2))
+            await upsert(store, with_hostname(full_record(ns, "vm3", 1), "moved", 2))
         token = page["metadata"].get("continue", "")
         if not token:
             break
@@ -131,7 +132,7 @@ async def test_bad_requests_are_status_bodies(api: str, query: str, code: int, m
 
 async def test_label_selector_matches_every_or_no_guestinfo(api: str, store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
-    await store.upsert(full_record(ns, "vm1", 1))
+    await upsert(store, full_record(ns, "vm1", 1))
     assert len((await get(api, f"{GI}/namespaces/{ns}/guestinfos?labelSelector=!app"))[1]["items"]) == 1
     assert (await get(api, f"{GI}/namespaces/{ns}/guestinfos?labelSelector=app%3Dweb"))[1]["items"] == []
 
@@ -184,14 +185,14 @@ async def watching(base: str, path: str, accept: str = "application/json") -> As
 async def test_watch_from_a_list_then_resume(api: str, store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
     vm1 = full_record(ns, "vm1", 1)
-    await store.upsert(vm1)
+    await upsert(store, vm1)
     _, listed = await get(api, f"{GI}/namespaces/{ns}/guestinfos")
     version = listed["metadata"]["resourceVersion"]
     async with watching(api, f"{GI}/namespaces/{ns}/guestinfos?watch=1&resourceVersion={version}") as watch:
-        await store.upsert(with_hostname(vm1, "one", 2))
-        await store.upsert(full_record(ns, "vm2", 1))
-        await store.upsert(full_record(f"other-{unique}", "vm3", 1))  # another namespace: not sent
-        await store.delete(ns, "vm1")
+        await upsert(store, with_hostname(vm1, "one", 2))
+        await upsert(store, full_record(ns, "vm2", 1))
+        await upsert(store, full_record(f"other-{unique}", "vm3", 1))  # another namespace: not sent
+        await delete(store, ns, "vm1")
         events = [await watch.next() for _ in range(3)]
     assert [event[:3] for event in events] == [
         ("MODIFIED", "vm1", "one"), ("ADDED", "vm2", vm1.guest_agent_info.hostname), ("DELETED", "vm1", "one")]
@@ -211,7 +212,7 @@ async def test_watch_without_a_version_starts_with_every_object_then_bookmarks(
         assert [(await watch.next())[:2] for _ in range(2)] == [("ADDED", "a"), ("ADDED", "b")]
         bookmark = await watch.next()
         assert bookmark[0] == "BOOKMARK" and int(bookmark[3]) >= int(await store.resource_version())
-        await store.upsert(with_hostname(full_record(ns, "a", 1), "x", 2))
+        await upsert(store, with_hostname(full_record(ns, "a", 1), "x", 2))
         assert (await watch.skip_bookmarks())[:3] == ("MODIFIED", "a", "x")
     path += "&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
     async with watching(api, path) as watch:
@@ -223,15 +224,15 @@ async def test_watch_without_a_version_starts_with_every_object_then_bookmarks(
 async def test_watch_with_a_field_selector_sees_objects_come_and_go(api: str, store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
     vm = full_record(ns, "vm", 1)
-    await store.upsert(vm)
+    await upsert(store, vm)
     version = await store.resource_version()
     path = f"{GI}/namespaces/{ns}/guestinfos?watch=1&resourceVersion={version}&fieldSelector=status.hostname%3Dweb"
     async with watching(api, path) as watch:
-        await store.upsert(with_hostname(vm, "web", 2))  # starts to match
-        await store.upsert(with_hostname(vm, "web", 3).model_copy(update={"node": "node-b"}))  # still matches
-        await store.upsert(with_hostname(vm, "db", 4))  # stops matching
-        await store.upsert(with_hostname(vm, "db2", 5))  # never matched: nothing
-        await store.upsert(with_hostname(vm, "web", 6))
+        await upsert(store, with_hostname(vm, "web", 2))  # starts to match
+        await upsert(store, with_hostname(vm, "web", 3).model_copy(update={"node": "node-b"}))  # still matches
+        await upsert(store, with_hostname(vm, "db", 4))  # stops matching
+        await upsert(store, with_hostname(vm, "db2", 5))  # never matched: nothing
+        await upsert(store, with_hostname(vm, "web", 6))
         events = [(await watch.next())[:3] for _ in range(4)]
     assert events == [("ADDED", "vm", "web"), ("MODIFIED", "vm", "web"), ("DELETED", "vm", "web"),
                       ("ADDED", "vm", "web")]
@@ -240,10 +241,10 @@ async def test_watch_with_a_field_selector_sees_objects_come_and_go(api: str, st
 async def test_watch_from_a_compacted_version_is_410(api: str, store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
     vm = full_record(ns, "vm", 1)
-    await store.upsert(vm)
+    await upsert(store, vm)
     old = await store.resource_version()
     for revision in range(2, 5):
-        await store.upsert(with_hostname(vm, f"h{revision}", revision))
+        await upsert(store, with_hostname(vm, f"h{revision}", revision))
     await store.compact(3600, 1)
     async with watching(api, f"{GI}/guestinfos?watch=1&resourceVersion={old}") as watch:
         kind, _, status, _ = await watch.next()
@@ -257,7 +258,7 @@ async def test_watch_as_table(api: str, store: Store, unique: str) -> None:
     async with aiohttp.ClientSession() as session, session.get(
         f"{api}{GI}/namespaces/{ns}/guestinfos?watch=1&resourceVersion={version}", headers={"Accept": TABLE}
     ) as response:
-        await store.upsert(full_record(ns, "vm", 1))
+        await upsert(store, full_record(ns, "vm", 1))
         event = orjson.loads(await asyncio.wait_for(response.content.readline(), 10))
     assert event["type"] == "ADDED" and event["object"]["kind"] == "Table"
     assert event["object"]["rows"][0]["cells"][0] == "vm"

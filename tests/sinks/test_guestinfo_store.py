@@ -18,6 +18,7 @@ from sinks.selectors import parse_field_selector
 from sinks.store import Store, Tombstone, open_store
 from sinks.store_listing import ListQuery, ResourceExpired, decode_continue, encode_continue
 from tests.sinks.records import full_record
+from tests.sinks.stores import delete, upsert
 
 
 def with_hostname(record: VMIRecord, hostname: str, revision: int) -> VMIRecord:
@@ -48,13 +49,13 @@ async def test_each_object_change_is_logged_once(store: Store, unique: str) -> N
     ns = f"ns-{unique}"
     start = await store.resource_version()
     first = full_record(ns, "vm1", revision=1)
-    await store.upsert(first)
-    await store.upsert(with_hostname(first, "renamed", 2))
+    await upsert(store, first)
+    await upsert(store, with_hostname(first, "renamed", 2))
     written = await store.resource_version()
-    await store.upsert(with_usage(with_hostname(first, "renamed", 3), 123, 3))  # only usage: no event
-    await store.upsert(with_hostname(first, "older", 2))  # a stale re-delivery: nothing at all
+    await upsert(store, with_usage(with_hostname(first, "renamed", 3), 123, 3))  # only usage: no event
+    await upsert(store, with_hostname(first, "older", 2))  # a stale re-delivery: nothing at all
     assert await store.resource_version() == written + 1
-    await store.delete(ns, "vm1")
+    await delete(store, ns, "vm1")
     hostname = first.guest_agent_info.hostname
     assert await log_after(store, start) == [
         ("ADDED", "vm1", hostname, None),
@@ -66,10 +67,10 @@ async def test_each_object_change_is_logged_once(store: Store, unique: str) -> N
 async def test_usage_change_keeps_the_object_version_but_not_the_record_version(store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
     record = full_record(ns, "vm1", revision=1)
-    await store.upsert(record)
+    await upsert(store, record)
     before = await store.get_guestinfo(ns, "vm1")
     version = await store.version(ns, "vm1")
-    await store.upsert(with_usage(record, 999, 2))
+    await upsert(store, with_usage(record, 999, 2))
     after = await store.get_guestinfo(ns, "vm1")
     assert before is not None and after is not None
     assert after.resource_version == before.resource_version and after.body == before.body
@@ -82,11 +83,11 @@ async def test_a_new_uid_is_a_new_object(store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
     start = await store.resource_version()
     old = full_record(ns, "vm1", revision=1)
-    await store.upsert(old)
+    await upsert(store, old)
     first = await store.get_guestinfo(ns, "vm1")
     await asyncio.sleep(1.1)  # creationTimestamp has whole seconds
     new = old.model_copy(update={"vmi": VMIRef(namespace=ns, name="vm1", uid="uid-2"), "revision": 2})
-    await store.upsert(new)
+    await upsert(store, new)
     second = await store.get_guestinfo(ns, "vm1")
     entries = await log_after(store, start)
     assert [entry[0] for entry in entries] == ["ADDED", "DELETED", "ADDED"]
@@ -143,8 +144,8 @@ async def test_selector_applies_to_the_earlier_state(store: Store, unique: str) 
     await store.write_batch([full_record(ns, name, 1) for name in ("a", "b", "c")])
     terms = parse_field_selector("status.hostname=web<1>", FIELD_PATHS)
     first = await store.list_guestinfos(ListQuery(ns, terms, limit=1))
-    await store.upsert(with_hostname(full_record(ns, "b", 1), "other", 2))
-    await store.upsert(with_hostname(full_record(ns, "c", 1), "web<1>", 2))  # same value: no change
+    await upsert(store, with_hostname(full_record(ns, "b", 1), "other", 2))
+    await upsert(store, with_hostname(full_record(ns, "c", 1), "web<1>", 2))  # same value: no change
     rest = await store.list_guestinfos(ListQuery(ns, terms, limit=0, after=(ns, "a"), at=first.resource_version))
     assert [item.name for item in rest.items] == ["b", "c"]
     assert await names(store, ListQuery(ns, terms)) == ["a", "c"]
@@ -154,8 +155,8 @@ async def test_compaction_expires_old_versions(store: Store, unique: str) -> Non
     ns = f"ns-{unique}"
     await store.write_batch([full_record(ns, name, 1) for name in ("a", "b")])
     first = await store.list_guestinfos(ListQuery(ns, limit=1))
-    await store.upsert(with_hostname(full_record(ns, "b", 1), "x", 2))
-    await store.upsert(with_hostname(full_record(ns, "b", 1), "y", 3))
+    await upsert(store, with_hostname(full_record(ns, "b", 1), "x", 2))
+    await upsert(store, with_hostname(full_record(ns, "b", 1), "y", 3))
     assert await store.compact(3600, 1) >= 1  # keep only the newest entry
     with pytest.raises(ResourceExpired):
         await store.list_guestinfos(ListQuery(ns, limit=1, after=(ns, "a"), at=first.resource_version))
@@ -216,7 +217,7 @@ async def test_a_store_made_before_guestinfos_is_upgraded(store_url: str, unique
         assert await names(store, ListQuery(ns, parse_field_selector("status.guestOSInfo.id=fedora", FIELD_PATHS))) \
             == ["vm1"]
         start = await store.resource_version()
-        await store.upsert(with_hostname(record, "after", 4))
+        await upsert(store, with_hostname(record, "after", 4))
         assert [entry[:3] for entry in await log_after(store, start)] == [("MODIFIED", "vm1", "after")]
         await old_writer_is_refused(store_url, ns, with_hostname(record, "stale", 5))
         assert orjson.loads((await store.get_guestinfo(ns, "vm1")).body)["status"]["hostname"] == "after"  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ import pytest
 from schemas.events import VMIRef
 from sinks.store import Store, StoreError, Tombstone, open_store
 from tests.sinks.records import empty_record, full_record
+from tests.sinks.stores import delete, upsert
 
 
 async def test_get_unknown_is_none(store: Store, unique: str) -> None:
@@ -19,7 +20,7 @@ async def test_get_unknown_is_none(store: Store, unique: str) -> None:
 
 async def test_upsert_then_get_round_trips(store: Store, unique: str) -> None:
     record = full_record(f"ns-{unique}", "vm1", revision=3)
-    assert await store.upsert(record) is True
+    assert await upsert(store, record) is True
     assert await store.get(f"ns-{unique}", "vm1") == record
 
 
@@ -27,21 +28,21 @@ async def test_lower_revision_is_ignored_same_or_higher_wins(store: Store, uniqu
     ns = f"ns-{unique}"
     newer = full_record(ns, "vm1", revision=5)
     older = empty_record(ns, "vm1", revision=4)
-    assert await store.upsert(newer)
-    assert await store.upsert(older) is False
+    assert await upsert(store, newer)
+    assert await upsert(store, older) is False
     assert await store.get(ns, "vm1") == newer
-    assert await store.upsert(newer) is True  # re-delivery of the same revision is harmless
+    assert await upsert(store, newer) is True  # re-delivery of the same revision is harmless
     newest = empty_record(ns, "vm1", revision=6)
-    assert await store.upsert(newest)
+    assert await upsert(store, newest)
     assert await store.get(ns, "vm1") == newest
 
 
 async def test_delete(store: Store, unique: str) -> None:
     ns = f"ns-{unique}"
-    await store.upsert(full_record(ns, "vm1"))
-    await store.upsert(full_record(ns, "vm2"))
-    assert await store.delete(ns, "vm1") is True
-    assert await store.delete(ns, "vm1") is False
+    await upsert(store, full_record(ns, "vm1"))
+    await upsert(store, full_record(ns, "vm2"))
+    assert await delete(store, ns, "vm1") is True
+    assert await delete(store, ns, "vm1") is False
     assert await store.get(ns, "vm1") is None
     assert await store.get(ns, "vm2") is not None
 
@@ -60,7 +61,7 @@ async def test_batch_applies_in_order(store: Store, unique: str) -> None:
 async def test_table_survives_reopen(store: Store, store_url: str, unique: str) -> None:
     first = await open_store(store_url)
     try:
-        await first.upsert(full_record(f"ns-{unique}", "vm1", revision=2))
+        await upsert(first, full_record(f"ns-{unique}", "vm1", revision=2))
     finally:
         await first.close()
     second = await open_store(store_url)
@@ -81,7 +82,7 @@ async def test_sqlite_uses_wal(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 async def test_postgres_row_has_revision_and_time(store: Store, store_url: str, unique: str) -> None:
-    await store.upsert(full_record(f"ns-{unique}", "vm1", revision=7))
+    await upsert(store, full_record(f"ns-{unique}", "vm1", revision=7))
     conn = await asyncpg.connect(store_url)
     try:
         row = await conn.fetchrow(
@@ -135,7 +136,7 @@ async def test_reads_see_a_batch_committed_by_another_writer_at_once(store: Stor
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 async def test_sqlite_reads_leave_no_read_transaction_open(store: Store, store_url: str, unique: str) -> None:
     """A read that kept its snapshot would hide later batches and keep the WAL from being checkpointed."""
-    await store.upsert(full_record(f"ns-{unique}", "vm1"))
+    await upsert(store, full_record(f"ns-{unique}", "vm1"))
     assert await store.version(f"ns-{unique}", "vm1") is not None
     assert await store.get(f"ns-{unique}", "vm1") is not None
     assert await store.get(f"ns-{unique}", "ghost") is None
@@ -167,7 +168,7 @@ async def test_sqlite_read_of_a_locked_file_waits_in_the_reader_thread(
 ) -> None:
     """The loop-thread read never waits for a lock: it hands the read to the reader's thread instead."""
     record = full_record(f"ns-{unique}", "vm1", revision=4)
-    await store.upsert(record)
+    await upsert(store, record)
     locked = _LockedFile(sqlite3.SQLITE_BUSY)
     monkeypatch.setattr(store, "_fast", locked)
     assert await store.get(f"ns-{unique}", "vm1") == record

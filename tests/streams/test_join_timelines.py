@@ -192,3 +192,11 @@ def test_a_state_written_before_the_msgspec_hot_path_reads_and_says_the_same() -
     changed = {**later, "hostname": "renamed"}
     revision = json.loads(fold(old_state, agent_topic, orjson.dumps(changed)).record or b"{}")["revision"]
     assert revision == case["record"]["revision"] + 1
+
+
+def test_a_report_nested_too_deep_is_undecodable_not_a_bug() -> None:
+    """msgspec gives up past about 1,000 levels with a RecursionError, even inside an ignored key."""
+    deep = b'{"vmi":{"namespace":"ns","name":"vm"},"node":"n","observedAt":1,"connected":true,"os":{"x":' \
+        + b"[" * 5000 + b"]" * 5000 + b"}}"
+    with pytest.raises(DecodeError, match="nested too deep"):
+        apply_event(VMIState(), AGENT_TOPIC, deep)

@@ -37,7 +37,8 @@ class ScriptedProducer:
 
 @pytest.fixture(autouse=True)
 def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(output, "RETRY_PAUSES", (0.0,))
+    monkeypatch.setattr(output, "RETRY_FIRST", 0.001)
+    monkeypatch.setattr(output, "RETRY_MOST", 0.001)
 
 
 def sends(*keys: bytes) -> list[Send]:

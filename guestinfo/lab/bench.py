@@ -12,11 +12,11 @@ Rows, in the order they are measured:
 2. REST reads: a SQLite store of VMI records behind the real API (`sinks.serve.start_api`), driven
    by a separate load-generator process (`rest_load`) over keep-alive connections: open, secured,
    and a bare-aiohttp floor; then cluster-wide GuestInfo lists of the same store with field selectors.
-3. End-to-end latency and collector CPU need the fleet simulator (`guestinfo.simulation`); without
-   it their rows say "not measured".
+3. End-to-end latency and collector CPU run the fleet simulator (`guestinfo.lab.simulation`); a run
+   that cannot be made says "not measured" in its row, with the reason.
 
 A benchmark, not a timed test: nothing here fails on a figure below target. `--size small` is the CI
-smoke run. `python -m guestinfo.bench raw-join|rest-load ...` are the helper processes' entry points.
+smoke run. `python -m guestinfo.lab.bench raw-join|faust-ceiling|rest-load ...` are the helper processes' entry points.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
 import platform
 import random
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from typing import IO, Any
 import aiohttp
 
 from guestinfo.broker import BrokerError, EmbeddedBroker, free_port
+from guestinfo.lab.rest_load import REST_CLIENT, RestResult, percentile, rest_load
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, PARTITIONS
 
 NAMESPACE = "bench"
@@ -135,7 +134,7 @@ def calibration_row(rounds: int = 7) -> Row:
     compare with this run's once scaled by the ratio of the two calibration rows."""
     best = min(_timed(calibration_workload) for _ in range(rounds))
     return Row("calibration", "calibration: fixed pure-Python workload (1 core)", best * 1000, f"{best * 1000:.0f} ms",
-               note=f"best of {rounds}; a machine twice as fast shows half this figure (guestinfo.bench."
+               note=f"best of {rounds}; a machine twice as fast shows half this figure (guestinfo.lab.bench."
                "calibration_workload)")
 
 
@@ -439,7 +438,7 @@ async def measure_raw_join(bootstrap: str, total: int) -> JoinResult:
     output, changelog = f"bench.{run}.vmi", f"bench.{run}.changelog"
     await create_topics(bootstrap, [output, changelog])
     port = free_port()
-    argv = [sys.executable, "-m", "guestinfo.bench", "raw-join", "--bootstrap-servers", bootstrap,
+    argv = [sys.executable, "-m", "guestinfo.lab.bench", "raw-join", "--bootstrap-servers", bootstrap,
             "--group", f"bench-raw-{run}", "--output-topic", output, "--changelog-topic", changelog,
             "--metrics-port", str(port)]
     progress(f"join (plain aiokafka loop): starting it as its own process, output topic {output}")
@@ -457,7 +456,7 @@ async def measure_faust_ceiling(bootstrap: str, total: int, workdir: Path, table
     `take_events` batches) doing no join work, writing the latest raw value per key as `table` says."""
     app_id = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    argv = [sys.executable, "-m", "guestinfo.bench", "faust-ceiling", "--bootstrap-servers", bootstrap,
+    argv = [sys.executable, "-m", "guestinfo.lab.bench", "faust-ceiling", "--bootstrap-servers", bootstrap,
             "--app-id", app_id, "--datadir", str(workdir / app_id), "--metrics-port", str(port), "--table", table]
     name = f"Faust ceiling, table writes: {table}"
     progress(f"{name}: starting it as its own process")
@@ -568,201 +567,6 @@ def make_records(count: int) -> list[Any]:
         template.model_copy(update={"vmi": VMIRef(namespace=NAMESPACE, name=vmi_name(i), uid=f"uid-{i:05d}")})
         for i in range(count)
     ]
-
-
-@dataclass(frozen=True)
-class RestResult:
-    requests: int
-    #: Responses whose status was not 200.
-    errors: int
-    elapsed_s: float
-    requests_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    body_bytes: int
-    concurrency: int
-    #: 200 responses whose body was not the expected body of the VMI asked for.
-    wrong_bodies: int = 0
-    #: CPU seconds the generator process used during the timed requests.
-    client_cpu_s: float = 0.0
-    #: CPU seconds the API process used while the generator ran (filled in by `measure_rest`).
-    api_cpu_s: float = 0.0
-
-
-def percentile(sorted_values: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    index = max(0, min(len(sorted_values) - 1, int(share * len(sorted_values) + 0.999999) - 1))
-    return sorted_values[index]
-
-
-#: What the REST load generator is, for the table and the README.
-REST_CLIENT = "raw asyncio HTTP/1.1 keep-alive client, guestinfo.bench.rest_load"
-
-
-class _RestRun:
-    """One run of requests shared by all connections: which VMI each request asks for, and the outcome."""
-
-    def __init__(self, order: Sequence[int], connections: int) -> None:
-        self.order = order
-        self.next = 0
-        self.active = connections
-        self.latencies: list[float] = []
-        self.errors = 0
-        self.wrong_bodies = 0
-        self.body_bytes = 0
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-
-class _KeepAliveGet(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: a GET, its whole response, then the next GET (no pipelining).
-
-    Each latency runs from writing the request to having the last byte of its body. Every response
-    must carry a Content-Length; its status is counted and its body compared with the expected one.
-    """
-
-    def __init__(self, requests: Sequence[bytes], expected: Sequence[bytes]) -> None:
-        self._requests = requests
-        self._expected = expected
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._run: _RestRun | None = None
-        self._index = -1
-        self._started = 0.0
-        self._body_at = -1  # where the body starts in the buffer once the head is in
-        self._need = 0  # bytes of the whole response
-        self._status = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def start(self, run: _RestRun) -> None:
-        self._run = run
-        self._send_next()
-
-    def _send_next(self) -> None:
-        run = self._run
-        assert run is not None and self._transport is not None
-        if run.next >= len(run.order):
-            self._run = None
-            run.active -= 1
-            if run.active == 0 and not run.done.done():
-                run.done.set_result(None)
-            return
-        self._index = run.order[run.next]
-        run.next += 1
-        self._started = time.perf_counter()
-        self._transport.write(self._requests[self._index])
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-    def _fail(self, reason: str) -> None:
-        run, self._run = self._run, None
-        if run is not None and not run.done.done():
-            run.done.set_exception(ConnectionError(reason))
-        if self._transport is not None:
-            self._transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        if self._run is None:
-            self._fail(f"{len(buffer)} unexpected bytes from the server")
-            return
-        if self._body_at < 0:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buffer[:end]).lower()
-            start = head.find(b"\r\ncontent-length:")
-            if not head.startswith(b"http/1.1 ") or start < 0:
-                self._fail(f"not an HTTP/1.1 response with a Content-Length: {head[:200]!r}")
-                return
-            line_end = head.find(b"\r\n", start + 2)
-            self._status = int(head[9:12])
-            self._body_at = end + 4
-            self._need = self._body_at + int(head[start + 17:line_end if line_end >= 0 else len(head)])
-        if len(buffer) < self._need:
-            return
-        if len(buffer) > self._need:
-            self._fail(f"{len(buffer) - self._need} bytes after the response")
-            return
-        elapsed = time.perf_counter() - self._started
-        run = self._run
-        body = bytes(buffer[self._body_at:])
-        buffer.clear()
-        self._body_at = -1
-        run.latencies.append(elapsed)
-        run.body_bytes = len(body)
-        if self._status != 200:
-            run.errors += 1
-        elif body != self._expected[self._index]:
-            run.wrong_bodies += 1
-        self._send_next()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._run is not None:
-            self._fail(f"connection lost during the run: {exc}")
-
-
-#: The longest one phase of the REST load may take (a connection that stops answering ends the run).
-REST_RUN_TIMEOUT = 120.0
-
-
-async def rest_load(base_url: str, expected: dict[str, bytes], requests: int, concurrency: int,
-                    seed: int = 1, token: str | None = None, cafile: str | None = None) -> RestResult:
-    """GET guestosinfo of random VMIs, `concurrency` at a time over keep-alive connections.
-
-    `expected` is the guestosinfo body of each VMI name. The client is a minimal HTTP/1.1 one on
-    asyncio's protocol API: it shares the machine's cores with the API, and aiohttp's client cost about
-    as much CPU per request as the server. 200 warm-up requests are not counted. With `token` every
-    request carries it as a bearer token and the warm-up first reads every VMI once (so that the timed
-    requests meet cached decisions); an `https://` URL is verified against `cafile`.
-    """
-    scheme, _, address = base_url.rstrip("/").partition("://")
-    host, _, port = address.partition(":")
-    prefix = f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachineinstances"
-    names = sorted(expected)
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    wire = [
-        f"GET {prefix}/{name}/guestosinfo HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode() for name in names
-    ]
-    bodies = [expected[name] for name in names]
-    rng = random.Random(seed)
-    order = [rng.randrange(len(names)) for _ in range(requests)]
-    warmup = (list(range(len(names))) if token else []) + [rng.randrange(len(names)) for _ in range(min(200, requests))]
-    tls = ssl.create_default_context(cafile=cafile) if scheme == "https" else None
-    loop = asyncio.get_running_loop()
-    connections = [
-        (await loop.create_connection(lambda: _KeepAliveGet(wire, bodies), host, int(port), ssl=tls))[1]
-        for _ in range(concurrency)
-    ]
-    try:
-        for phase in ("warm-up", "timed"):
-            run = _RestRun(warmup if phase == "warm-up" else order, len(connections))
-            cpu_before, started = time.process_time(), time.perf_counter()
-            for connection in connections:
-                connection.start(run)
-            try:
-                await asyncio.wait_for(run.done, REST_RUN_TIMEOUT)
-            except TimeoutError:
-                raise ConnectionError(f"the {phase} requests were not all answered within {REST_RUN_TIMEOUT:.0f}s "
-                                      f"({len(run.latencies):,} were)") from None
-            elapsed, client_cpu = time.perf_counter() - started, time.process_time() - cpu_before
-    finally:
-        for connection in connections:
-            connection.close()
-    ordered = sorted(run.latencies)
-    return RestResult(
-        requests=len(ordered), errors=run.errors, elapsed_s=elapsed, requests_per_s=len(ordered) / elapsed,
-        p50_ms=percentile(ordered, 0.5) * 1000, p95_ms=percentile(ordered, 0.95) * 1000,
-        p99_ms=percentile(ordered, 0.99) * 1000, max_ms=ordered[-1] * 1000, body_bytes=run.body_bytes,
-        concurrency=concurrency, wrong_bodies=run.wrong_bodies, client_cpu_s=client_cpu,
-    )
 
 
 async def measure_rest(size: Size, workdir: Path) -> RestRuns:
@@ -983,7 +787,7 @@ async def _list_run(store: Any, size: Size) -> list[ListResult]:
 
 async def _run_rest_generator(base_url: str, expected: Path, size: Size, extra: list[str]) -> RestResult:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "guestinfo.bench", "rest-load", "--url", base_url, "--expected", str(expected),
+        sys.executable, "-m", "guestinfo.lab.bench", "rest-load", "--url", base_url, "--expected", str(expected),
         "--requests", str(size.rest_requests), "--concurrency", str(size.rest_concurrency), *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
@@ -1002,19 +806,6 @@ async def _run_rest_generator(base_url: str, expected: Path, size: Size, extra: 
 # ------------------------------------------------------------------ end-to-end latency, collector CPU
 
 
-def simulator_missing() -> str | None:
-    """Why the fleet simulator cannot be used, or None when `guestinfo.simulation.start_fleet` is there."""
-    if importlib.util.find_spec("guestinfo.simulation") is None:
-        return "fleet simulator not available (no guestinfo.simulation)"
-    try:
-        from guestinfo import simulation
-    except Exception as exc:  # a simulator that does not import is "not available", not a crash
-        return f"fleet simulator does not import: {type(exc).__name__}: {exc}"
-    if not hasattr(simulation, "start_fleet"):
-        return "fleet simulator has no start_fleet()"
-    return None
-
-
 async def measure_e2e_latency(bootstrap: str, vmis: int, workdir: Path, samples: int) -> list[Row]:
     """Agent reply changed → visible in the REST API, p50/p95/p99, at a steady load of `vmis` VMIs.
 
@@ -1026,9 +817,6 @@ async def measure_e2e_latency(bootstrap: str, vmis: int, workdir: Path, samples:
     """
     label = f"end-to-end latency p50/p95/p99 @ {vmis:,} VMIs"
     target = "p99 < 1 s"
-    reason = simulator_missing()
-    if reason is not None:
-        return [Row("e2e", label, target=target, note=f"not measured: {reason}")]
     try:
         latencies, lost = await _e2e_run(bootstrap, vmis, workdir, samples)
     except (MeasureError, RuntimeError, OSError) as exc:
@@ -1054,7 +842,7 @@ E2E_TIMEOUT = 150.0
 
 
 async def _e2e_run(bootstrap: str, vmis: int, workdir: Path, samples: int) -> tuple[list[float], dict[str, int]]:
-    from guestinfo.simulation import start_fleet
+    from guestinfo.lab.simulation import start_fleet
 
     api_port, join_port = free_port(), free_port()
     join = Child("e2e join worker", [sys.executable, "-m", "guestinfo", "-q", "--state-dir", str(workdir), "join",
@@ -1158,7 +946,7 @@ async def measure_collector_cpu(bootstrap: str, vmis: int, workdir: Path, interv
                                 warmup: int = 0, launchers: int = 0) -> list[Row]:
     """CPU of one collector process (one simulated node of `vmis` VMIs) at its default poll intervals.
 
-    The simulated fleet (`guestinfo.simulation`) runs the real collector (no `--interval`: upstream's
+    The simulated fleet (`guestinfo.lab.simulation`) runs the real collector (no `--interval`: upstream's
     per-command intervals) against a libvirt test-driver node and simulated guest agents (their own
     process); once its first reports are published and `warmup` x 10 s have passed, the collector's CPU
     is read from /proc over `intervals` x 10 s. Reported per 1000 VMIs, as a share of one core, with
@@ -1169,9 +957,6 @@ async def measure_collector_cpu(bootstrap: str, vmis: int, workdir: Path, interv
     label = (f"collector CPU per 1000 VMIs over {launchers} launchers" if launchers
              else "collector CPU per 1000 VMIs @ default intervals")
     target = "< 10% of a core"
-    reason = simulator_missing()
-    if reason is not None:
-        return [Row(key, label, target=target, note=f"not measured: {reason}")]
     try:
         share, published, calls, wall = await _collector_share(bootstrap, vmis, workdir, intervals, warmup, launchers)
     except (MeasureError, RuntimeError, OSError) as exc:
@@ -1198,7 +983,7 @@ async def _collector_share(bootstrap: str, vmis: int, workdir: Path, intervals: 
                            warmup: int, launchers: int = 0) -> tuple[float, int, dict[str, float], float]:
     """The collector's share of a core, the reports it published and the agent calls it made by
     command, over the measured wall time (the last figure)."""
-    from guestinfo.simulation import start_fleet
+    from guestinfo.lab.simulation import start_fleet
 
     interval = 10.0  # the measurement's time unit; the collector runs with its default per-command intervals
     over = f", over {launchers} libvirt URIs" if launchers else ""
@@ -1522,7 +1307,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _helper_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m guestinfo.bench", description="guestinfo bench helpers")
+    parser = argparse.ArgumentParser(prog="python -m guestinfo.lab.bench", description="guestinfo bench helpers")
     roles = parser.add_subparsers(dest="role", required=True)
     raw = roles.add_parser("raw-join", help="the plain aiokafka join loop (runs until SIGTERM)")
     raw.add_argument("--bootstrap-servers", required=True)
@@ -1553,7 +1338,7 @@ def helper_main(argv: Sequence[str] | None = None) -> int:
     if args.role == "rest-load":
         expected = {name: body.encode() for name, body in json.loads(args.expected.read_text()).items()}
         try:
-            result = asyncio.run(rest_load(args.url, expected, args.requests, args.concurrency,
+            result = asyncio.run(rest_load(args.url, NAMESPACE, expected, args.requests, args.concurrency,
                                            token=args.token, cafile=args.cafile))
         except OSError as exc:  # refused, reset, or a phase not answered in time
             print(f"rest-load: {exc}", file=sys.stderr, flush=True)

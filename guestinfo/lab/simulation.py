@@ -5,7 +5,7 @@
 - **Domains**: per node a libvirt test-driver node file `<state>/simulation/node-<i>/node.xml` (read by
   the collector as `test:///ABS/node.xml`) with M running KubeVirt domains `sim-<j>_vm-<i>-<k>` (uid
   metadata, one or two interfaces with MACs and `ua-` aliases, the guest-agent channel).
-- **Guest agents**: one helper process (`python -m guestinfo.simulation agents SPEC`), apart from the
+- **Guest agents**: one helper process (`python -m guestinfo.lab.simulation agents SPEC`), apart from the
   collectors so that their CPU is their own, serving one unix socket per VMI in
   `<state>/simulation/node-<i>/sockets/<namespace>_<name>.sock` (the collector's `agent_socket_dir`)
   and speaking QGA: `guest-sync` (id echo), `guest-ping`, `guest-info`, `guest-get-osinfo`,
@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 from guestinfo.domains import kubevirt_domain_xml
+from guestinfo.lab.agent import Delivery, command_not_found, returning, serve, sync_reply
+from schemas.agent_commands import AGENT_COMMANDS
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +90,8 @@ OSES = (
      "version": "9.4 (Plow)", "version-id": "9.4", "kernel-release": "5.14.0-427.el9.x86_64",
      "kernel-version": "#1 SMP PREEMPT_DYNAMIC", "machine": "x86_64"},
 )
-COMMANDS = (
-    "guest-sync", "guest-ping", "guest-info", "guest-get-osinfo", "guest-get-host-name", "guest-get-timezone",
-    "guest-get-users", "guest-get-fsinfo", "guest-network-get-interfaces", "guest-fsfreeze-status",
-)
+#: What a simulated agent answers: the protocol's two, and every polled command (`schemas.agent_commands`).
+COMMANDS = ("guest-sync", "guest-ping", *(command.name for command in AGENT_COMMANDS))
 
 
 # --- the fleet's layout --------------------------------------------------------------------------------
@@ -292,30 +292,22 @@ class AgentServer:
     async def serve(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers[key].add(writer)
         try:
-            while line := await reader.readline():
-                try:
-                    request = json.loads(line)
-                    command = request["execute"]
-                except (ValueError, KeyError, TypeError):
-                    continue
-                self.requests += 1
-                reply: dict[str, Any]
-                if command == "guest-sync":
-                    reply = {"return": request.get("arguments", {}).get("id")}
-                else:
-                    try:
-                        reply = {"return": self.models[key].reply(command)}
-                    except KeyError:
-                        reply = {"error": {"class": "CommandNotFound", "desc": f"command {command} not found"}}
-                if "id" in request:
-                    reply["id"] = request["id"]
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+            await serve(reader, writer, lambda request: self.answer(key, request))
         finally:
             self.writers[key].discard(writer)
-            writer.close()
+
+    def answer(self, key: str, request: dict[str, Any]) -> Delivery | None:
+        """What the VMI's guest answers: as a healthy agent does, from its model."""
+        command = request.get("execute")
+        if not isinstance(command, str):
+            return None
+        self.requests += 1
+        if command == "guest-sync":
+            return Delivery([sync_reply(request)])
+        try:
+            return Delivery([returning(request, self.models[key].reply(command))])
+        except KeyError:
+            return Delivery([command_not_found(request)])
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -669,7 +661,7 @@ async def _start_agents(root: Path, number: int, nodes: list[int], specs: list[V
     spec_file.write_text(json.dumps({"root": str(root), "nodes": nodes, "seed": seed + number, "events": events,
                                      "control": control, "vmis": [vars(spec) for spec in specs]}))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "guestinfo.simulation", "agents", str(spec_file),
+        sys.executable, "-m", "guestinfo.lab.simulation", "agents", str(spec_file),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, limit=2**20,
     )
     assert process.stdout is not None

@@ -1,4 +1,4 @@
-"""Logging that does not repeat itself every tick."""
+"""Logging that does not repeat itself: per key, once per period (keys may be tenant-chosen: bounded)."""
 
 from __future__ import annotations
 
