@@ -22,7 +22,7 @@ from collectors.agent_replies import CONVERTERS, CURRENT_GUEST, convert
 from collectors.budget import fit_report
 from collectors.errors import AgentError, AgentTimeout, AgentUnavailable
 from collectors.metrics import AGENT_CALL_DURATION, AGENT_ERRORS, error_kind
-from schemas.events import AgentReport, VMIRef
+from schemas.events import AgentReport, ReportOrder, VMIRef
 from schemas.limits import MAX_STRING
 
 log = logging.getLogger(__name__)
@@ -51,17 +51,18 @@ class AgentPoll:
     #: A call timed out, or the poll ran out of its budget (the agent is slow or silent).
     timed_out: bool = False
 
-    def report(self, vmi: VMIRef, *, node: str, observed_at: float, session: str = "") -> AgentReport:
+    def report(self, vmi: VMIRef, *, node: str, observed_at: float, order: ReportOrder | None = None,
+               session: str = "") -> AgentReport:
         """The report of this poll, within the byte budget of one report (`collectors.budget`)."""
         try:
             report = AgentReport(
-                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced, session=session,
+                vmi=vmi, node=node, observed_at=observed_at, order=order, connected=self.synced, session=session,
                 errors=self.errors, **self.fields,
             )
         except ValidationError as exc:  # a converter bug, never guest data: report no data at all
             log.error("agent report of %s does not validate: %s", vmi.key, exc)
             return AgentReport(
-                vmi=vmi, node=node, observed_at=observed_at, connected=self.synced, session=session,
+                vmi=vmi, node=node, observed_at=observed_at, order=order, connected=self.synced, session=session,
                 errors={"report": short_reason(exc)},
             )
         return fit_report(report)

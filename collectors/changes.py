@@ -63,8 +63,9 @@ def normalised(value: Any) -> bytes:
 
 
 def same_domain_content(older: DomainReport, newer: DomainReport) -> bool:
-    """The two reports say the same (all but `observed_at`), compared field by field as models."""
-    return {**older.__dict__, "observed_at": 0.0} == {**newer.__dict__, "observed_at": 0.0}
+    """The two reports say the same (all but when they were observed), compared field by field as models."""
+    when = {"observed_at": 0.0, "order": None}
+    return {**older.__dict__, **when} == {**newer.__dict__, **when}
 
 
 def merge_agent(older: AgentReport, newer: AgentReport) -> AgentReport:

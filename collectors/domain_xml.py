@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from collectors.errors import DomainXMLError
 from plumbing.logs import RateLimitedLog
-from schemas.events import AccessCredentialNeeds, DomainInterface, DomainReport, VMIRef, split_domain_name
+from schemas.events import AccessCredentialNeeds, DomainInterface, DomainReport, ReportOrder, VMIRef, split_domain_name
 from schemas.kubevirt import GUEST_AGENT_CHANNEL
 from schemas.limits import MAX_ITEMS
 
@@ -72,7 +72,9 @@ _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 _PASST_BINDING = "passt"
 
 
-def parse_domain(xml: str, *, node: str, observed_at: float, state: DomainState) -> DomainReport | None:
+def parse_domain(
+    xml: str, *, node: str, observed_at: float, state: DomainState, order: ReportOrder | None = None
+) -> DomainReport | None:
     """The `DomainReport` of a KubeVirt domain, or None when the domain is not KubeVirt's.
 
     Raises `DomainXMLError` when the XML cannot be parsed safely.
@@ -93,6 +95,7 @@ def parse_domain(xml: str, *, node: str, observed_at: float, state: DomainState)
             vmi=vmi,
             node=node,
             observed_at=observed_at,
+            order=order,
             state=state,
             interfaces=interfaces,
             agent_connected=_agent_connected(root),

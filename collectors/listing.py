@@ -22,7 +22,7 @@ import libvirt
 from collectors.domain_xml import DomainState, parse_domain
 from collectors.errors import DomainXMLError
 from plumbing.logs import RateLimitedLog
-from schemas.events import DomainReport, VMIRef, split_domain_name, vmi_key
+from schemas.events import DomainReport, ReportOrder, VMIRef, split_domain_name, vmi_key
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ class Listed:
     gone: list[DomainReport] = field(default_factory=list)
 
 
-def removal(vmi: VMIRef, node: str, observed_at: float) -> DomainReport:
+def removal(vmi: VMIRef, node: str, observed_at: float, order: ReportOrder | None = None) -> DomainReport:
     """The report of a VMI whose domain is gone."""
-    return DomainReport(vmi=vmi, node=node, observed_at=observed_at, removed=True, state="shutoff")
+    return DomainReport(vmi=vmi, node=node, observed_at=observed_at, order=order, removed=True, state="shutoff")
 
 
 class DomainListing:
@@ -102,7 +102,8 @@ class DomainListing:
             log.info("connected to libvirt %s", self.uri)
         return self.conn
 
-    async def list(self, observed_at: float, timeout: float = LIST_TIMEOUT) -> Listed | None:
+    async def list(self, observed_at: float, order: ReportOrder | None = None,
+                   timeout: float = LIST_TIMEOUT) -> Listed | None:
         """List the domains now; None when libvirt cannot be reached (the connection is dropped) or does not
         answer within `timeout` seconds. libvirt's calls cannot be interrupted: a listing given up goes on in
         its thread, and this URI is not listed again until it has returned (one thread at most per URI)."""
@@ -124,12 +125,12 @@ class DomainListing:
             await self.close()
             return None
         self._logs.recovered(("libvirt", self.uri), "listing domains of %s works again", self.uri)
-        return self._compare(read, observed_at)
+        return self._compare(read, observed_at, order)
 
     async def _read(self) -> _Read:
         return await self._in_thread(_read_domains, await self.connection())
 
-    def _compare(self, read: _Read, observed_at: float) -> Listed:
+    def _compare(self, read: _Read, observed_at: float, order: ReportOrder | None) -> Listed:
         listed = Listed()
         current: dict[str, VMIRef] = {}
         parsed: dict[str, tuple[str, DomainState, DomainReport | None]] = {}
@@ -137,10 +138,11 @@ class DomainListing:
             known = self._parsed.get(domain.name)
             if known is not None and known[0] == domain.xml and known[1] == domain.state:
                 # The same XML and state as last time: the same report (the XML is parsed once per change).
-                report = known[2] and known[2].model_copy(update={"observed_at": observed_at})
+                report = known[2] and known[2].model_copy(update={"observed_at": observed_at, "order": order})
             else:
                 try:
-                    report = parse_domain(domain.xml, node=self.node, observed_at=observed_at, state=domain.state)
+                    report = parse_domain(domain.xml, node=self.node, observed_at=observed_at, order=order,
+                                          state=domain.state)
                 except DomainXMLError as exc:
                     self._logs.warning(("xml", domain.name), "domain %.300s skipped: %s", domain.name, exc)
                     read.unreadable.append(domain.name)
@@ -161,7 +163,7 @@ class DomainListing:
         for key, vmi in self.seen.items():
             if key not in current:
                 log.info("domain %s is gone from %s", key, self.uri)
-                listed.gone.append(removal(vmi, self.node, observed_at))
+                listed.gone.append(removal(vmi, self.node, observed_at, order))
         self.seen = current
         self._parsed = parsed
         self.listed_once = True

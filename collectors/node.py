@@ -54,7 +54,6 @@ import os
 import random
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -67,6 +66,7 @@ from collectors.agent_protocol import AgentSocketClient, AgentTransport
 from collectors.agent_replies import CONVERTERS
 from collectors.budget import REPORT_ERROR
 from collectors.changes import StatePublisher
+from collectors.clock import observation
 from collectors.config import CollectorConfig
 from collectors.due import DueQueue
 from collectors.events import DomainEvent, DomainEventWatcher
@@ -161,13 +161,13 @@ class NodeCollector:
         listing = self._listings.pop(uri, None)
         if listing is None:
             return 0
-        observed_at = time.time()
+        observed_at, order = observation()
         gone = TickReports()
         for key, vmi in listing.seen.items():
             if self._listed_elsewhere(key, listing):
                 continue
             await self._forget(key)
-            gone.domains.append(removal(vmi, self.config.node_name, observed_at))
+            gone.domains.append(removal(vmi, self.config.node_name, observed_at, order))
         await listing.close()
         if gone.domains:
             await self._emit(emit, gone)
@@ -192,10 +192,10 @@ class NodeCollector:
         start the agent polls, each of which hands its reports to `emit` when it ends. Returns the polls
         started. Unscheduled, every command of every VMI is polled; `scheduled`, only the VMIs with
         commands due (`CollectorConfig.poll_intervals`), and only those commands."""
-        observed_at = time.time()
+        observed_at, order = observation()
         chosen = [self._listings[uri] for uri in (self.uris if uris is None else uris) if uri in self._listings]
         first = [not listing.listed_once for listing in chosen]
-        results = await asyncio.gather(*(listing.list(observed_at) for listing in chosen))
+        results = await asyncio.gather(*(listing.list(observed_at, order) for listing in chosen))
         now = TickReports()
         found: list[tuple[str, DomainReport, ListedDomain]] = []
         for listing, first_listing, result in zip(chosen, first, results, strict=True):
@@ -228,7 +228,7 @@ class NodeCollector:
         listed), from their last listing; returns the polls started."""
         skipped = set(skip)
         loop_now = asyncio.get_running_loop().time()
-        observed_at = time.time()
+        observed_at, order = observation()
         now = TickReports()
         polls: list[asyncio.Task[None]] = []
         for key in self._due.pop_due(loop_now):
@@ -239,7 +239,7 @@ class NodeCollector:
             if uri in skipped or report.state != "running" or state.busy or not state.wants_poll(loop_now):
                 self._requeue(key)
                 continue
-            fresh = report.model_copy(update={"observed_at": observed_at})
+            fresh = report.model_copy(update={"observed_at": observed_at, "order": order})
             poll = await self._start(fresh, listed, observed_at, now, emit, scheduled=True)
             if poll is not None:
                 polls.append(poll)
@@ -427,7 +427,8 @@ class NodeCollector:
         agent_report: AgentReport | None = None
         if poll is not None:
             try:
-                agent_report = poll.report(vmi, node=node, observed_at=observed_at, session=state.session)
+                agent_report = poll.report(vmi, node=node, observed_at=observed_at, order=report.order,
+                                           session=state.session)
             except Exception as exc:  # as above: never a poll without its report
                 log.exception("agent report of %s failed", vmi.key)
                 failure = short_reason(exc)

@@ -166,7 +166,7 @@ class VMI:
     def disconnected(self, report: DomainReport, errors: dict[str, str] | None = None) -> AgentReport:
         """The agent report of an agent that could not be asked."""
         return AgentReport(
-            vmi=report.vmi, node=report.node, observed_at=report.observed_at, connected=False,
+            vmi=report.vmi, node=report.node, observed_at=report.observed_at, order=report.order, connected=False,
             session=self.session, errors=errors or {},
         )
 

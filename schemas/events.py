@@ -54,6 +54,17 @@ def split_domain_name(domain_name: str) -> tuple[str, str] | None:
     return namespace, name
 
 
+class ReportOrder(EventModel):
+    """Where a report stands in its node's own order, whatever the node's wall clock says: the node's
+    boot (`/proc/sys/kernel/random/boot_id`) and the time since that boot when the report was observed
+    (CLOCK_BOOTTIME, in nanoseconds). Within one boot it never steps back, not even across collector
+    restarts; `observedAt` may (NTP, a clock set by hand). The join orders one node's reports by it and
+    keeps `observedAt` for display and for what it must judge across nodes."""
+
+    boot: str = Field(min_length=1, max_length=64)
+    uptime_ns: int = Field(ge=0, le=2**63 - 1)
+
+
 class DomainInterface(EventModel):
     """A network device of the domain: `<interface>` (alias `ua-<name>`) or an SR-IOV `<hostdev>`."""
 
@@ -80,6 +91,8 @@ class DomainReport(EventModel):
     vmi: VMIRef
     node: str = Field(max_length=253)
     observed_at: float = Field(ge=0)
+    #: The node's own order of its reports (absent from collectors before it: `observedAt` orders them).
+    order: ReportOrder | None = None
     removed: bool = False
     state: Literal["running", "paused", "shutoff", "other"] = "running"
     interfaces: list[DomainInterface] = Field(default_factory=list, max_length=MAX_ITEMS)
@@ -121,6 +134,8 @@ class AgentReport(EventModel):
     vmi: VMIRef
     node: str = Field(max_length=253)
     observed_at: float = Field(ge=0)
+    #: The order of the domain report of the tick whose agent this asked (see `DomainReport.order`).
+    order: ReportOrder | None = None
     connected: bool
     #: Identifies one agent session as the collector saw it: a new value after the agent was lost
     #: and found again, or the domain was restarted or rebooted. What an earlier session said is void.

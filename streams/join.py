@@ -3,8 +3,12 @@
 Pure functions, no I/O: the Faust agent (streams.app) feeds them and sends what they return.
 
 Ordering (at-least-once delivery, two topics read in no fixed order between them):
-- A report older (`observedAt`) than the last one applied from the same side is ignored, so a
-  reordered event never moves a VMI backwards. A report as old as the last one is a re-delivery:
+- One node's reports are ordered by the node's own order (`order`: its boot and the time since it,
+  which never steps back), not by its wall clock: a clock stepped back or forward (NTP, a hand) neither
+  freezes a VMI nor lets an old report win. Reports of other nodes or boots, and from collectors that
+  send no order, are ordered by `observedAt` (`_compare`).
+- A report older than the last one applied from the same side is ignored, so a reordered event never
+  moves a VMI backwards. A report as old as the last one is a re-delivery:
   the current record is sent again with its revision unchanged (consumers drop it as a duplicate),
   so a crash between the state write and the send never loses a record.
 - A removed VMI leaves a small marker (when, which uid, the last revision): reports observed before
@@ -48,7 +52,7 @@ from schemas.agent_commands import AGENT_COMMANDS
 from streams.conditions import conditions, unsupported_reason
 from streams.interfaces import merge_interfaces
 from streams.record import Encoded, record_content
-from streams.reports import AgentReport, DomainReport
+from streams.reports import AgentReport, DomainReport, ReportOrder
 
 #: The agent answers (`schemas.agent_commands`), by `AgentReport` field, with their key in
 #: `VMIRecord.observed` (the JSON name).
@@ -73,6 +77,7 @@ class VMIState(msgspec.Struct, frozen=True, rename="camel"):
     left_node: str | None = None
     #: Set when the VMI was removed: that node's reports observed up to then are stale.
     removed_at: float | None = None
+    removed_order: ReportOrder | None = None
     removed_uid: str = ""
     removed_node: str = ""
     #: Agent answers that no applied domain report claims yet: before the first one, of a new uid whose
@@ -98,6 +103,23 @@ class JoinResult:
     tombstone: bool = False
 
 
+# --------------------------------------------------------------------------------------------- order
+
+
+def _compare(at: float, order: ReportOrder | None, node: str,
+             other_at: float, other_order: ReportOrder | None, other_node: str) -> int:
+    """-1, 0 or 1: observed before, at the same time as, or after the other. Within one boot of one node
+    the node's own order decides (`ReportOrder`: it never steps back); otherwise the wall clocks do
+    (reports of other nodes, even sharing a kernel, of another boot, or from collectors without order)."""
+    if node == other_node and order is not None and other_order is not None and order.boot == other_order.boot:
+        return (order.uptime_ns > other_order.uptime_ns) - (order.uptime_ns < other_order.uptime_ns)
+    return (at > other_at) - (at < other_at)
+
+
+def _cmp(report: DomainReport | AgentReport, other: DomainReport | AgentReport) -> int:
+    return _compare(report.observed_at, report.order, report.node, other.observed_at, other.order, other.node)
+
+
 # ---------------------------------------------------------------------------------------------- domain
 
 
@@ -113,8 +135,9 @@ def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
         return _other_incarnation(state, report)
     if report.node != owner.node:
         return _from_other_node(state, report)
-    if report.observed_at <= owner.observed_at:
-        return _redelivered(state) if report.observed_at == owner.observed_at else JoinResult(state)
+    order = _cmp(report, owner)
+    if order <= 0:
+        return _redelivered(state) if order == 0 else JoinResult(state)
     if report.removed:
         return _owner_gone(state, report)
     if state.incoming is not None and _switch_over(report, state.incoming):
@@ -146,7 +169,7 @@ def _forget_pending(state: VMIState, removal: DomainReport) -> VMIState:
     (that node's clock); a later stay there brings its own."""
     pending = state.pending
     if pending is None or pending.node != removal.node or _other_vmi(pending.vmi.uid, removal.vmi.uid) \
-            or pending.observed_at > removal.observed_at:
+            or _cmp(pending, removal) > 0:
         return state
     return replace(state, pending=None)
 
@@ -173,11 +196,11 @@ def _other_incarnation(state: VMIState, report: DomainReport) -> JoinResult:
         return JoinResult(state)
     incoming = state.incoming
     same_incoming = incoming is not None and incoming.node == report.node and incoming.vmi.uid == report.vmi.uid
-    if incoming is not None and same_incoming and report.observed_at < incoming.observed_at:
+    if incoming is not None and same_incoming and _cmp(report, incoming) < 0:
         return JoinResult(state)
     if report.removed:
         return JoinResult(replace(state, incoming=None)) if same_incoming else JoinResult(state)
-    if report.observed_at > state.domain.observed_at:
+    if _cmp(report, state.domain) > 0:
         return _take(_fresh(state, ended=state.domain.vmi.uid), report)
     return JoinResult(replace(state, incoming=report))
 
@@ -196,7 +219,7 @@ def _from_other_node(state: VMIState, report: DomainReport) -> JoinResult:
             return JoinResult(replace(state, left_node=None))
         return _move(state, report) if _switch_over(state.domain, report) else JoinResult(state)
     incoming = state.incoming
-    if incoming is not None and incoming.node == report.node and report.observed_at < incoming.observed_at:
+    if incoming is not None and incoming.node == report.node and _cmp(report, incoming) < 0:
         return JoinResult(state)
     if report.removed:
         if incoming is not None and incoming.node == report.node:
@@ -215,6 +238,7 @@ def _owner_gone(state: VMIState, report: DomainReport) -> JoinResult:
     marker = VMIState(
         revision=state.revision,
         removed_at=report.observed_at,
+        removed_order=report.order,
         removed_uid=report.vmi.uid,
         removed_node=report.node,
         left_node=state.left_node,
@@ -248,7 +272,7 @@ def _take(state: VMIState, report: DomainReport) -> JoinResult:
     if report.agent_connected:
         keep = state.connected_since is not None and not moved
         connected_since = state.connected_since if keep else report.observed_at
-    if state.domain is None or replace(state.domain, observed_at=report.observed_at) != report:
+    if state.domain is None or replace(state.domain, observed_at=report.observed_at, order=report.order) != report:
         observed["domain"] = report.observed_at
     taken = replace(state, domain=report, agent=agent, connected_since=connected_since, observed=observed)
     pending = taken.pending
@@ -267,7 +291,7 @@ def apply_agent(state: VMIState, report: AgentReport) -> JoinResult:
     if owner is None or not _claims(owner, report):
         return JoinResult(state if _late(state, report) else _hold(state, report))
     previous = state.agent
-    if previous is not None and previous.node == report.node and report.observed_at == previous.observed_at:
+    if previous is not None and previous.node == report.node and _cmp(report, previous) == 0:
         return _redelivered(state)
     if _stale_agent(state, report):
         return JoinResult(state)
@@ -282,7 +306,7 @@ def _claims(domain: DomainReport, agent: AgentReport) -> bool:
 def _stale_agent(state: VMIState, report: AgentReport) -> bool:
     """Older than (or as old as) the answers already applied from the same node."""
     previous = state.agent
-    return previous is not None and previous.node == report.node and report.observed_at <= previous.observed_at
+    return previous is not None and previous.node == report.node and _cmp(report, previous) <= 0
 
 
 def _late(state: VMIState, report: AgentReport | DomainReport) -> bool:
@@ -292,7 +316,9 @@ def _late(state: VMIState, report: AgentReport | DomainReport) -> bool:
     (one clock)."""
     if report.vmi.uid and report.vmi.uid in state.ended_uids:
         return True
-    if state.removed_at is not None and report.node == state.removed_node and report.observed_at <= state.removed_at:
+    if state.removed_at is not None and report.node == state.removed_node \
+            and _compare(report.observed_at, report.order, report.node,
+                         state.removed_at, state.removed_order, state.removed_node) <= 0:
         return True
     owner = state.domain
     uid = owner.vmi.uid if owner is not None else state.removed_uid
@@ -300,7 +326,7 @@ def _late(state: VMIState, report: AgentReport | DomainReport) -> bool:
         return True
     return (
         owner is not None and report.node == owner.node and _other_vmi(uid, report.vmi.uid)
-        and report.observed_at <= owner.observed_at
+        and _cmp(report, owner) <= 0
     )
 
 
@@ -309,7 +335,7 @@ def _hold(state: VMIState, report: AgentReport) -> VMIState:
     with earlier ones of the same node, uid and session."""
     pending = state.pending
     if pending is not None and pending.node == report.node and pending.vmi.uid == report.vmi.uid:
-        if report.observed_at <= pending.observed_at:
+        if _cmp(report, pending) <= 0:
             return state
         if report.session == pending.session:
             report = merge_agent(pending, report)

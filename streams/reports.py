@@ -45,6 +45,11 @@ class VMIRef(Report, frozen=True):
         return vmi_key(self.namespace, self.name)
 
 
+class ReportOrder(Report, frozen=True):
+    boot: Annotated[str, Meta(min_length=1, max_length=64)]
+    uptime_ns: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+
+
 class DomainInterface(Report, frozen=True):
     name: Name = ""
     mac: Annotated[str, Meta(max_length=64)] = ""
@@ -63,6 +68,7 @@ class DomainReport(Report, frozen=True):
     vmi: VMIRef
     node: Name
     observed_at: Time
+    order: ReportOrder | None = None
     removed: bool = False
     state: Literal["running", "paused", "shutoff", "other"] = "running"
     interfaces: Annotated[list[DomainInterface], Meta(max_length=MAX_ITEMS)] = []
@@ -132,10 +138,11 @@ class GuestTimezone(Report, frozen=True):
     offset: Annotated[int, Meta(ge=-86400, le=86400)] = 0
 
 
-class AgentReport(Report, frozen=True):
+class AgentReport(Report, frozen=True, kw_only=True):
     vmi: VMIRef
     node: Name
     observed_at: Time
+    order: ReportOrder | None = None
     connected: bool
     session: Annotated[str, Meta(max_length=64)] = ""
     info: AgentVersionInfo | None = None

@@ -14,6 +14,7 @@ from collectors.domain_xml import GUESTINFO_NS, MAX_DOMAIN_XML_BYTES, parse_doma
 from collectors.errors import DomainXMLError
 from plumbing.logs import RateLimitedLog
 from schemas.codec import encode
+from schemas.events import ReportOrder
 from schemas.limits import MAX_ITEMS
 
 DATA = Path(__file__).parent / "data" / "domains"
@@ -22,7 +23,8 @@ CASES = sorted(path.stem for path in DATA.glob("*.xml"))
 
 def outcome(xml: str) -> Any:
     try:
-        report = parse_domain(xml, node="node-1", observed_at=1700000000.5, state="running")
+        report = parse_domain(xml, node="node-1", observed_at=1700000000.5, state="running",
+                              order=ReportOrder(boot="boot-1", uptime_ns=5_000_000_000))
     except DomainXMLError as exc:
         return {"error": type(exc).__name__, "message_contains": str(exc)}
     return None if report is None else orjson.loads(encode(report))

@@ -19,7 +19,7 @@ from streams import reports
 from streams.join import AGENT_FIELDS
 
 #: AgentReport fields that are not a command's answer.
-BOOKKEEPING = {"vmi", "node", "observed_at", "connected", "session", "errors"}
+BOOKKEEPING = {"vmi", "node", "observed_at", "order", "connected", "session", "errors"}
 IDS = [command.name for command in AGENT_COMMANDS]
 
 

@@ -1,5 +1,6 @@
 """`streams.output.deliver`: what fails for a passing reason is sent again until delivered; what the
-broker refuses for good is returned; anything else is a bug and raised (no broker: a scripted producer)."""
+broker refuses for good is returned; anything else is a bug and raised (no broker: a scripted producer,
+`tests.streams.producers`)."""
 
 from __future__ import annotations
 
@@ -11,28 +12,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError,
 
 from streams import output
 from streams.output import Send, deliver
-
-
-class ScriptedProducer:
-    """Answers each send of a key with the next outcome of that key's script (None: delivered); the
-    last outcome repeats. Counts the sends per key."""
-
-    def __init__(self, scripts: dict[bytes, list[BaseException | None]]) -> None:
-        self.scripts = scripts
-        self.sent: dict[bytes, int] = dict.fromkeys(scripts, 0)
-
-    async def send(
-        self, topic: str, value: bytes | None, key: bytes, headers: list[tuple[str, bytes]] | None = None
-    ) -> asyncio.Future[object]:
-        script = self.scripts[key]
-        outcome = script[min(self.sent[key], len(script) - 1)]
-        self.sent[key] += 1
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        if outcome is None:
-            future.set_result(object())
-        else:
-            future.set_exception(outcome)
-        return future
+from tests.streams.producers import ScriptedProducer, scripts
 
 
 @pytest.fixture(autouse=True)
@@ -46,25 +26,25 @@ def sends(*keys: bytes) -> list[Send]:
 
 
 async def test_an_outage_is_waited_out_and_nothing_is_lost() -> None:
-    producer = ScriptedProducer({
+    producer = ScriptedProducer(scripts({
         b"a": [KafkaConnectionError(), KafkaTimeoutError(), None],
         b"b": [None],
-    })
-    assert await deliver(producer, sends(b"a", b"b")) == [None, None]  # type: ignore[arg-type]
-    assert producer.sent == {b"a": 3, b"b": 1}, "only what failed is sent again"
+    }))
+    assert await deliver(producer, sends(b"a", b"b")) == [None, None]
+    assert producer.per_key() == {b"a": 3, b"b": 1}, "only what failed is sent again"
 
 
 async def test_a_record_the_broker_refuses_for_good_is_returned_not_retried() -> None:
     too_large = MessageSizeTooLargeError()
-    producer = ScriptedProducer({b"a": [too_large], b"b": [None]})
-    assert await deliver(producer, sends(b"a", b"b")) == [too_large, None]  # type: ignore[arg-type]
-    assert producer.sent == {b"a": 1, b"b": 1}
+    producer = ScriptedProducer(scripts({b"a": [too_large], b"b": [None]}))
+    assert await deliver(producer, sends(b"a", b"b")) == [too_large, None]
+    assert producer.per_key() == {b"a": 1, b"b": 1}
 
 
 @pytest.mark.parametrize("make", [lambda: RuntimeError("bug"), lambda: asyncio.CancelledError()])
 async def test_anything_but_a_kafka_error_is_raised(make: Callable[[], BaseException]) -> None:
     error = make()
     assert not isinstance(error, KafkaError)
-    producer = ScriptedProducer({b"a": [error]})
+    producer = ScriptedProducer(scripts({b"a": [error]}))
     with pytest.raises(type(error)):
-        await deliver(producer, sends(b"a"))  # type: ignore[arg-type]
+        await deliver(producer, sends(b"a"))

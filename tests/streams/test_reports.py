@@ -25,7 +25,7 @@ from streams import reports
 
 PAIRS = [
     (getattr(events, name, None) or getattr(kubevirt, name), getattr(reports, name))
-    for name in ("VMIRef", "DomainInterface", "AccessCredentialNeeds", "DomainReport", "GuestOSInfo",
+    for name in ("VMIRef", "ReportOrder", "DomainInterface", "AccessCredentialNeeds", "DomainReport", "GuestOSInfo",
                  "GuestAgentCommandInfo", "GuestOSUser", "FileSystemDisk", "FileSystem", "GuestIPAddress",
                  "GuestInterface", "AgentVersionInfo", "GuestTimezone", "AgentReport")
 ]
