@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import IO
 
@@ -28,10 +30,33 @@ class BrokerError(RuntimeError):
     """The embedded broker could not be started."""
 
 
+#: Where the kernel takes the local ports of outgoing connections from.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port free now, below the kernel's ephemeral range. A port of that range (what binding port 0
+    gives) may be taken by any outgoing connection in the meantime, and a stage restarted on it (by the
+    supervisor, or a simulated node's collector) would find it in use and fail to start."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class EmbeddedBroker:

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     join = commands.add_parser("join", help="join worker (Faust): raw topics -> merged topic guestinfo.vmi.v1")
     _add_bootstrap(join, required=True)
     join.add_argument("--app-id", default="guestinfo-join", help="Faust app id (consumer group, table prefix)")
+    join.add_argument("--table-store", choices=["memory", "rocksdb"], default="memory",
+                      help="where the join keeps its per-VMI states: memory (rebuilt from the changelog on every "
+                      "start), or RocksDB below the state dir (a restart reads only the changelog's tail)")
     join.add_argument("--compression", choices=["none", "gzip", "lz4", "zstd"], default="none",
                       help="compression of the merged records and the table's changelog (default: none; lz4 and "
                       "zstd shrink the JSON about fourfold for little CPU, gzip costs the join a sixth of its CPU)")

@@ -144,6 +144,7 @@ def join(args: argparse.Namespace) -> int:
         app_id=args.app_id,
         datadir=datadir,
         compression=args.compression,
+        table_store=args.table_store,
     )
     run_join_worker(config)
     return 0

@@ -20,6 +20,7 @@ from streams.batches import JoinBatches
 from streams.consumer import JoinApp
 from streams.fold import MAX_RECORD_BYTES
 from streams.output import make_output_producer
+from streams.tables import TableStates, TableStore
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class JoinConfig(BaseModel):
     batch_size: int = Field(default=1000, ge=1, description="Raw events taken from the stream at once")
     batch_wait: float = Field(default=0.05, gt=0, description="Seconds to wait for a batch to fill")
     compression: Compression = Field(default="none", description="Compression of the records the join sends")
+    table_store: TableStore = Field(
+        default="memory",
+        description="Where the states live: memory, or RocksDB below `datadir` (restarts read the changelog's tail)",
+    )
 
 
 def faust_settings(config: JoinConfig) -> dict[str, Any]:
@@ -49,7 +54,7 @@ def faust_settings(config: JoinConfig) -> dict[str, Any]:
     confirms the highwaters that table recovery reads, which Tansu under-reports after such batches."""
     settings: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in config.bootstrap_servers.split(",")],
-        "store": "memory://",
+        "store": "rocksdb://" if config.table_store == "rocksdb" else "memory://",
         "datadir": str(config.datadir),
         "topic_partitions": config.partitions,
         "topic_replication_factor": 1,
@@ -90,9 +95,11 @@ def build_app(config: JoinConfig) -> faust.App:
         producer = make_output_producer(config.bootstrap_servers, MAX_RECORD_BYTES, config.compression)
         await producer.start()
         try:
-            # The table's store holds the states; JoinBatches sends their changelog records itself, in one
-            # round with the outputs, instead of one Faust send per write (docs/kafka-on-tansu.md §2).
-            batches = JoinBatches(table.data, producer, changelog_topic=table.changelog_topic.get_topic_name())
+            # The table's store holds the states; JoinBatches sends their changelog records itself, after
+            # the outputs, instead of one Faust send per write (docs/kafka-on-tansu.md §2).
+            states = TableStates(table, config.partitions)
+            batches = JoinBatches(states, producer, changelog_topic=table.changelog_topic.get_topic_name(),
+                                  on_changelog_ack=states.persisted)
             taken = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
             # `take_events` acknowledges a batch's events when the loop body ends, however it ends.
             async for events in taken:

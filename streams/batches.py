@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
 from plumbing.logs import RateLimitedLog
 from schemas.topics import DEAD_LETTER_TOPIC, VMI_TOPIC
@@ -77,11 +78,13 @@ class JoinBatches:
         output_topic: str = VMI_TOPIC,
         dead_letter_topic: str = DEAD_LETTER_TOPIC,
         changelog_topic: str | None = None,
+        on_changelog_ack: Callable[[int, int], None] | None = None,
         stop_grace: float = STOP_GRACE,
         on_abandon: Callable[[str], NoReturn] = abandon,
     ) -> None:
         self._states = states
         self._changelog_topic = changelog_topic
+        self._on_changelog_ack = on_changelog_ack
         self._producer = producer
         self._output_topic = output_topic
         self._dead_letter_topic = dead_letter_topic
@@ -147,7 +150,7 @@ class JoinBatches:
                     changelog.append(vmi)
         first_state = len(second)
         second += [Send(self._changelog_topic or "", vmi.key, vmi.batch.state) for vmi in changelog]
-        refused = await deliver(self._producer, second) if second else []
+        refused = await deliver(self._producer, second, self._changelog_acked) if second else []
         lost += [error for error in refused[:first_state] if error is not None]
         too_large = [(vmi, error) for vmi, error in zip(changelog, refused[first_state:], strict=True)
                      if error is not None]
@@ -167,10 +170,16 @@ class JoinBatches:
             log.error("the changelog refuses the state of VMI %s (%d bytes: %s): writing it without the agent's "
                       "answers", vmi.key.decode(errors="replace"), len(vmi.batch.state), error)
         sends = [Send(self._changelog_topic, vmi.key, trimmed_state(vmi.batch.state)) for vmi, _ in refused]
-        for (vmi, _), error in zip(refused, await deliver(self._producer, sends), strict=True):
+        for (vmi, _), error in zip(refused, await deliver(self._producer, sends, self._changelog_acked), strict=True):
             if error is not None:
                 log.critical("the changelog refuses even the trimmed state of VMI %s (%s): a restart recovers "
                              "an older state of it", vmi.key.decode(errors="replace"), error)
+
+    def _changelog_acked(self, send: Send, where: RecordMetadata) -> None:
+        """A changelog record is stored: the table's store may remember how far its partition is written
+        (a RocksDB store then recovers from there, not from the beginning)."""
+        if self._on_changelog_ack is not None and send.topic == self._changelog_topic:
+            self._on_changelog_ack(where.partition, where.offset)
 
     def _unsendable(self, vmi: _Folded, why: str) -> list[Send]:
         """An output the broker refuses for good: the VMI's state stays as it was (its next event makes

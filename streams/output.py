@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.structs import RecordMetadata
 
 from plumbing.backoff import Backoff
 from plumbing.kafka import Compression, make_producer
@@ -61,7 +62,9 @@ def passing(error: KafkaError) -> bool:
     return bool(error.retriable) or isinstance(error, KafkaTimeoutError | KafkaConnectionError)
 
 
-async def deliver(producer: Producer, sends: Sequence[Send]) -> list[KafkaError | None]:
+async def deliver(
+    producer: Producer, sends: Sequence[Send], on_ack: Callable[[Send, RecordMetadata], None] | None = None
+) -> list[KafkaError | None]:
     """Send everything and wait for the acks.
 
     What fails for a passing reason (`passing`: the broker away, a timeout, a leader moving) is sent
@@ -91,6 +94,8 @@ async def deliver(producer: Producer, sends: Sequence[Send]) -> list[KafkaError 
                 raise result
             else:
                 outcome[index] = None
+                if on_ack is not None:
+                    on_ack(sends[index], cast(RecordMetadata, result))
         todo = [index for index in todo if (error := outcome[index]) is not None and passing(error)]
         if not todo:
             return outcome

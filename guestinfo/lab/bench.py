@@ -80,16 +80,18 @@ class Size:
     collector_intervals: int
     #: Whole intervals to wait after the first reports before measuring (the collector's warm-up and jitter).
     collector_warmup: int
+    #: VMIs in the join's table for the state rows (memory, restart).
+    state_vmis: int
 
 
 SIZES = {
     "small": Size(vmis=200, events=2_000, rest_records=500, rest_requests=1_000, rest_concurrency=32,
                   list_requests=10, e2e_vmis=(200,), e2e_samples=5, collector_vmis=100, collector_launchers=10,
                   collector_intervals=1,
-                  collector_warmup=0),
+                  collector_warmup=0, state_vmis=1_000),
     "full": Size(vmis=2_000, events=50_000, rest_records=10_000, rest_requests=30_000, rest_concurrency=32,
                  list_requests=40, e2e_vmis=(1_000, 10_000), e2e_samples=40, collector_vmis=1_000,
-                 collector_launchers=100, collector_intervals=3, collector_warmup=2),
+                 collector_launchers=100, collector_intervals=3, collector_warmup=2, state_vmis=100_000),
 }
 
 
@@ -500,6 +502,117 @@ def ceiling_app(bootstrap: str, app_id: str, datadir: Path, table_writes: str) -
             await producer.stop()
 
     return app
+
+
+# ------------------------------------------------------------------------------------ the join's state
+
+
+#: The table stores a join worker may keep its states in (`guestinfo join --table-store`).
+TABLE_STORES = ("memory", "rocksdb")
+#: The longest a restarted worker may take to recover its table and read a new event.
+RECOVERY_TIMEOUT = 600.0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a live process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def state_workload(vmis: int) -> list[tuple[str, bytes, bytes]]:
+    """One domain report and one agent report per VMI: a table of `vmis` full states."""
+    from schemas.codec import encode
+
+    out: list[tuple[str, bytes, bytes]] = []
+    for index in range(vmis):
+        node = f"node-{index % 8}"
+        key = f"{NAMESPACE}/{vmi_name(index)}".encode()
+        out.append((DOMAIN_TOPIC, key, encode(_domain_report(index, node, T0))))
+        out.append((AGENT_TOPIC, key, encode(_agent_report(_agent_base(index, node), T0 + 1, 2_000_000_000))))
+    return out
+
+
+async def measure_state(vmis: int, workdir: Path) -> list[Row]:
+    """Per table store: the worker's memory once it holds `vmis` states, and how long a restarted worker
+    takes to recover its table and read a new event. On a broker of its own."""
+    progress(f"state: {vmis:,} VMIs (a domain and an agent report each), a worker per table store")
+    rows = []
+    async with EmbeddedBroker() as broker:
+        from guestinfo.broker import ensure_topics
+
+        bootstrap = broker.bootstrap_servers
+        await ensure_topics(bootstrap)
+        workload = state_workload(vmis)
+        await preload(bootstrap, workload)
+        for store in TABLE_STORES:
+            label = f"join state @ {vmis:,} VMIs, table in {store}"
+            try:
+                rows.append(await _state_run(bootstrap, workload, vmis, workdir / f"state-{store}", store, label))
+            except MeasureError as exc:
+                rows.append(Row(f"state_{store}", label, note=f"not measured: {exc}"))
+    return rows
+
+
+async def _state_run(bootstrap: str, workload: list[tuple[str, bytes, bytes]], vmis: int, state_dir: Path,
+                     store: str, label: str) -> Row:
+    app_id = f"bench-state-{store}-{uuid.uuid4().hex[:8]}"
+
+    def worker(port: int) -> Child:
+        return Child(f"join worker ({store})", [
+            sys.executable, "-m", "guestinfo", "-q", "--state-dir", str(state_dir), "join",
+            "--bootstrap-servers", bootstrap, "--app-id", app_id, "--table-store", store,
+            "--metrics-listen", f"127.0.0.1:{port}"])
+
+    port = free_port()
+    first = worker(port)
+    try:
+        samples = await follow(first, f"http://127.0.0.1:{port}/metrics", len(workload))
+        await asyncio.sleep(3.0)  # the last batch's sends and table writes
+        held = rss_bytes(first.pid)
+    finally:
+        await first.stop()
+        first.close()
+    fill_s = samples[-1].at - samples[0].at if len(samples) > 1 else 0.0
+    disk = await asyncio.to_thread(disk_bytes, state_dir)
+    port = free_port()
+    started = time.monotonic()
+    again = worker(port)
+    try:
+        _, key, value = workload[0]
+        await preload(bootstrap, [(DOMAIN_TOPIC, key, value.replace(b'"observedAt":1764000000.0',
+                                                                   b'"observedAt":1764000100.0'))])
+        await _first_event(again, f"http://127.0.0.1:{port}/metrics", started)
+        recovered_s = time.monotonic() - started
+        after = rss_bytes(again.pid)
+    finally:
+        await again.stop()
+        again.close()
+    progress(f"  {store}: {held / 2**20:,.0f} MB resident with {vmis:,} states; restarted and reading again "
+             f"after {recovered_s:.1f}s")
+    return Row(f"state_{store}", label, recovered_s, f"{held / 2**20:,.0f} MB; restart {recovered_s:.1f} s",
+               note=f"resident memory of the worker holding {vmis:,} states (filled in {fill_s:.0f} s); a restarted "
+               f"worker read its first new event after {recovered_s:.1f} s "
+               f"(process start and table recovery), then held {after / 2**20:,.0f} MB; {disk / 2**20:,.0f} MB on "
+               "disk below its state dir",
+               figures={"resident_mb": held / 2**20, "restart_s": recovered_s, "disk_mb": disk / 2**20})
+
+
+async def _first_event(child: Child, metrics_url: str, started: float) -> None:
+    """Wait until the worker has read an event (its table recovered: Faust holds the agent until then)."""
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() - started < RECOVERY_TIMEOUT:
+            child.check_alive()
+            counts = await scrape(session, metrics_url)
+            if counts is not None and counts[0] >= 1:
+                return
+            await asyncio.sleep(0.1)
+    raise MeasureError(f"{child.name} read no event within {RECOVERY_TIMEOUT:.0f}s of its restart")
 
 
 # -------------------------------------------------------------------------------- the plain join loop
@@ -1282,6 +1395,10 @@ async def bench(size_name: str) -> Report:
             report.figures.update({f"e2e_{vmis}_{k[4:]}": v for k, v in e2e[0].figures.items()})
             report.figures.update({"e2e_p50_s": None, "e2e_p95_s": None, "e2e_p99_s": None, **e2e[0].figures})
         await _rest_phase(report, size, workdir)
+        state = await measure_state(size.state_vmis, workdir)
+        report.rows += state
+        for row in state:
+            report.figures.update({f"{row.key}_{name}": value for name, value in row.figures.items()})
     report.notes.append(f"machine: {os.cpu_count()} CPUs; the broker, the measured process and any load generator "
                         "share them.")
     return report

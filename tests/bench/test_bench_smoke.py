@@ -20,6 +20,10 @@ POSITIVE_FIGURES = (
     "join_faust_ceiling_batched_events_per_s",
     "join_ratio_ceiling_table",
     "calibration_ms",
+    "state_memory_resident_mb",
+    "state_memory_restart_s",
+    "state_rocksdb_resident_mb",
+    "state_rocksdb_restart_s",
     "rest_requests_per_s",
     "rest_p99_ms",
     "rest_secured_requests_per_s",
@@ -42,6 +46,7 @@ def test_small_bench_prints_the_table_and_writes_figures(tmp_path: Path) -> None
     assert "Faust ceiling: take_events, no work" in done.stdout
     assert "join, Faust worker / Faust ceiling + one table write per key" in done.stdout
     assert "calibration: fixed pure-Python workload" in done.stdout
+    assert "join state @ 1,000 VMIs, table in rocksdb" in done.stdout
     assert "REST guestosinfo reads/s" in done.stdout
     assert "REST reads/s, secured (TLS + token + SAR, cached)" in done.stdout
     assert "REST floor: a bare aiohttp handler" in done.stdout

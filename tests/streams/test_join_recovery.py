@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 from guestinfo.broker import EmbeddedBroker, ensure_topics
 from schemas.codec import decode, encode
@@ -25,6 +27,7 @@ from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
 from schemas.vmi import VMIRecord
 from streams.app import TABLE_NAME, JoinConfig
 from streams.consumer import confirmed_highwaters
+from streams.tables import TableStore, partition_of
 from tests.streams.test_join_worker import produce, started
 
 pytestmark = pytest.mark.integration
@@ -60,11 +63,15 @@ def revisions(records: dict[str, VMIRecord]) -> dict[str, int]:
     return {key: record.revision for key, record in records.items()}
 
 
-async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker, unique: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("table_store", ["memory", "rocksdb"])
+async def test_table_recovers_every_state_after_a_restart(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, table_store: TableStore
+) -> None:
     bootstrap = broker.bootstrap_servers
     await ensure_topics(bootstrap)
     namespace = f"ns-{unique}"
-    config = JoinConfig(bootstrap_servers=bootstrap, app_id=f"join-{unique}", datadir=tmp_path)
+    config = JoinConfig(bootstrap_servers=bootstrap, app_id=f"join-{unique}", datadir=tmp_path,
+                        table_store=table_store)
     refs = [VMIRef(namespace=namespace, name=f"vm-{i:03d}", uid=f"u{i}") for i in range(VMIS)]
 
     app = await started(config, timeout=60)
@@ -76,6 +83,8 @@ async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker
                                   for r in refs])
         before = revisions(await latest_records(bootstrap, namespace, "first"))
         assert len(before) == VMIS
+        if table_store == "rocksdb":
+            await assert_persisted_offsets(app, bootstrap)
     finally:
         await app.stop()
 
@@ -102,6 +111,24 @@ async def test_table_recovers_every_state_after_a_restart(broker: EmbeddedBroker
         await app.stop()
     stale = sorted(key for key in before if after.get(key) != before[key] + 1)
     assert not stale, f"{len(stale)} VMIs restarted their revisions (state not recovered): {stale[:5]}"
+
+
+async def assert_persisted_offsets(app: Any, bootstrap: str) -> None:
+    """Each changelog partition's database remembers the offset of its last record: a restart recovers
+    from there. The states are in the partition's database that their key's partition names."""
+    table = app.tables[TABLE_NAME]
+    changelog = table.changelog_topic.get_topic_name()
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await probe.start()
+    try:
+        partitions = [TopicPartition(changelog, p) for p in sorted(probe.partitions_for_topic(changelog) or [])]
+        ends = await confirmed_highwaters([bootstrap], await probe.end_offsets(partitions))
+    finally:
+        await probe.stop()
+    persisted = {tp.partition: table.data.persisted_offset(TP(changelog, tp.partition)) for tp in partitions}
+    assert persisted == {tp.partition: ends[tp] - 1 for tp in partitions}, (persisted, ends)
+    for key in list(table.data.keys())[:20]:
+        assert table.data._db_for_partition(partition_of(key, len(partitions))).get(key) is not None
 
 
 def join_worker(bootstrap: str, app_id: str, state_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
