@@ -18,12 +18,16 @@
   with `--metrics-listen` on a free port.
 
 What is and is not simulated: the test driver loads a node file once per connection and offers no
-channel state, so domains never change while a collector runs. A migration is therefore modelled as
-the agent moving: its socket moves to the target node's folder, both node files are rewritten (the
-domain leaves the source and joins the target) and the two nodes' collectors are restarted, as a
-node whose collector restarts would be; the source collector does not report the domain removed (its
-new instance never saw it), the target reports it from then on. Domain ids, paused domains, libvirt
-agent transports and live channel states are not simulated.
+channel state, so a file's domains never change while a collector reads it. With guest events (the
+default of `guestinfo simulate`) every node is therefore a kubelet pods folder of simulated virt-launcher
+pods (`<state>/simulation/node-<i>/pods/<pod>/volumes/kubernetes.io~empty-dir/libvirt-runtime/`), each
+holding a test-driver file where the launcher's libvirt socket would be; the collector finds them with
+`--launcher-pods-dir` and reaches them with `--launcher-uri test://{socket}`, as it follows real launchers.
+A migration is then what it is in KubeVirt, without restarting a collector: a pod of the VMI's own
+appears on the target node, its agent's socket moves there, and on the source the VMI's pod is replaced
+by one without it and removed a few seconds later (`POD_HANDOVER`), so the source reports it gone. Without
+events (the bench's steady fleets) each node is one node file (or `launchers` files) listed as it is. Domain
+ids, paused domains, libvirt agent transports and live channel states are not simulated.
 
 Reusable pieces (for `guestinfo bench`):
 
@@ -51,6 +55,7 @@ import json
 import logging
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -60,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collectors.launchers import RUNTIME_DIR, SOCKET_NAME
 from guestinfo.domains import kubevirt_domain_xml
 from guestinfo.lab.agent import Delivery, command_not_found, returning, serve, sync_reply
 from schemas.agent_commands import AGENT_COMMANDS
@@ -115,6 +121,8 @@ class VMISpec:
     uid: str
     macs: list[str]
     node: int
+    #: The simulated virt-launcher pod whose libvirt lists it (with migrations; "" otherwise).
+    pod: str = ""
 
     @property
     def key(self) -> str:
@@ -153,6 +161,47 @@ def write_launcher_files(root: Path, node: int, specs: list[VMISpec], launchers:
         path.write_text(f"<node>{body}\n</node>\n")
         paths.append(path)
     return paths
+
+
+#: VMIs per simulated launcher pod at the start (a migrated VMI gets a pod of its own on its new node).
+POD_VMIS = 10
+#: How the collector reaches a simulated launcher's libvirt: its "socket" is a test-driver file.
+POD_URI = "test://{socket}"
+#: Seconds a pod that lost a VMI to a migration is left in place after its successor pod (the rest of
+#: its VMIs) is written: the collector finds the successor (launcher scan 2 s) and lists it first, so
+#: those VMIs are never reported gone; the migrated VMI is reported gone from the source then.
+POD_HANDOVER = 6.0
+
+
+def pods_dir(root: Path, node: int) -> Path:
+    """Node `node`'s kubelet pods folder (the collector's `--launcher-pods-dir`)."""
+    return node_dir(root, node) / "pods"
+
+
+def write_pod(root: Path, node: int, pod: str, specs: list[VMISpec]) -> None:
+    """A launcher pod on node `node` whose libvirt lists the domains of `specs`: a test-driver file where
+    a virt-launcher's daemon socket would be."""
+    path = pods_dir(root, node) / pod / RUNTIME_DIR / SOCKET_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(kubevirt_domain_xml(s.namespace, s.name, s.uid, s.macs) for s in specs)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"<node>{body}\n</node>\n")
+    tmp.replace(path)
+
+
+def remove_pod(root: Path, node: int, pod: str) -> None:
+    """The pod is gone (its folder, as the kubelet removes it): its VMIs are gone from the node."""
+    shutil.rmtree(pods_dir(root, node) / pod, ignore_errors=True)
+
+
+def place_in_pods(root: Path, node: int, specs: list[VMISpec]) -> None:
+    """Node `node`'s VMIs in pods of `POD_VMIS`."""
+    mine = [spec for spec in specs if spec.node == node]
+    for start in range(0, len(mine), POD_VMIS):
+        pod = f"pod-{node}-{start // POD_VMIS}"
+        for spec in mine[start:start + POD_VMIS]:
+            spec.pod = pod
+        write_pod(root, node, pod, mine[start:start + POD_VMIS])
 
 
 # --- the simulated guest agents (the helper process) ---------------------------------------------------
@@ -268,6 +317,8 @@ class AgentServer:
         self.events: dict[str, int] = dict.fromkeys(
             ("logins", "logouts", "address_changes", "reboots", "disconnects", "migrations"), 0
         )
+        #: Migrations so far (names the pods they make).
+        self.moves = 0
 
     def socket_path(self, spec: VMISpec) -> Path:
         return node_dir(self.root, spec.node) / "sockets" / f"{spec.namespace}_{spec.name}.sock"
@@ -308,6 +359,26 @@ class AgentServer:
             return Delivery([returning(request, self.models[key].reply(command))])
         except KeyError:
             return Delivery([command_not_found(request)])
+
+    async def migrate(self, spec: VMISpec) -> None:
+        """Move a VMI to another node as KubeVirt does, no collector restarted: a launcher pod of its own
+        appears on the target, and on the source its pod is replaced by one without it (the rest of its
+        VMIs), the old pod removed `POD_HANDOVER` seconds later; its agent's socket moves with it."""
+        source, source_pod = spec.node, spec.pod
+        await self.close(spec)
+        self.moves += 1
+        spec.node = self.rng.choice([n for n in self.nodes if n != source])
+        spec.pod = f"moved-{self.moves}-{spec.name}"
+        write_pod(self.root, spec.node, spec.pod, [spec])
+        await self.open(spec)
+        rest = [other for other in self.specs if other.pod == source_pod]
+        if rest:
+            successor = f"{source_pod.split('-r')[0]}-r{self.moves}"  # a pod uid: letters, digits, dashes
+            for other in rest:
+                other.pod = successor
+            write_pod(self.root, source, successor, rest)
+        asyncio.get_running_loop().call_later(POD_HANDOVER, remove_pod, self.root, source, source_pod)
+        print(json.dumps({"migrate": {"vmi": spec.key, "from": source, "to": spec.node}}), flush=True)
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -384,13 +455,7 @@ class AgentServer:
                 model.away_until = wall + self.rng.uniform(10, 40)
             elif event == "migrate" and len(self.nodes) > 1:
                 self.events["migrations"] += 1
-                source = spec.node
-                await self.close(spec)
-                spec.node = self.rng.choice([n for n in self.nodes if n != source])
-                write_node_file(self.root, source, self.specs)
-                write_node_file(self.root, spec.node, self.specs)
-                await self.open(spec)
-                print(json.dumps({"migrate": {"vmi": spec.key, "from": source, "to": spec.node}}), flush=True)
+                await self.migrate(spec)
 
 
 def _agents_main(spec_file: str) -> int:
@@ -425,9 +490,9 @@ class SimNode:
     #: With launchers: the node's VMIs split over these test-driver files, one libvirt URI each (as
     #: virt-launcher pods each have a libvirt of their own); the collector lists every one.
     launcher_files: list[Path] = field(default_factory=list)
+    #: With migrations: the node's kubelet pods folder of simulated launcher pods, found by the collector.
+    pods_dir: Path | None = None
     process: asyncio.subprocess.Process | None = None
-    #: Restarts of one node's collector run one at a time (two migrations may touch the same node).
-    restarting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -447,8 +512,6 @@ class Fleet:
     verbosity: int = 0
     _stats: dict[int, dict[str, Any]] = field(default_factory=dict)
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
-    _restarts: set[asyncio.Task[None]] = field(default_factory=set)
-    _stopping: bool = False
 
     def agents_pids(self) -> list[int]:
         return [process.pid for process, _ in self.agents]
@@ -469,10 +532,13 @@ class Fleet:
 
     async def start_collector(self, node: SimNode) -> None:
         log_args = ["-v"] * max(self.verbosity, 0) + ["-q"] * max(-self.verbosity, 0)
-        uris = [f"test://{path}" for path in node.launcher_files or [node.node_file]]
-        argv = [sys.executable, "-m", "guestinfo", *log_args, "collect",
-                "--bootstrap-servers", self.bootstrap, *(arg for uri in uris for arg in ("--libvirt-uri", uri)),
-                "--agent-socket-dir", str(node.socket_dir), "--node-name", node.name,
+        if node.pods_dir is not None:
+            libvirt = ["--launcher-pods-dir", str(node.pods_dir), "--launcher-uri", POD_URI]
+        else:
+            uris = [f"test://{path}" for path in node.launcher_files or [node.node_file]]
+            libvirt = [arg for uri in uris for arg in ("--libvirt-uri", uri)]
+        argv = [sys.executable, "-m", "guestinfo", *log_args, "collect", "--bootstrap-servers", self.bootstrap,
+                *libvirt, "--agent-socket-dir", str(node.socket_dir), "--node-name", node.name,
                 "--metrics-listen", f"127.0.0.1:{node.metrics_port}"]
         if self.interval is not None:
             argv += ["--interval", str(self.interval)]
@@ -497,16 +563,6 @@ class Fleet:
             elif "migrate" in message:
                 move = message["migrate"]
                 log.info("simulated migration of %s: node %s → %s", move["vmi"], move["from"], move["to"])
-                for index in (move["from"], move["to"]):
-                    task = asyncio.create_task(self._restart(self.nodes[index]))
-                    self._restarts.add(task)
-                    task.add_done_callback(self._restarts.discard)
-
-    async def _restart(self, node: SimNode) -> None:
-        async with node.restarting:
-            await self.stop_collector(node)
-            if not self._stopping:
-                await self.start_collector(node)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         socket = self.control_of.get(str(request.get("vmi", "")))
@@ -554,13 +610,9 @@ class Fleet:
         """Collectors first, then the agents."""
         from guestinfo.supervisor import terminate
 
-        self._stopping = True  # no restart starts a collector from now on
-        for reader in self._readers:  # and no migration asks for one
+        for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
-        for task in list(self._restarts):
-            task.cancel()
-        await asyncio.gather(*self._restarts, return_exceptions=True)
         await asyncio.gather(*(self.stop_collector(node) for node in self.nodes))
         await asyncio.gather(*(terminate(process, f"simulated agents ({socket})", grace=10.0)
                                for process, socket in self.agents))
@@ -622,9 +674,12 @@ async def start_fleet(
     for index in range(nodes):
         folder = node_dir(root, index)
         (folder / "sockets").mkdir(parents=True, exist_ok=True)
+        if events:
+            place_in_pods(root, index, specs)
         sim_nodes.append(SimNode(index=index, name=f"sim-node-{index}", node_file=write_node_file(root, index, specs),
                                  socket_dir=folder / "sockets", metrics_port=free_port(),
-                                 launcher_files=write_launcher_files(root, index, specs, launchers)))
+                                 launcher_files=write_launcher_files(root, index, specs, launchers),
+                                 pods_dir=pods_dir(root, index) if events else None))
     group_size = max(1, VMIS_PER_AGENTS_PROCESS // vmis_per_node)
     groups = [list(range(start, min(start + group_size, nodes))) for start in range(0, nodes, group_size)]
     agents: list[tuple[asyncio.subprocess.Process, str]] = []

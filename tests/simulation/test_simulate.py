@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from collectors.launchers import SOCKET_NAME
 from guestinfo.broker import EmbeddedBroker, ensure_topics
 from guestinfo.lab import simulation
-from guestinfo.lab.simulation import AgentServer, fleet_spec, start_fleet, write_node_file
+from guestinfo.lab.simulation import AgentServer, fleet_spec, place_in_pods, pods_dir, start_fleet
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
@@ -98,7 +99,8 @@ async def test_reboots_disconnects_and_migrations_move_the_agents_sockets(
     specs = fleet_spec(2, 2, 7)
     for node in range(2):
         (tmp_path / f"node-{node}").mkdir()
-        write_node_file(tmp_path, node, specs)
+        place_in_pods(tmp_path, node, specs)
+    monkeypatch.setattr(simulation, "POD_HANDOVER", 0.05)
     server = AgentServer(tmp_path, [0, 1], specs, 7, events=True, control="control-0.sock")
     task = asyncio.create_task(server.run())
     await asyncio.sleep(0.2)
@@ -109,11 +111,17 @@ async def test_reboots_disconnects_and_migrations_move_the_agents_sockets(
         server.models[other.key].rng.random = lambda: 0.5  # type: ignore[method-assign]
     monkeypatch.setattr(simulation, "REBOOT_RATE", 0.0)
     monkeypatch.setattr(simulation, "DISCONNECT_RATE", 0.0)
+    first_pod = spec.pod
     await server.step(1.0)
     assert server.events["migrations"] == 4
     assert spec.node == 1 and server.socket_path(spec).exists()
-    assert "vm-0-0" in (tmp_path / "node-1" / "node.xml").read_text()
-    assert "vm-0-0" not in (tmp_path / "node-0" / "node.xml").read_text()
+    assert (pods_dir(tmp_path, 0) / first_pod).exists(), "the source pod stays a moment: its successor is found first"
+    await asyncio.sleep(0.2)
+    assert not (pods_dir(tmp_path, 0) / first_pod).exists(), "then it is gone, and the VMI with it"
+    listed = {node: "".join(path.read_text() for path in pods_dir(tmp_path, node).rglob(SOCKET_NAME))
+              for node in (0, 1)}
+    assert "vm-0-0" in listed[1] and "vm-0-0" not in listed[0]
+    assert all(spec.pod and (pods_dir(tmp_path, spec.node) / spec.pod).exists() for spec in specs)
     monkeypatch.setattr(simulation, "MIGRATION_RATE", 0.0)
     monkeypatch.setattr(simulation, "REBOOT_RATE", 1e9)
     server.models[spec.key].users["alice"] = 1.0
