@@ -6,7 +6,8 @@ For each batch of raw events:
 2. Every output and dead letter is handed to the producer at once, and the batch waits for all the
    acks. What fails for a passing reason is sent again until it is delivered (`streams.output.deliver`):
    an outage delays and never loses.
-3. Only then are the new states written. An output the broker refuses for good (too large for it,
+3. Only then are the new states written: with a changelog, each only once the changelog holds it (a
+   store on disk must never be ahead of its changelog). An output the broker refuses for good (too large for it,
    say) is not written as state, so the VMI's next event produces the record again; the VMI's events
    go to the dead-letter topic with the reason.
    With a `changelog_topic`, `states` is only the local store, and the changed states go to that topic
@@ -144,42 +145,70 @@ class JoinBatches:
                 continue
             if vmi.batch.output is not None:
                 _count_output(vmi.key, vmi.batch.output)
-            if vmi.batch.state != vmi.stored:
+            if vmi.batch.state is None or vmi.batch.state == vmi.stored:
+                continue
+            if self._changelog_topic is None:
                 self._states[vmi.key] = vmi.batch.state
-                if self._changelog_topic is not None:
-                    changelog.append(vmi)
+            else:
+                changelog.append(vmi)
         first_state = len(second)
-        second += [Send(self._changelog_topic or "", vmi.key, vmi.batch.state) for vmi in changelog]
-        refused = await deliver(self._producer, second, self._changelog_acked) if second else []
+        second += [Send(self._changelog_topic or "", vmi.key, vmi.batch.state or b"") for vmi in changelog]
+        acked: dict[int, int] = {}
+        refused = await deliver(self._producer, second, self._acked_into(acked)) if second else []
         lost += [error for error in refused[:first_state] if error is not None]
-        too_large = [(vmi, error) for vmi, error in zip(changelog, refused[first_state:], strict=True)
-                     if error is not None]
+        too_large: list[tuple[_Folded, KafkaError]] = []
+        for vmi, error in zip(changelog, refused[first_state:], strict=True):
+            if error is None:
+                self._states[vmi.key] = vmi.batch.state or b""
+            else:
+                too_large.append((vmi, error))
         if too_large:
-            await self._trimmed(too_large)
+            await self._trimmed(too_large, acked)
+        self._persisted(acked)
         if lost:
             log.error("the broker refuses %d dead letters (e.g. %s): their raw events are logged here only",
                       len(lost), lost[0])
 
-    async def _trimmed(self, refused: list[tuple[_Folded, KafkaError]]) -> None:
+    async def _trimmed(self, refused: list[tuple[_Folded, KafkaError]], acked: dict[int, int]) -> None:
         """States the changelog refuses for good (a broker whose record limit is under the producer's):
         their outputs are out, so the changelog must not stay behind at a revision consumers have seen.
         It gets the state without the agent's answers instead, which the VMI's next reports bring back."""
         assert self._changelog_topic is not None
+        trimmed = []
         for vmi, error in refused:
             CHANGELOG_REFUSED.inc()
+            state = vmi.batch.state or b""
             log.error("the changelog refuses the state of VMI %s (%d bytes: %s): writing it without the agent's "
-                      "answers", vmi.key.decode(errors="replace"), len(vmi.batch.state), error)
-        sends = [Send(self._changelog_topic, vmi.key, trimmed_state(vmi.batch.state)) for vmi, _ in refused]
-        for (vmi, _), error in zip(refused, await deliver(self._producer, sends, self._changelog_acked), strict=True):
-            if error is not None:
-                log.critical("the changelog refuses even the trimmed state of VMI %s (%s): a restart recovers "
-                             "an older state of it", vmi.key.decode(errors="replace"), error)
+                      "answers", vmi.key.decode(errors="replace"), len(state), error)
+            trimmed.append(trimmed_state(state))
+        sends = [Send(self._changelog_topic, vmi.key, state) for (vmi, _), state in zip(refused, trimmed, strict=True)]
+        delivered = await deliver(self._producer, sends, self._acked_into(acked))
+        for (vmi, _), state, error in zip(refused, trimmed, delivered, strict=True):
+            if error is None:
+                self._states[vmi.key] = state
+                continue
+            # Nothing the changelog takes: the store keeps the whole state, so that this worker at least
+            # never reuses a revision; a restart elsewhere recovers an older one.
+            self._states[vmi.key] = vmi.batch.state or b""
+            log.critical("the changelog refuses even the trimmed state of VMI %s (%s): a restart recovers "
+                         "an older state of it", vmi.key.decode(errors="replace"), error)
 
-    def _changelog_acked(self, send: Send, where: RecordMetadata) -> None:
-        """A changelog record is stored: the table's store may remember how far its partition is written
-        (a RocksDB store then recovers from there, not from the beginning)."""
-        if self._on_changelog_ack is not None and send.topic == self._changelog_topic:
-            self._on_changelog_ack(where.partition, where.offset)
+    def _acked_into(self, acked: dict[int, int]) -> Callable[[Send, RecordMetadata], None]:
+        """Collect, per changelog partition, the offset of the last record stored."""
+
+        def on_ack(send: Send, where: RecordMetadata) -> None:
+            if send.topic == self._changelog_topic:
+                acked[where.partition] = max(where.offset, acked.get(where.partition, -1))
+
+        return on_ack
+
+    def _persisted(self, acked: dict[int, int]) -> None:
+        """After the states are in the store, the store may remember how far each changelog partition is
+        applied (a RocksDB store recovers from there): never before, or a crash in between would leave a
+        state out of both."""
+        if self._on_changelog_ack is not None:
+            for partition, offset in sorted(acked.items()):
+                self._on_changelog_ack(partition, offset)
 
     def _unsendable(self, vmi: _Folded, why: str) -> list[Send]:
         """An output the broker refuses for good: the VMI's state stays as it was (its next event makes

@@ -62,7 +62,8 @@ class FoldedBatch:
     last; records carry revisions and the merged topic is compacted, so a batch coalesces them), and
     the events refused."""
 
-    state: bytes
+    #: None when no event applied (all refused): nothing to write.
+    state: bytes | None
     output: JoinResult | None
     refused: list[Refusal]
 
@@ -86,6 +87,8 @@ def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage])
         state = result.state
         if result.record is not None or result.tombstone:
             output = result
+    if len(refused) == len(messages):
+        return FoldedBatch(None, None, refused)
     return FoldedBatch(encode_state(state), output, refused)
 
 

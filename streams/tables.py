@@ -11,6 +11,10 @@ this adapter does what Faust would otherwise do on a write:
   offset, so that a restarted worker recovers the changelog from there instead of from the beginning.
   The memory store keeps nothing across restarts and ignores it.
 
+A state reaches the store only once the changelog holds it, and the persisted offset only after the
+state (`streams.batches`): a store on disk is never ahead of its changelog. One state dir per worker: two
+workers sharing one would share RocksDB's files, which lock.
+
 Faust's store API has no public call for either; the two private ones used (`_db_for_partition`,
 `_key_index`) are held to their behaviour by `tests/streams/test_join_recovery.py`.
 """

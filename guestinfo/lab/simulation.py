@@ -168,9 +168,10 @@ POD_VMIS = 10
 #: How the collector reaches a simulated launcher's libvirt: its "socket" is a test-driver file.
 POD_URI = "test://{socket}"
 #: Seconds a pod that lost a VMI to a migration is left in place after its successor pod (the rest of
-#: its VMIs) is written: the collector finds the successor (launcher scan 2 s) and lists it first, so
-#: those VMIs are never reported gone; the migrated VMI is reported gone from the source then.
-POD_HANDOVER = 6.0
+#: its VMIs) is written: the collector finds the successor (launcher scan 2 s) and lists it first (a
+#: failed first listing is tried again after 2 s), so those VMIs are never reported gone; the migrated
+#: VMI is reported gone from the source then. A collector stalled for longer would see both at once.
+POD_HANDOVER = 10.0
 
 
 def pods_dir(root: Path, node: int) -> Path:
@@ -363,22 +364,30 @@ class AgentServer:
     async def migrate(self, spec: VMISpec) -> None:
         """Move a VMI to another node as KubeVirt does, no collector restarted: a launcher pod of its own
         appears on the target, and on the source its pod is replaced by one without it (the rest of its
-        VMIs), the old pod removed `POD_HANDOVER` seconds later; its agent's socket moves with it."""
-        source, source_pod = spec.node, spec.pod
+        VMIs), the old pod removed `POD_HANDOVER` seconds later. Its agent's socket moves with it; until
+        the old pod goes, the source's path leads there too (the source collector still lists the VMI)."""
+        source, source_pod, source_socket = spec.node, spec.pod, self.socket_path(spec)
         await self.close(spec)
         self.moves += 1
         spec.node = self.rng.choice([n for n in self.nodes if n != source])
         spec.pod = f"moved-{self.moves}-{spec.name}"
         write_pod(self.root, spec.node, spec.pod, [spec])
         await self.open(spec)
+        with contextlib.suppress(OSError):
+            source_socket.symlink_to(self.socket_path(spec))
         rest = [other for other in self.specs if other.pod == source_pod]
         if rest:
             successor = f"{source_pod.split('-r')[0]}-r{self.moves}"  # a pod uid: letters, digits, dashes
             for other in rest:
                 other.pod = successor
             write_pod(self.root, source, successor, rest)
-        asyncio.get_running_loop().call_later(POD_HANDOVER, remove_pod, self.root, source, source_pod)
+        asyncio.get_running_loop().call_later(POD_HANDOVER, self._handed_over, source, source_pod, source_socket)
         print(json.dumps({"migrate": {"vmi": spec.key, "from": source, "to": spec.node}}), flush=True)
+
+    def _handed_over(self, node: int, pod: str, link: Path) -> None:
+        remove_pod(self.root, node, pod)
+        if link.is_symlink():
+            link.unlink()
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -111,12 +111,15 @@ async def test_reboots_disconnects_and_migrations_move_the_agents_sockets(
         server.models[other.key].rng.random = lambda: 0.5  # type: ignore[method-assign]
     monkeypatch.setattr(simulation, "REBOOT_RATE", 0.0)
     monkeypatch.setattr(simulation, "DISCONNECT_RATE", 0.0)
-    first_pod = spec.pod
+    first_pod, source_socket = spec.pod, server.socket_path(spec)
     await server.step(1.0)
     assert server.events["migrations"] == 4
     assert spec.node == 1 and server.socket_path(spec).exists()
     assert (pods_dir(tmp_path, 0) / first_pod).exists(), "the source pod stays a moment: its successor is found first"
+    assert source_socket.is_symlink() and source_socket.resolve() == server.socket_path(spec).resolve(), \
+        "meanwhile the source collector still reaches the agent"
     await asyncio.sleep(0.2)
+    assert not source_socket.exists() and not source_socket.is_symlink()
     assert not (pods_dir(tmp_path, 0) / first_pod).exists(), "then it is gone, and the VMI with it"
     listed = {node: "".join(path.read_text() for path in pods_dir(tmp_path, node).rglob(SOCKET_NAME))
               for node in (0, 1)}

@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 Outcome = BaseException | None | asyncio.Future[object]
 
 
+@dataclass(frozen=True)
+class Stored:
+    """Where a delivered record went (what `deliver` reads of aiokafka's RecordMetadata)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
 @dataclass
 class ScriptedProducer:
     """Answers each send with `script(topic, key, attempt)`; records every send."""
@@ -28,7 +37,7 @@ class ScriptedProducer:
             return outcome
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         if outcome is None:
-            future.set_result(object())
+            future.set_result(Stored(topic, 0, len(self.sent) - 1))
         else:
             future.set_exception(outcome)
         return future

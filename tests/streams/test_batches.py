@@ -19,7 +19,7 @@ from schemas.kubevirt import GuestOSInfo
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
 from streams import output
 from streams.batches import JoinBatches
-from tests.streams.producers import Outcome, ScriptedProducer
+from tests.streams.producers import Outcome, ScriptedProducer, Stored
 
 T0 = 1_764_000_000.0
 
@@ -229,7 +229,34 @@ async def test_a_state_the_changelog_refuses_is_written_there_without_the_agents
     await batches.take([domain("a", T0), agent("a", T0 + 1, "fedora")])
     assert CHANGELOG_REFUSED._value.get() == before + 1
     full, trimmed = (STATES.decode(value or b"") for _, value in producer.to(CHANGELOG))
-    assert STATES.decode(states[b"ns/a"]) == full and full.agent is not None, "the store keeps it all"
-    assert trimmed.agent is None and trimmed.domain == full.domain
+    assert STATES.decode(states[b"ns/a"]) == trimmed, "the store holds what the changelog holds"
+    assert full.agent is not None and trimmed.agent is None and trimmed.domain == full.domain
     assert (trimmed.revision, trimmed.emitted_digest) == (full.revision, full.emitted_digest), \
         "the changelog never falls behind a revision consumers have seen"
+
+
+async def test_a_state_reaches_the_store_only_once_the_changelog_holds_it_then_its_offset() -> None:
+    """A store on disk (RocksDB) ahead of its changelog would outlive a crash: after the restart the
+    re-read events are re-deliveries, which change no state, so the changelog would never catch up."""
+    states: dict[bytes, bytes] = {}
+    ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    producer = ScriptedProducer(lambda topic, key, attempt: ack if topic == CHANGELOG else None)
+    persisted: list[tuple[int, int, bool]] = []
+    batches = JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon,
+                          on_changelog_ack=lambda partition, offset: persisted.append(
+                              (partition, offset, b"ns/a" in states)))
+    taking = asyncio.ensure_future(batches.take([domain("a", T0)]))
+    await asyncio.sleep(0.05)
+    assert producer.to(CHANGELOG) and states == {} and persisted == []
+    ack.set_result(Stored(CHANGELOG, 2, 41))
+    await taking
+    assert b"ns/a" in states
+    assert persisted == [(2, 41, True)], "the offset is remembered after the state is stored"
+
+
+async def test_a_batch_whose_every_event_is_refused_writes_no_state() -> None:
+    states: dict[bytes, bytes] = {}
+    producer = ScriptedProducer()
+    await JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon).take(
+        [Message(AGENT_TOPIC, None, b"{not json")])
+    assert states == {} and producer.to(CHANGELOG) == [] and len(producer.to(DEAD_LETTER_TOPIC)) == 1
