@@ -99,7 +99,7 @@ def build_app(config: JoinConfig) -> faust.App:
             # the outputs, instead of one Faust send per write (docs/kafka-on-tansu.md §2).
             states = TableStates(table, config.partitions)
             batches = JoinBatches(states, producer, changelog_topic=table.changelog_topic.get_topic_name(),
-                                  on_changelog_ack=states.persisted)
+                                  on_persisted=states.persisted)
             taken = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
             # `take_events` acknowledges a batch's events when the loop body ends, however it ends.
             async for events in taken:

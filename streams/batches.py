@@ -79,13 +79,14 @@ class JoinBatches:
         output_topic: str = VMI_TOPIC,
         dead_letter_topic: str = DEAD_LETTER_TOPIC,
         changelog_topic: str | None = None,
-        on_changelog_ack: Callable[[int, int], None] | None = None,
+        #: Told (partition, offset) once the states up to that changelog record are in `states`.
+        on_persisted: Callable[[int, int], None] | None = None,
         stop_grace: float = STOP_GRACE,
         on_abandon: Callable[[str], NoReturn] = abandon,
     ) -> None:
         self._states = states
         self._changelog_topic = changelog_topic
-        self._on_changelog_ack = on_changelog_ack
+        self._on_persisted = on_persisted
         self._producer = producer
         self._output_topic = output_topic
         self._dead_letter_topic = dead_letter_topic
@@ -206,9 +207,9 @@ class JoinBatches:
         """After the states are in the store, the store may remember how far each changelog partition is
         applied (a RocksDB store recovers from there): never before, or a crash in between would leave a
         state out of both."""
-        if self._on_changelog_ack is not None:
+        if self._on_persisted is not None:
             for partition, offset in sorted(acked.items()):
-                self._on_changelog_ack(partition, offset)
+                self._on_persisted(partition, offset)
 
     def _unsendable(self, vmi: _Folded, why: str) -> list[Send]:
         """An output the broker refuses for good: the VMI's state stays as it was (its next event makes

@@ -62,6 +62,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,13 +143,19 @@ def fleet_spec(nodes: int, vmis_per_node: int, seed: int) -> list[VMISpec]:
     return specs
 
 
-def write_node_file(root: Path, node: int, specs: list[VMISpec]) -> Path:
-    """Write node `node`'s test-driver file (atomically) with the domains of the VMIs running there."""
-    path = node_dir(root, node) / "node.xml"
-    body = "".join(kubevirt_domain_xml(s.namespace, s.name, s.uid, s.macs) for s in specs if s.node == node)
+def write_test_node(path: Path, specs: Iterable[VMISpec]) -> None:
+    """A libvirt test-driver file with the domains of `specs`, written atomically (a collector may be
+    opening it)."""
+    body = "".join(kubevirt_domain_xml(s.namespace, s.name, s.uid, s.macs) for s in specs)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(f"<node>{body}\n</node>\n")
     tmp.replace(path)
+
+
+def write_node_file(root: Path, node: int, specs: list[VMISpec]) -> Path:
+    """Write node `node`'s test-driver file with the domains of the VMIs running there."""
+    path = node_dir(root, node) / "node.xml"
+    write_test_node(path, (spec for spec in specs if spec.node == node))
     return path
 
 
@@ -158,8 +165,7 @@ def write_launcher_files(root: Path, node: int, specs: list[VMISpec], launchers:
     paths = []
     for number in range(launchers):
         path = node_dir(root, node) / f"launcher-{number:03}.xml"
-        body = "".join(kubevirt_domain_xml(s.namespace, s.name, s.uid, s.macs) for s in mine[number::launchers])
-        path.write_text(f"<node>{body}\n</node>\n")
+        write_test_node(path, mine[number::launchers])
         paths.append(path)
     return paths
 
@@ -185,10 +191,7 @@ def write_pod(root: Path, node: int, pod: str, specs: list[VMISpec]) -> None:
     a virt-launcher's daemon socket would be."""
     path = pods_dir(root, node) / pod / RUNTIME_DIR / SOCKET_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = "".join(kubevirt_domain_xml(s.namespace, s.name, s.uid, s.macs) for s in specs)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"<node>{body}\n</node>\n")
-    tmp.replace(path)
+    write_test_node(path, specs)
 
 
 def remove_pod(root: Path, node: int, pod: str) -> None:

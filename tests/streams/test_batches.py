@@ -243,7 +243,7 @@ async def test_a_state_reaches_the_store_only_once_the_changelog_holds_it_then_i
     producer = ScriptedProducer(lambda topic, key, attempt: ack if topic == CHANGELOG else None)
     persisted: list[tuple[int, int, bool]] = []
     batches = JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon,
-                          on_changelog_ack=lambda partition, offset: persisted.append(
+                          on_persisted=lambda partition, offset: persisted.append(
                               (partition, offset, b"ns/a" in states)))
     taking = asyncio.ensure_future(batches.take([domain("a", T0)]))
     await asyncio.sleep(0.05)
