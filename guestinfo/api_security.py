@@ -8,9 +8,12 @@ import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guestinfo.config import UsageError
-from sinks.security import SecurityConfig, SecurityError, check
+
+if TYPE_CHECKING:
+    from sinks.security import SecurityConfig
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -100,6 +103,9 @@ def add_security_options(parser: argparse.ArgumentParser) -> None:
 
 def security_config(args: argparse.Namespace, host: str) -> SecurityConfig:
     """The flags as a checked `SecurityConfig` for an API on `host`; bad values are a `UsageError`."""
+    # Imported here: the Kubernetes client behind it costs every other command (a collector) a second.
+    from sinks.security import SecurityConfig, SecurityError, check
+
     values: dict[str, object] = {"cert_dir": str((Path(args.state_dir) / "certificates").absolute())}
     for flag in FLAGS:
         value = getattr(args, flag.field)
