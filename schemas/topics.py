@@ -9,6 +9,8 @@ DOMAIN_TOPIC: Final = "guestinfo.domain.v1"
 AGENT_TOPIC: Final = "guestinfo.agent.v1"
 VMI_TOPIC: Final = "guestinfo.vmi.v1"
 DEAD_LETTER_TOPIC: Final = "guestinfo.deadletter.v1"
+#: Change events derived by the join (`schemas.vmi_events`), keyed by VMI like the others.
+EVENTS_TOPIC: Final = "guestinfo.events.v1"
 
 #: The header of a tombstone on the merged topic that names the uid of the VMI it removes (its value is
 #: the uid, UTF-8; absent when the uid is unknown): a consumer that is behind can tell a tombstone of an
@@ -24,4 +26,5 @@ TOPIC_CONFIGS: Final[dict[str, dict[str, str]]] = {
     AGENT_TOPIC: {"cleanup.policy": "delete"},
     VMI_TOPIC: {"cleanup.policy": "compact"},
     DEAD_LETTER_TOPIC: {"cleanup.policy": "delete"},
+    EVENTS_TOPIC: {"cleanup.policy": "delete"},
 }

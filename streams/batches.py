@@ -16,7 +16,11 @@ For each batch of raw events:
    of an output a crash kept from the broker would lose that output for good (a tombstone is not sent
    again for a removal the state has already applied). A state the changelog refuses for good is
    written without the agent's answers (`trimmed_state`): the changelog never stays behind a revision
-   consumers have seen.
+   consumers have seen. The change events of the batch's revisions (`streams.vmi_events`) go in that
+   second round too, once their VMI's output is out (none for an output refused for good: its revision
+   is made again), and before the state is written: a crash in between sends them again, with the
+   same revisions, which consumers drop as duplicates. An event the broker refuses for good is
+   counted and logged, and holds nothing up.
 4. The caller acknowledges the batch's events only when `take` returns. A batch is never left half
    done: a stop or rebalance that cancels it waits for it; a bug, or a batch that cannot finish within
    the stop grace, ends the process at once (`abandon`), before the events are committed, and the
@@ -39,10 +43,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from plumbing.logs import RateLimitedLog
-from schemas.topics import DEAD_LETTER_TOPIC, VMI_TOPIC
+from schemas.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC, VMI_TOPIC
 from streams.fold import FoldedBatch, RawMessage, Refusal, dead_letter, fold_batch, output_send, trimmed_state
 from streams.join import JoinResult
-from streams.metrics import CHANGELOG_REFUSED, DEAD_LETTERS, EMITTED
+from streams.metrics import CHANGELOG_REFUSED, DEAD_LETTERS, EMITTED, VMI_EVENTS_REFUSED, VMI_EVENTS_SENT
 from streams.output import Producer, Send, deliver
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class JoinBatches:
         *,
         output_topic: str = VMI_TOPIC,
         dead_letter_topic: str = DEAD_LETTER_TOPIC,
+        events_topic: str = EVENTS_TOPIC,
         changelog_topic: str | None = None,
         #: Told (partition, offset) once the states up to that changelog record are in `states`.
         on_persisted: Callable[[int, int], None] | None = None,
@@ -90,6 +95,7 @@ class JoinBatches:
         self._producer = producer
         self._output_topic = output_topic
         self._dead_letter_topic = dead_letter_topic
+        self._events_topic = events_topic
         self._stop_grace = stop_grace
         self._abandon = on_abandon
         #: Dead letters are logged once a minute per kind (the metric counts all): raw events are written
@@ -146,18 +152,29 @@ class JoinBatches:
                 continue
             if vmi.batch.output is not None:
                 _count_output(vmi.key, vmi.batch.output)
-            if vmi.batch.state is None or vmi.batch.state == vmi.stored:
-                continue
-            if self._changelog_topic is None:
-                self._states[vmi.key] = vmi.batch.state
-            else:
+            second += [Send(self._events_topic, vmi.key, event) for event in vmi.batch.events]
+            if vmi.batch.state is not None and vmi.batch.state != vmi.stored:
                 changelog.append(vmi)
         first_state = len(second)
-        second += [Send(self._changelog_topic or "", vmi.key, vmi.batch.state or b"") for vmi in changelog]
+        if self._changelog_topic is not None:
+            second += [Send(self._changelog_topic, vmi.key, vmi.batch.state or b"") for vmi in changelog]
         acked: dict[int, int] = {}
         refused = await deliver(self._producer, second, self._acked_into(acked)) if second else []
-        lost += [error for error in refused[:first_state] if error is not None]
+        for send, error in zip(second[:first_state], refused[:first_state], strict=True):
+            if error is None:
+                if send.topic == self._events_topic:
+                    VMI_EVENTS_SENT.inc()
+            elif send.topic == self._events_topic:
+                VMI_EVENTS_REFUSED.inc()
+                self._dead_letter_log.note(logging.ERROR, "event", "the broker refuses a change event of VMI %s: %s",
+                                           send.key.decode(errors="replace"), error)
+            else:
+                lost.append(error)
         too_large: list[tuple[_Folded, KafkaError]] = []
+        if self._changelog_topic is None:
+            for vmi in changelog:
+                self._states[vmi.key] = vmi.batch.state or b""
+            changelog = []
         for vmi, error in zip(changelog, refused[first_state:], strict=True):
             if error is None:
                 self._states[vmi.key] = vmi.batch.state or b""

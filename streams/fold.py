@@ -1,4 +1,5 @@
-"""One VMI's raw events of a batch folded into its new state and at most one output (pure, no I/O).
+"""One VMI's raw events of a batch folded into its new state, at most one output and the change events of
+each revision it made (pure, no I/O).
 
 Decode, apply, encode: the stored state is decoded once per batch, every event of the VMI is applied
 in order (`streams.join`), and the new state is encoded once. A bad event is refused with a reason for
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -18,11 +19,13 @@ from msgspec.structs import replace
 from prometheus_client import Counter
 
 from schemas.codec import DecodeError
+from schemas.dead_letters import MAX_DEAD_LETTER_VALUE
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, UID_HEADER
-from streams.join import STATES, JoinResult, VMIState, apply_agent, apply_domain, encode_state
+from streams.join import STATES, JoinResult, VMIState, apply_agent, apply_domain, encode_state, observed_at
 from streams.metrics import EVENTS
 from streams.output import Send
 from streams.reports import AGENT_REPORTS, DOMAIN_REPORTS
+from streams.vmi_events import changes
 
 T = TypeVar("T")
 
@@ -66,6 +69,8 @@ class FoldedBatch:
     state: bytes | None
     output: JoinResult | None
     refused: list[Refusal]
+    #: The change events of every revision the batch made, in order (`streams.vmi_events`), as JSON.
+    events: list[bytes] = field(default_factory=list)
 
 
 def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage]) -> FoldedBatch:
@@ -73,6 +78,7 @@ def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage])
     state = load_state(stored)
     output: JoinResult | None = None
     refused: list[Refusal] = []
+    events: list[bytes] = []
     for message in messages:
         _events_of(message.topic).inc()
         try:
@@ -84,12 +90,14 @@ def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage])
             log.debug("join failed on %s[%d]@%d", message.topic, message.partition, message.offset, exc_info=True)
             refused.append(Refusal(message, "internal", f"internal error: {type(exc).__name__}: {exc}"))
             continue
+        if result.record is not None and result.state.revision > state.revision:
+            events += map(orjson.dumps, changes(state, result.state, observed_at(result.state)))
         state = result.state
         if result.record is not None or result.tombstone:
             output = result
     if len(refused) == len(messages):
         return FoldedBatch(None, None, refused)
-    return FoldedBatch(encode_state(state), output, refused)
+    return FoldedBatch(encode_state(state), output, refused, events)
 
 
 #: The events counter of each raw topic (a label lookup per event costs as much as a report's decode).
@@ -167,7 +175,8 @@ def output_send(topic: str, key: bytes, output: JoinResult) -> Send:
 
 
 def dead_letter(topic: str, refusal: Refusal) -> Send:
-    """The refused raw event on the dead-letter topic: where it was, why, and its value (cut at 64 KiB)."""
+    """The refused raw event on the dead-letter topic (`schemas.dead_letters.DeadLetter`): where it was,
+    why, and its value (cut at `MAX_DEAD_LETTER_VALUE` characters)."""
     message = refusal.message
     value = message.value
     body = orjson.dumps({
@@ -175,6 +184,6 @@ def dead_letter(topic: str, refusal: Refusal) -> Send:
         "partition": message.partition,
         "offset": message.offset,
         "reason": refusal.reason,
-        "value": value.decode("utf-8", errors="replace")[:65536] if value is not None else None,
+        "value": value.decode("utf-8", errors="replace")[:MAX_DEAD_LETTER_VALUE] if value is not None else None,
     })
     return Send(topic, message.key or b"", body)

@@ -373,7 +373,7 @@ def _redelivered(state: VMIState) -> JoinResult:
     write and the send): send the current record again, same revision, so it cannot be lost."""
     if state.domain is None or state.revision == 0:
         return JoinResult(state)
-    return JoinResult(state, record=Encoded(_content(state)).record(state.revision, _observed_at(state)))
+    return JoinResult(state, record=Encoded(_content(state)).record(state.revision, observed_at(state)))
 
 
 def _judge_agent_version(state: VMIState) -> VMIState:
@@ -403,7 +403,8 @@ def _content(state: VMIState) -> dict[str, object]:
     )
 
 
-def _observed_at(state: VMIState) -> float:
+def observed_at(state: VMIState) -> float:
+    """The record's `observedAt`: its latest report's."""
     assert state.domain is not None
     return max(state.domain.observed_at, state.agent.observed_at if state.agent else 0.0)
 
@@ -417,5 +418,5 @@ def _emit(state: VMIState) -> JoinResult:
     if encoded.digest == state.emitted_digest:
         return JoinResult(state)
     revision = state.revision + 1
-    record = encoded.record(revision, _observed_at(state))
+    record = encoded.record(revision, observed_at(state))
     return JoinResult(replace(state, revision=revision, emitted_digest=encoded.digest), record=record)

@@ -13,3 +13,7 @@ CHANGELOG_REFUSED = Counter(
     "guestinfo_join_changelog_refused_total",
     "States the table's changelog refused for good (written there without the agent's answers instead).",
 )
+VMI_EVENTS_SENT = Counter("guestinfo_join_change_events_total", "Change events sent to guestinfo.events.v1.")
+VMI_EVENTS_REFUSED = Counter(
+    "guestinfo_join_change_events_refused_total", "Change events the broker refused for good (logged, not sent)."
+)

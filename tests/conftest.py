@@ -29,6 +29,18 @@ def broker() -> Iterator[EmbeddedBroker]:
         asyncio.run(embedded.stop())
 
 
+@pytest.fixture(scope="session")
+def lenient_broker() -> Iterator[EmbeddedBroker]:
+    """A broker that takes any record, as Kafka clusters without schema validation do: for the tests of
+    what the pipeline does with records that break a contract (the embedded broker refuses them)."""
+    embedded = EmbeddedBroker(validate_records=False)
+    asyncio.run(embedded.start())
+    try:
+        yield embedded
+    finally:
+        asyncio.run(embedded.stop())
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for topic names, group ids and VMI names."""

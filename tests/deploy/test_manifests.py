@@ -633,9 +633,7 @@ def test_strimzi_topics_are_the_schema_topics_with_one_partition_count() -> None
     objs = RENDERED["strimzi"]
     kafka = of_kind(objs, "Kafka")[0]["metadata"]["name"]
     topic_objs = of_kind(objs, "KafkaTopic")
-    assert {t["spec"].get("topicName", t["metadata"]["name"]) for t in topic_objs} == {
-        topics.DOMAIN_TOPIC, topics.AGENT_TOPIC, topics.VMI_TOPIC, topics.DEAD_LETTER_TOPIC,
-    }
+    assert {t["spec"].get("topicName", t["metadata"]["name"]) for t in topic_objs} == set(topics.TOPIC_CONFIGS)
     assert {t["spec"]["partitions"] for t in topic_objs} == {topics.PARTITIONS}, "the join is co-partitioned"
     brokers = sum(p["spec"]["replicas"] for p in of_kind(objs, "KafkaNodePool") if "broker" in p["spec"]["roles"])
     assert {t["spec"]["replicas"] for t in topic_objs} == {3} and brokers >= 3

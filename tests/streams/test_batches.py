@@ -14,11 +14,13 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from schemas.codec import encode
+from schemas.dead_letters import DeadLetter
 from schemas.events import AgentReport, DomainReport, VMIRef
 from schemas.kubevirt import GuestOSInfo
-from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
+from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, EVENTS_TOPIC, VMI_TOPIC
 from streams import output
 from streams.batches import JoinBatches
+from tests.schemas.topic_contracts import assert_valid
 from tests.streams.producers import Outcome, ScriptedProducer, Stored
 
 T0 = 1_764_000_000.0
@@ -111,6 +113,8 @@ async def test_an_output_the_broker_refuses_for_good_dead_letters_the_vmis_event
     letters = [orjson.loads(value or b"") for _, value in producer.to(DEAD_LETTER_TOPIC)]
     assert [(letter["topic"], letter["offset"]) for letter in letters] == [(DOMAIN_TOPIC, 7), (AGENT_TOPIC, 8)]
     assert all("the broker refuses the merged output" in letter["reason"] for letter in letters)
+    for letter in letters:
+        assert_valid(DEAD_LETTER_TOPIC, letter)
     assert [key for key, _ in producer.to(VMI_TOPIC)] == [b"ns/a", b"ns/b"], "refused for good: not sent again"
 
 
@@ -122,6 +126,8 @@ async def test_an_undecodable_event_is_dead_lettered_and_the_vmis_other_events_g
     (letter,) = [orjson.loads(value or b"") for _, value in producer.to(DEAD_LETTER_TOPIC)]
     assert (letter["offset"], letter["value"]) == (3, "{not json")
     assert letter["reason"].startswith("not JSON")
+    assert_valid(DEAD_LETTER_TOPIC, letter)
+    DeadLetter.model_validate(letter)
     (record,) = producer.to(VMI_TOPIC)
     assert revision_and_os(record[1]) == (2, "alma")
 
@@ -175,7 +181,8 @@ async def test_with_a_changelog_topic_changed_states_go_there_after_the_outputs(
     batches = JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon)
     await batches.take([domain("a", T0), domain("b", T0)])
     assert producer.to(CHANGELOG) == [(b"ns/a", states[b"ns/a"]), (b"ns/b", states[b"ns/b"])]
-    assert [t for t, _, _ in producer.sent] == [VMI_TOPIC, VMI_TOPIC, CHANGELOG, CHANGELOG]
+    assert [t for t, _, _ in producer.sent] == [VMI_TOPIC, VMI_TOPIC, EVENTS_TOPIC, EVENTS_TOPIC, CHANGELOG, CHANGELOG]
+    assert [orjson.loads(value or b"")["type"] for _, value in producer.to(EVENTS_TOPIC)] == ["AgentConnected"] * 2
     await batches.take([domain("a", T0)])  # a re-delivery: the record again, the state unchanged
     assert len(producer.to(CHANGELOG)) == 2, "an unchanged state is not sent again"
 

@@ -25,10 +25,11 @@ import pytest
 
 from schemas.codec import DecodeError, decode, encode
 from schemas.events import AgentReport, DomainReport, vmi_key
-from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
+from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
 from schemas.vmi import VMIRecord
 from streams.fold import apply_event, fold, fold_batch
 from streams.join import STATES, JoinResult, VMIState, encode_state
+from tests.schemas.topic_contracts import assert_valid
 
 ABSENT = "<absent>"
 CASES = sorted((Path(__file__).parent / "data" / "timelines").glob("*.json"))
@@ -60,9 +61,13 @@ RUNS = [run for case in CASES for run in runs(case)]
 
 
 def raw(side: str, report: dict[str, Any]) -> tuple[str, bytes]:
+    """The report as a collector publishes it; it must be valid under its topic's published schema."""
     if side == "domain":
-        return DOMAIN_TOPIC, encode(DomainReport.model_validate(report))
-    return AGENT_TOPIC, encode(AgentReport.model_validate(report))
+        topic, value = DOMAIN_TOPIC, encode(DomainReport.model_validate(report))
+    else:
+        topic, value = AGENT_TOPIC, encode(AgentReport.model_validate(report))
+    assert_valid(topic, value)
+    return topic, value
 
 
 @dataclass
@@ -108,6 +113,7 @@ class Timeline:
         if result.record is not None:
             record = decode(VMIRecord, result.record)
             assert encode(record) == result.record, "the bytes sent are the contract model's, byte for byte"
+            assert_valid(VMI_TOPIC, result.record)
             assert record.revision >= self.revision, "revisions never go back"
             self.revision = record.revision
         return result

@@ -27,10 +27,21 @@ pytestmark = pytest.mark.integration
 async def join_app(
     broker: EmbeddedBroker, unique: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[faust.App]:
+    async for app in _join_app(broker, unique, tmp_path, getattr(request, "param", "none")):
+        yield app
+
+
+@pytest.fixture
+async def lenient_join_app(lenient_broker: EmbeddedBroker, unique: str, tmp_path: Path) -> AsyncIterator[faust.App]:
+    """A join worker on a broker that does not validate records (`lenient_broker`)."""
+    async for app in _join_app(lenient_broker, unique, tmp_path, "none"):
+        yield app
+
+
+async def _join_app(broker: EmbeddedBroker, unique: str, tmp_path: Path, compression: str) -> AsyncIterator[faust.App]:
     await ensure_topics(broker.bootstrap_servers)
-    compression = getattr(request, "param", "none")
     app = await started(JoinConfig(bootstrap_servers=broker.bootstrap_servers, app_id=f"join-{unique}",
-                                   datadir=tmp_path, compression=compression))
+                                   datadir=tmp_path, compression=compression))  # type: ignore[arg-type]
     try:
         yield app
     finally:
@@ -112,8 +123,9 @@ async def test_join_emits_records_then_tombstone(broker: EmbeddedBroker, join_ap
 
 
 async def test_undecodable_raw_event_goes_to_dead_letters(
-    broker: EmbeddedBroker, join_app: faust.App, unique: str
+    lenient_broker: EmbeddedBroker, lenient_join_app: faust.App, unique: str
 ) -> None:
+    broker = lenient_broker
     key = f"ns-{unique}/broken"
     vmi = VMIRef(namespace=f"ns-{unique}", name="healthy")
     healthy = DomainReport(vmi=vmi, node="node-a", observed_at=1.0)

@@ -1,0 +1,134 @@
+"""Change events (`guestinfo.events.v1`, contract `schemas.vmi_events`) from a VMI's consecutive states.
+
+`changes(before, after)` is called for every new revision the join emits, with the state before the
+event that made it: events are a function of the revisions, never of how events were batched, so a
+replay after a crash emits the same events (consumers drop duplicates by uid, revision, type and
+subject), and a re-delivery, a resync or an unchanged report (no new revision) emits none.
+
+What counts as a change:
+- Only within one VMI (one uid). A VMI seen for the first time, a new uid under the name, or a VMI
+  back after its removal has no history: its first revision is a baseline. Only `AgentConnected` is
+  told then, when the agent is already connected.
+- An agent answer is compared with the last answer of the same kind, also of an earlier agent session
+  (a reboot's logouts are told when the new session's user list comes). A kind of answer not known
+  before (never answered, or not yet since the agent came back) is a baseline: nothing is told.
+- `GuestRebooted`: a new agent session on the node that already ran the VMI. A migration changes the
+  node, and is not one.
+- Filesystems: each one's usage level against `USAGE_THRESHOLDS`; a level crossed is told once per
+  threshold crossed. Pseudo filesystems (`is_pseudo_filesystem`) and those of zero size are left out.
+  Addresses: link-local ones are left out, as in the VMI's status.
+
+Events are built as JSON dicts in the contract's key order (`tests/streams/test_vmi_events.py` holds
+them to the models byte for byte).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from schemas.vmi_events import USAGE_THRESHOLDS, is_pseudo_filesystem
+from streams.interfaces import is_link_local_or_invalid
+from streams.join import VMIState
+from streams.reports import FileSystem, GuestInterface, GuestOSUser
+
+JSON = dict[str, Any]
+
+
+def changes(before: VMIState, after: VMIState, observed_at: float) -> list[JSON]:
+    """The events of `after`'s revision (observed at `observed_at`), given the VMI's state `before` it."""
+    domain = after.domain
+    if domain is None:
+        return []
+    base = {"vmi": {"namespace": domain.vmi.namespace, "name": domain.vmi.name, "uid": domain.vmi.uid},
+            "node": domain.node, "revision": after.revision, "observedAt": observed_at}
+    previous = before.domain
+    known = (previous is not None and before.removed_at is None and before.revision > 0
+             and previous.vmi.uid == domain.vmi.uid)
+    if not known:
+        return [_event("AgentConnected", base)] if domain.agent_connected else []
+    assert previous is not None
+    events: list[JSON] = []
+    if domain.agent_connected != previous.agent_connected:
+        events.append(_event("AgentConnected" if domain.agent_connected else "AgentDisconnected", base))
+    old, new = before.agent, after.agent
+    if old is None or new is None:
+        return events
+    if new.node == old.node and old.session and new.session and new.session != old.session:
+        events.append(_event("GuestRebooted", base))
+    if old.os is not None and new.os is not None and old.os != new.os:
+        events += _os_changed(base, msgspec.to_builtins(old.os), msgspec.to_builtins(new.os))
+    if old.hostname is not None and new.hostname is not None and old.hostname != new.hostname:
+        events.append(_event("HostnameChanged", base, before=old.hostname, after=new.hostname))
+    if old.users is not None and new.users is not None and old.users != new.users:
+        events += _users(base, old.users, new.users)
+    if old.interfaces is not None and new.interfaces is not None and old.interfaces != new.interfaces:
+        events += _addresses(base, old.interfaces, new.interfaces)
+    if old.filesystems is not None and new.filesystems is not None and old.filesystems != new.filesystems:
+        events += _filesystems(base, old.filesystems, new.filesystems)
+    return events
+
+
+def _event(kind: str, base: JSON, subject: str = "", **fields: Any) -> JSON:
+    return {"type": kind, **base, "subject": subject, **fields}
+
+
+def _os_changed(base: JSON, old: JSON, new: JSON) -> list[JSON]:
+    changed = {name: {"before": old.get(name, ""), "after": new.get(name, "")}
+               for name in _OS_FIELDS if old.get(name, "") != new.get(name, "")}
+    return [_event("GuestOSChanged", base, changes=changed)] if changed else []
+
+
+#: `guestOSInfo`'s JSON names, in the contract's order.
+_OS_FIELDS = ("name", "kernelRelease", "version", "prettyName", "versionId", "kernelVersion", "machine", "id")
+
+
+def _users(base: JSON, old: list[GuestOSUser], new: list[GuestOSUser]) -> list[JSON]:
+    before = {(user.domain, user.user_name) for user in old}
+    after = {(user.domain, user.user_name) for user in new}
+    return ([_user("UserLoggedIn", base, domain, name) for domain, name in sorted(after - before)]
+            + [_user("UserLoggedOut", base, domain, name) for domain, name in sorted(before - after)])
+
+
+def _user(kind: str, base: JSON, domain: str, name: str) -> JSON:
+    return _event(kind, base, f"{domain}\\{name}" if domain else name, userName=name, domain=domain)
+
+
+def _addresses(base: JSON, old: list[GuestInterface], new: list[GuestInterface]) -> list[JSON]:
+    before, after = _address_set(old), _address_set(new)
+    return ([_address("AddressAdded", base, *pair) for pair in sorted(after - before)]
+            + [_address("AddressRemoved", base, *pair) for pair in sorted(before - after)])
+
+
+def _address_set(interfaces: list[GuestInterface]) -> set[tuple[str, str]]:
+    return {(interface.name, address.address) for interface in interfaces for address in interface.ip_addresses
+            if not is_link_local_or_invalid(address.address)}
+
+
+def _address(kind: str, base: JSON, interface: str, address: str) -> JSON:
+    return _event(kind, base, f"{interface}/{address}", interfaceName=interface, ipAddress=address)
+
+
+def _filesystems(base: JSON, old: list[FileSystem], new: list[FileSystem]) -> list[JSON]:
+    levels = {fs.mount_point: _level(fs) for fs in old if _watched(fs)}
+    events = []
+    for fs in {fs.mount_point: fs for fs in new}.values():
+        if not _watched(fs) or fs.mount_point not in levels:
+            continue
+        was, now = levels[fs.mount_point], _level(fs)
+        crossed = (USAGE_THRESHOLDS[was:now] if now > was else tuple(reversed(USAGE_THRESHOLDS[now:was])))
+        kind = "FilesystemUsageHigh" if now > was else "FilesystemUsageNormal"
+        events += [_event(kind, base, f"{fs.mount_point}@{threshold}", diskName=fs.disk_name,
+                          mountPoint=fs.mount_point, fileSystemType=fs.file_system_type, usedBytes=fs.used_bytes,
+                          totalBytes=fs.total_bytes, threshold=threshold) for threshold in crossed]
+    return events
+
+
+def _watched(fs: FileSystem) -> bool:
+    return fs.total_bytes > 0 and not is_pseudo_filesystem(fs.file_system_type, fs.mount_point)
+
+
+def _level(fs: FileSystem) -> int:
+    """How many usage thresholds the filesystem is at or over."""
+    return sum(1 for threshold in USAGE_THRESHOLDS if fs.used_bytes * 100 >= threshold * fs.total_bytes)
