@@ -12,6 +12,12 @@
 - **Compression.** aiokafka compresses gzip at level 9 in the event loop: at the join's load that was a
   sixth of its CPU. lz4 and zstd (through cramjam) cost little and shrink JSON about fourfold.
 
+- **Metadata of every topic sent to (aiokafka, on any broker).** A producer learns all topics at start
+  but tracks only those it had to look up later; its next metadata refresh keeps only the tracked ones.
+  A record already queued for an untracked topic then has no leader until its request times out (10 s,
+  `NotLeaderForPartitionError`): seen when the join's first change event went out beside the first
+  changelog record. `track_topics` makes a producer track every topic it will send to.
+
 The join's Faust consumer gets the fetch wait through `streams.consumer` (Faust has no setting for it).
 """
 
@@ -69,3 +75,9 @@ def make_consumer(
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         client_id=client_id,
     )
+
+
+async def track_topics(producer: AIOKafkaProducer, topics: list[str]) -> None:
+    """Have a started producer keep the metadata of `topics` up to date (see the module)."""
+    for topic in topics:
+        await producer.client.add_topic(topic)

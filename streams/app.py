@@ -14,8 +14,8 @@ from typing import Any
 import faust
 from pydantic import BaseModel, ConfigDict, Field
 
-from plumbing.kafka import Compression
-from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, PARTITIONS
+from plumbing.kafka import Compression, track_topics
+from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, EVENTS_TOPIC, PARTITIONS, VMI_TOPIC
 from streams.batches import JoinBatches
 from streams.consumer import JoinApp
 from streams.fold import MAX_RECORD_BYTES
@@ -94,12 +94,13 @@ def build_app(config: JoinConfig) -> faust.App:
     async def join(stream: faust.StreamT[bytes]) -> None:
         producer = make_output_producer(config.bootstrap_servers, MAX_RECORD_BYTES, config.compression)
         await producer.start()
+        changelog = table.changelog_topic.get_topic_name()
         try:
+            await track_topics(producer, [VMI_TOPIC, EVENTS_TOPIC, DEAD_LETTER_TOPIC, changelog])
             # The table's store holds the states; JoinBatches sends their changelog records itself, after
             # the outputs, instead of one Faust send per write (docs/kafka-on-tansu.md §2).
             states = TableStates(table, config.partitions)
-            batches = JoinBatches(states, producer, changelog_topic=table.changelog_topic.get_topic_name(),
-                                  on_persisted=states.persisted)
+            batches = JoinBatches(states, producer, changelog_topic=changelog, on_persisted=states.persisted)
             taken = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
             # `take_events` acknowledges a batch's events when the loop body ends, however it ends.
             async for events in taken:

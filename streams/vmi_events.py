@@ -12,8 +12,9 @@ What counts as a change:
 - An agent answer is compared with the last answer of the same kind, also of an earlier agent session
   (a reboot's logouts are told when the new session's user list comes). A kind of answer not known
   before (never answered, or not yet since the agent came back) is a baseline: nothing is told.
-- `GuestRebooted`: a new agent session on the node that already ran the VMI. A migration changes the
-  node, and is not one.
+- `GuestRebooted`: a new agent session on the node that already ran the VMI, after one in which the
+  agent answered (a domain listed before it ran has a session nobody answered in). A migration changes
+  the node, and is not one.
 - Filesystems: each one's usage level against `USAGE_THRESHOLDS`; a level crossed is told once per
   threshold crossed. Pseudo filesystems (`is_pseudo_filesystem`) and those of zero size are left out.
   Addresses: link-local ones are left out, as in the VMI's status.
@@ -30,8 +31,8 @@ import msgspec
 
 from schemas.vmi_events import USAGE_THRESHOLDS, is_pseudo_filesystem
 from streams.interfaces import is_link_local_or_invalid
-from streams.join import VMIState
-from streams.reports import FileSystem, GuestInterface, GuestOSUser
+from streams.join import AGENT_FIELDS, VMIState
+from streams.reports import AgentReport, FileSystem, GuestInterface, GuestOSUser
 
 JSON = dict[str, Any]
 
@@ -55,7 +56,7 @@ def changes(before: VMIState, after: VMIState, observed_at: float) -> list[JSON]
     old, new = before.agent, after.agent
     if old is None or new is None:
         return events
-    if new.node == old.node and old.session and new.session and new.session != old.session:
+    if new.node == old.node and new.session != old.session and _lived(old) and _lived(new):
         events.append(_event("GuestRebooted", base))
     if old.os is not None and new.os is not None and old.os != new.os:
         events += _os_changed(base, msgspec.to_builtins(old.os), msgspec.to_builtins(new.os))
@@ -68,6 +69,12 @@ def changes(before: VMIState, after: VMIState, observed_at: float) -> list[JSON]
     if old.filesystems is not None and new.filesystems is not None and old.filesystems != new.filesystems:
         events += _filesystems(base, old.filesystems, new.filesystems)
     return events
+
+
+def _lived(agent: AgentReport) -> bool:
+    """Whether an agent session was one: the agent answered in it (a domain seen before it ran has a
+    session in which nothing ever answered)."""
+    return bool(agent.session) and (agent.connected or any(getattr(agent, name) is not None for name in AGENT_FIELDS))
 
 
 def _event(kind: str, base: JSON, subject: str = "", **fields: Any) -> JSON:
