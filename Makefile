@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent libvirt-daemon libvirt-clients
+DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent libvirt-daemon libvirt-clients prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from guestinfo.api_security import add_security_options
 from guestinfo.config import UsageError
 from guestinfo.logs import setup_logging
+from schemas.topics import TOPIC_CONFIGS, VMI_TOPIC
 
 log = logging.getLogger("guestinfo")
 
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_collector_options(run)
     _add_sink_options(run)
     _add_kube_options(run)
+    run.add_argument("--guest-metrics-listen", metavar="HOST:PORT", default=None,
+                     help="where the guest metrics sink serves /metrics (default: a free port on the API's host)")
     run.add_argument(
         "--demo", action="store_true",
         help="collect the built-in demo: a libvirt test-driver domain default_demo with this machine's MACs "
@@ -170,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="store sink + REST API at the KubeVirt subresource paths")
     _add_bootstrap(serve, required=True)
     _add_sink_options(serve)
+
+    metrics = commands.add_parser(
+        "metrics", help="guest metrics sink: the fleet's guest-agent data as Prometheus series (KubeVirt's names)",
+        description="Read guestinfo.vmi.v1 from its beginning into memory, follow it, and serve every VMI's "
+        "guest data as Prometheus series with upstream KubeVirt's names (kubevirt_vmi_filesystem_*_bytes, "
+        "kubevirt_vmi_guest_*) and our own (guestinfo_vmi_*), in Prometheus text or OpenMetrics. /healthz "
+        "answers 200 once the topic is read up to where it was at the start. Scrape only this or virt-handler "
+        "and KubeVirt's observability controller for those names, not both (README, Metrics).",
+    )
+    _add_bootstrap(metrics, required=True)
+    metrics.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:9464",
+                         help="where /metrics and /healthz are served (default 127.0.0.1:9464)")
+    metrics.add_argument("--shard", metavar="I/N", default="0/1",
+                         help="serve shard I of N: the VMIs of the partitions p with p %% N == I (default 0/1: all); "
+                         "run N replicas, I = 0..N-1, and scrape them all")
 
     status = commands.add_parser("status", help="Kubernetes VMI status sink")
     _add_bootstrap(status, required=True)
@@ -200,6 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--size", choices=["small", "full"], default="full", help="workload size (default full)")
     bench.add_argument("--json", dest="json_output", metavar="PATH", help="also write the figures as JSON here")
+
+    tail = commands.add_parser(
+        "tail", help="print a topic as JSON lines (merged records, change events, raw reports)",
+        description="Print a guestinfo topic as one JSON document per line: records as they are, tombstones as "
+        '{"key": ..., "deleted": true}. Starts at the end and follows, unless --from-beginning; stops after '
+        "--max lines, or on Ctrl-C. What each topic holds: docs/topics.md.",
+        epilog="examples:\n  guestinfo tail --bootstrap-servers 127.0.0.1:9092 --topic guestinfo.events.v1\n"
+        "  guestinfo tail --bootstrap-servers 127.0.0.1:9092 --from-beginning --namespace default --name demo\n"
+        "                                            (every record of one VMI the merged topic still keeps)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_bootstrap(tail, required=True)
+    tail.add_argument("--topic", choices=list(TOPIC_CONFIGS), default=VMI_TOPIC,
+                      help=f"the topic to print (default {VMI_TOPIC})")
+    tail.add_argument("--from-beginning", action="store_true",
+                      help="start at the first record the topic keeps (the merged topic is compacted: at least every "
+                      "VMI's latest record)")
+    tail.add_argument("--namespace", help="only VMIs of this namespace")
+    tail.add_argument("--name", help="only VMIs of this name")
+    tail.add_argument("--max", type=int, default=None, metavar="N", help="stop after N lines")
 
     broker = commands.add_parser("broker", help="run the embedded broker alone and print its address")
     broker.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")

@@ -25,11 +25,11 @@ class Listen(BaseModel):
         return f"{self.host}:{self.port}"
 
 
-def parse_listen(value: str) -> Listen:
-    """`HOST:PORT` (or `[IPv6]:PORT`) for --api-listen."""
+def parse_listen(value: str, flag: str = "--api-listen") -> Listen:
+    """`HOST:PORT` (or `[IPv6]:PORT`) for `flag`."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"--api-listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+        raise UsageError(f"{flag} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return Listen(host=host.strip("[]"), port=int(port))
 
 
@@ -91,3 +91,11 @@ def launcher_options(pods_dir: str | None, template: str | None) -> dict[str, st
     elif template is not None:
         raise UsageError("--launcher-uri needs --launcher-pods-dir")
     return options
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """`I/N` for --shard: this replica is shard I of N (0 <= I < N)."""
+    index, sep, count = value.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise UsageError(f"--shard {value!r}: expected I/N with 0 <= I < N, e.g. 0/1 (all partitions) or 1/3")
+    return int(index), int(count)

@@ -1,7 +1,7 @@
 """`guestinfo run`: the whole pipeline as one process tree.
 
 Order of start: broker (embedded unless --bootstrap-servers) → topics → demo agent (with --demo) →
-join worker → store sink + API → status sink (with --kube-api/--kubeconfig) → collector.
+join worker → store sink + API → guest metrics sink → status sink (with --kube-api/--kubeconfig) → collector.
 Stop (Ctrl-C, SIGTERM) goes in reverse: the collector first, the broker last.
 """
 
@@ -65,10 +65,14 @@ class Pipeline:
     global_args: list[str] = field(default_factory=list)
     #: Where the collector and the join worker serve /metrics (free ports on the API's host).
     metrics: dict[str, Listen] = field(default_factory=dict)
+    #: Where the guest metrics sink serves the fleet's guest series (default: a free port on the API's host).
+    guest_metrics: Listen | None = None
 
     def __post_init__(self) -> None:
         host = self.api.host
         self.metrics = {role: Listen(host=host, port=free_port(host)) for role in ("collect", "join")}
+        if self.guest_metrics is None:
+            self.guest_metrics = Listen(host=host, port=free_port(host))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pipeline:
@@ -96,6 +100,8 @@ class Pipeline:
             api_tls=serves_tls(security, api.host),
             watch_history=f"{watch_history(args.watch_history)}s",
             global_args=global_args,
+            guest_metrics=(parse_listen(args.guest_metrics_listen, "--guest-metrics-listen")
+                           if args.guest_metrics_listen else None),
         )
 
     def children(self, bootstrap: str) -> list[ChildSpec]:
@@ -108,6 +114,7 @@ class Pipeline:
                  "--api-listen", str(self.api), "--watch-history", self.watch_history, *self.security_args],
             ),
         ]
+        specs.append(ChildSpec("metrics", [*self.global_args, "metrics", *kafka, "--listen", str(self.guest_metrics)]))
         if self.kube_api or self.kubeconfig:
             kube = ["--kube-api", self.kube_api] if self.kube_api else ["--kubeconfig", str(self.kubeconfig)]
             specs.append(ChildSpec("status", [*self.global_args, "status", *kafka, *kube]))
@@ -164,8 +171,11 @@ class Pipeline:
             f"  REST API    {base}{SUBRESOURCES}/namespaces/{{namespace}}/virtualmachineinstances/{{name}}/"
             "{guestosinfo,userlist,filesystemlist}",
         ]
+        lines.append(f"  events      guestinfo tail --bootstrap-servers {bootstrap} --topic guestinfo.events.v1")
         metrics = [f"{base}/metrics (serve)"]
         metrics += [f"http://{listen}/metrics ({role})" for role, listen in self.metrics.items()]
+        lines.append(f"  guest data  http://{self.guest_metrics}/metrics (kubevirt_vmi_guest_*, "
+                     "kubevirt_vmi_filesystem_*)")
         lines.append(f"  metrics     {', '.join(metrics)}")
         if self.demo:
             demo_path = f"{SUBRESOURCES}/namespaces/default/virtualmachineinstances/demo/guestosinfo"

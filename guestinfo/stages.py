@@ -20,6 +20,7 @@ from guestinfo.config import (
     launcher_options,
     parse_bootstrap_servers,
     parse_listen,
+    parse_shard,
 )
 from guestinfo.lifecycle import run_until_signalled
 
@@ -198,6 +199,26 @@ def broker(args: argparse.Namespace) -> int:
 
     asyncio.run(run_until_signalled(serve_broker(), "broker"))
     return 0
+
+
+def metrics(args: argparse.Namespace) -> int:
+    from sinks.guest_metrics import run_guest_metrics_sink
+
+    bootstrap = parse_bootstrap_servers(args.bootstrap_servers)
+    listen = parse_listen(args.listen, "--listen")
+    shard = parse_shard(args.shard)
+    asyncio.run(run_until_signalled(run_guest_metrics_sink(bootstrap, listen.host, listen.port, shard), "metrics"))
+    return 0
+
+
+def tail(args: argparse.Namespace) -> int:
+    from guestinfo.tail import Selection, run_tail
+
+    if args.max is not None and args.max < 1:
+        raise UsageError("--max must be at least 1")
+    bootstrap = parse_bootstrap_servers(args.bootstrap_servers)
+    selection = Selection(namespace=args.namespace, name=args.name)
+    return asyncio.run(run_tail(bootstrap, args.topic, args.from_beginning, selection, args.max))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,3 +23,9 @@ GUEST_ONLY_INTERFACE_LIMIT = 10
 GUESTOSINFO_LIST_LIMIT = 10
 
 GuestString = Annotated[str, Field(max_length=MAX_STRING)]
+#: Longest Prometheus label value made of guest data (the guest metrics sink cuts longer ones).
+MAX_LABEL_VALUE = 256
+#: Filesystems and guest interfaces of one VMI in series, at most (the first ones, in the agent's order):
+#: one guest's mounts or interfaces cannot blow up the cardinality of the fleet's metrics.
+MAX_FILESYSTEM_SERIES = 32
+MAX_INTERFACE_SERIES = 32

@@ -40,3 +40,9 @@ STATUS_PATCHES = Counter(
     ["result"],
     registry=REGISTRY,
 )
+GUEST_METRICS_RECORDS = Counter(
+    "guestinfo_sink_guest_metrics_records",
+    "Merged-topic records read by the guest metrics sink, by outcome (record, tombstone, stale, undecodable).",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,16 +83,19 @@ class Size:
     collector_warmup: int
     #: VMIs in the join's table for the state rows (memory, restart).
     state_vmis: int
+    #: VMIs in the guest metrics sink for its scrape row.
+    metrics_vmis: int
 
 
 SIZES = {
     "small": Size(vmis=200, events=2_000, rest_records=500, rest_requests=1_000, rest_concurrency=32,
                   list_requests=10, e2e_vmis=(200,), e2e_samples=5, collector_vmis=100, collector_launchers=10,
                   collector_intervals=1,
-                  collector_warmup=0, state_vmis=1_000),
+                  collector_warmup=0, state_vmis=1_000, metrics_vmis=500),
     "full": Size(vmis=2_000, events=50_000, rest_records=10_000, rest_requests=30_000, rest_concurrency=32,
                  list_requests=40, e2e_vmis=(1_000, 10_000), e2e_samples=40, collector_vmis=1_000,
-                 collector_launchers=100, collector_intervals=3, collector_warmup=2, state_vmis=100_000),
+                 collector_launchers=100, collector_intervals=3, collector_warmup=2, state_vmis=100_000,
+                 metrics_vmis=10_000),
 }
 
 
@@ -629,6 +633,8 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from plumbing.kafka import track_topics
+    from schemas.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC
     from streams.batches import JoinBatches
     from streams.fold import MAX_RECORD_BYTES
     from streams.output import make_output_producer
@@ -642,6 +648,7 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
         partitions = consumer.partitions_for_topic(DOMAIN_TOPIC) or set(range(PARTITIONS))
         consumer.assign([TopicPartition(t, p) for t in (DOMAIN_TOPIC, AGENT_TOPIC) for p in sorted(partitions)])
         states: dict[bytes, bytes] = {}
+        await track_topics(producer, [output_topic, EVENTS_TOPIC, DEAD_LETTER_TOPIC, changelog_topic])
         batches = JoinBatches(states, producer, output_topic=output_topic, changelog_topic=changelog_topic)
         while True:
             fetched = await consumer.getmany(timeout_ms=batch_wait_ms, max_records=batch_size)
@@ -651,6 +658,66 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+# ------------------------------------------------------------------------------------ guest metrics
+
+
+#: Scrapes timed per format; the row shows the median.
+SCRAPES = 5
+
+
+async def measure_guest_metrics(vmis: int) -> list[Row]:
+    """`vmis` merged records (the join's, with two filesystems and an interface each) on a fresh broker,
+    read by the guest metrics sink (`sinks.guest_metrics`), scraped over HTTP as Prometheus does: the
+    median time of `SCRAPES` scrapes and the body's size, in Prometheus text and in OpenMetrics."""
+    from schemas.codec import encode
+    from sinks.guest_metrics import GuestMetricsSink, serve_guest_metrics
+
+    progress(f"guest metrics: {vmis} VMIs")
+    label = f"guest metrics scrape @ {vmis:,} VMIs"
+    try:
+        async with EmbeddedBroker() as broker:
+            topic = "bench-guest-metrics"
+            await create_topics(broker.bootstrap_servers, [topic])
+            await preload(broker.bootstrap_servers, [(topic, record.vmi.key.encode(), encode(record))
+                                                     for record in make_records(vmis)])
+            sink = GuestMetricsSink(broker.bootstrap_servers, topic=topic)
+            port = free_port()
+            runner = await serve_guest_metrics(sink, "127.0.0.1", port)
+            reading = asyncio.create_task(sink.run())
+            try:
+                await asyncio.wait_for(sink.caught_up.wait(), 300)
+                if len(sink.vmis) != vmis:
+                    raise MeasureError(f"the sink holds {len(sink.vmis)} of {vmis} VMIs")
+                formats = {"text": "text/plain", "openmetrics": "application/openmetrics-text; version=1.0.0"}
+                figures: dict[str, float] = {}
+                async with aiohttp.ClientSession() as session:
+                    for name, accept in formats.items():
+                        times, size = [], 0
+                        for _ in range(SCRAPES):
+                            started = time.perf_counter()
+                            async with session.get(f"http://127.0.0.1:{port}/metrics",
+                                                   headers={"Accept": accept}) as response:
+                                body = await response.read()
+                            times.append(time.perf_counter() - started)
+                            size = len(body)
+                        figures[f"{name}_s"] = statistics.median(times)
+                        figures[f"{name}_bytes"] = size
+                        figures[f"{name}_series"] = sum(1 for line in body.splitlines()
+                                                        if line and not line.startswith(b"#"))
+            finally:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+                await runner.cleanup()
+    except (MeasureError, BrokerError, TimeoutError, aiohttp.ClientError) as exc:
+        return [Row("guest_metrics_scrape", label, note=f"not measured: {exc}")]
+    shown = (f"{figures['text_s'] * 1000:,.0f} ms, {figures['text_bytes'] / 2**20:.1f} MiB "
+             f"({figures['text_series']:,.0f} series)")
+    note = (f"median of {SCRAPES} scrapes over HTTP; OpenMetrics {figures['openmetrics_s'] * 1000:,.0f} ms, "
+            f"{figures['openmetrics_bytes'] / 2**20:.1f} MiB")
+    ratio = f"{vmis / figures['text_s']:,.0f} VMIs/s"
+    return [Row("guest_metrics_scrape", label, figures["text_s"], shown, ratio=ratio, note=note, figures=figures)]
 
 
 # ------------------------------------------------------------------------------------------ REST reads
@@ -1395,6 +1462,7 @@ async def bench(size_name: str) -> Report:
             report.figures.update({f"e2e_{vmis}_{k[4:]}": v for k, v in e2e[0].figures.items()})
             report.figures.update({"e2e_p50_s": None, "e2e_p95_s": None, "e2e_p99_s": None, **e2e[0].figures})
         await _rest_phase(report, size, workdir)
+        report.rows += await measure_guest_metrics(size.metrics_vmis)
         state = await measure_state(size.state_vmis, workdir)
         report.rows += state
         for row in state:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from guestinfo.cli import ENV_BOOTSTRAP, build_parser
-from guestinfo.config import checked_store_url, parse_bootstrap_servers, parse_listen
+from guestinfo.config import checked_store_url, parse_bootstrap_servers, parse_listen, parse_shard
 from schemas import topics
 from sinks import guestinfos
 
@@ -46,7 +46,8 @@ CUSTOM_GROUPS = {"cert-manager.io", "monitoring.coreos.com", "kafka.strimzi.io"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "APIService"}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet"}
 #: Values of the downward-API fields the pods read, for expanding $(VAR) in arguments.
-SAMPLE_FIELDS = {"spec.nodeName": "node-1", "metadata.name": "pod-1", "metadata.namespace": NAMESPACE}
+SAMPLE_FIELDS = {"spec.nodeName": "node-1", "metadata.name": "pod-1", "metadata.namespace": NAMESPACE,
+                 "metadata.labels['apps.kubernetes.io/pod-index']": "1"}
 VAR_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -278,7 +279,7 @@ def test_every_container_runs_the_one_image_set_in_kustomization() -> None:
     [image] = kustomization["images"]
     expected = f"{image['newName']}:{image['newTag']}"
     assert {container.spec["image"] for container in ALL_CONTAINERS} == {expected}
-    assert {"collect", "join", "serve", "status"} == {container.spec["name"] for container in ALL_CONTAINERS}
+    assert {"collect", "join", "serve", "status", "metrics"} == {container.spec["name"] for container in ALL_CONTAINERS}
 
 
 # ---- containers against the CLI ---------------------------------------------------------------------
@@ -307,12 +308,17 @@ def test_container_args_parse_with_the_real_cli(container: Container, monkeypatc
     if args.command == "serve":
         checked_store_url(args.store, args.state_dir)
         assert args.store.startswith("postgresql://")
+    if args.command == "metrics":
+        _, count = parse_shard(args.shard)
+        workload = container.workload
+        assert workload["kind"] == "StatefulSet", "the shard index is the pod's ordinal"
+        assert count == workload["spec"]["replicas"], "one shard per replica: --shard's N is the replica count"
 
 
 @pytest.mark.parametrize("container", CONTAINER_PARAMS)
 def test_listen_flags_and_container_ports_agree(container: Container, monkeypatch: pytest.MonkeyPatch) -> None:
     args = parsed_args(container, monkeypatch)
-    listens = [getattr(args, flag, None) for flag in ("metrics_listen", "api_listen")]
+    listens = [getattr(args, flag, None) for flag in ("metrics_listen", "api_listen", "listen")]
     ports = {parse_listen(listen).port for listen in listens if listen}
     assert all(parse_listen(listen).host == "0.0.0.0" for listen in listens if listen)
     assert ports == {port["containerPort"] for port in container.spec.get("ports", [])}
@@ -715,7 +721,9 @@ def test_readme_overlay_adds_the_status_sink_and_drops_the_monitors(tmp_path: Pa
     objs = readme_overlay(0, tmp_path)
     assert "status" in {c["name"] for w in workloads(objs) for c in w["spec"]["template"]["spec"]["containers"]}
     assert [ident(obj) for obj in objs if group_of(obj) == "monitoring.coreos.com"] == []
-    assert len(objs) == len(RENDERED["with-status-sink"]) - 3
+    monitoring = [obj for obj in RENDERED["with-status-sink"] if group_of(obj) == "monitoring.coreos.com"]
+    assert len(monitoring) == 5, "three PodMonitors, a ServiceMonitor and the PrometheusRule"
+    assert len(objs) == len(RENDERED["with-status-sink"]) - len(monitoring)
 
 
 def test_readme_overlay_without_cert_manager_sets_the_ca_bundle(tmp_path: Path) -> None:

@@ -94,15 +94,17 @@ async def shown(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[st
 
 
 @contextlib.asynccontextmanager
-async def pipeline(tmp_path: Path, uri: str, sockets: Path) -> AsyncIterator[tuple[int, Path]]:
-    """`guestinfo run` on the libvirtd; on leaving, it must stop cleanly, with no stage crashed."""
+async def pipeline(tmp_path: Path, uri: str, sockets: Path, polls: tuple[str, ...] = ("guest-fsfreeze-status=1",)
+                   ) -> AsyncIterator[tuple[int, Path]]:
+    """`guestinfo run` on the libvirtd (`polls`: its --poll-interval values); on leaving, it must stop
+    cleanly, with no stage crashed."""
     port = free_port()
     log = tmp_path / "guestinfo.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path / "state"), "run",
             "--libvirt-uri", uri, "--agent-socket-dir", str(sockets), "--node-name", "lifecycle-node",
-            "--api-listen", f"127.0.0.1:{port}", "--poll-interval", "guest-fsfreeze-status=1",
+            "--api-listen", f"127.0.0.1:{port}", *(arg for poll in polls for arg in ("--poll-interval", poll)),
             stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
     try:

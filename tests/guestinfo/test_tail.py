@@ -1,0 +1,115 @@
+"""`guestinfo tail`: a topic as JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.lab.bench import create_topics
+from guestinfo.tail import Selection, TailError, line, tail
+from schemas.topics import EVENTS_TOPIC, UID_HEADER
+
+
+def record(key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> ConsumerRecord:
+    return ConsumerRecord("t", 0, 0, 0, 0, key, value, None, len(key or b""), len(value or b""), headers)
+
+
+def test_a_record_is_its_value_on_one_line() -> None:
+    value = b'{\n  "vmi": {"namespace": "ns", "name": "vm"},\n  "revision": 3\n}'
+    printed = line(record(b"ns/vm", value))
+    assert printed.endswith(b"\n") and printed.count(b"\n") == 1
+    assert json.loads(printed) == json.loads(value)
+
+
+def test_a_tombstone_is_a_deletion_with_the_uid_it_removes() -> None:
+    assert json.loads(line(record(b"ns/vm", None))) == {"key": "ns/vm", "deleted": True}
+    assert json.loads(line(record(b"ns/vm", None, ((UID_HEADER, b"u-1"),)))) == {
+        "key": "ns/vm", "deleted": True, "uid": "u-1"}
+
+
+def test_a_value_that_is_not_json_is_shown_as_text() -> None:
+    assert json.loads(line(record(b"ns/vm", b"{not json\n"))) == {"key": "ns/vm", "undecodable": "{not json\n"}
+
+
+@pytest.mark.parametrize(("selection", "key", "wanted"), [
+    (Selection(), b"ns/vm", True),
+    (Selection(), None, True),
+    (Selection(namespace="ns"), b"ns/vm", True),
+    (Selection(namespace="ns"), b"ns2/vm", False),
+    (Selection(name="vm"), b"other/vm", True),
+    (Selection(namespace="ns", name="vm"), b"ns/vm2", False),
+    (Selection(namespace="ns"), b"no-slash", False),
+    (Selection(namespace="ns"), None, False),
+])
+def test_vmis_are_selected_by_the_key(selection: Selection, key: bytes | None, wanted: bool) -> None:
+    assert selection.wants(key) is wanted
+
+
+@pytest.mark.integration
+async def test_it_prints_the_selected_records_from_the_beginning(lenient_broker: EmbeddedBroker, unique: str) -> None:
+    topic = f"tail-{unique}"
+    await create_topics(lenient_broker.bootstrap_servers, [topic])
+    producer = AIOKafkaProducer(bootstrap_servers=lenient_broker.bootstrap_servers)
+    await producer.start()
+    try:
+        for number in range(5):
+            await producer.send_and_wait(topic, orjson.dumps({"n": number}), key=f"ns/vm-{number % 2}".encode())
+        await producer.send_and_wait(topic, None, key=b"ns/vm-1", headers=[(UID_HEADER, b"u-9")])
+    finally:
+        await producer.stop()
+    out = io.BytesIO()
+    printed = await tail(lenient_broker.bootstrap_servers, topic, from_beginning=True,
+                         selection=Selection(name="vm-1"), limit=3, out=out)
+    assert printed == 3
+    assert [json.loads(text) for text in out.getvalue().splitlines()] == [
+        {"n": 1}, {"n": 3}, {"key": "ns/vm-1", "deleted": True, "uid": "u-9"}]
+
+
+@pytest.mark.integration
+async def test_a_topic_that_does_not_exist_is_an_error(lenient_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch,
+                                                      unique: str) -> None:
+    monkeypatch.setattr("guestinfo.tail.METADATA_WAIT", 0.5)
+    with pytest.raises(TailError, match="does not exist"):
+        await tail(lenient_broker.bootstrap_servers, f"missing-{unique}", limit=1, out=io.BytesIO())
+
+
+@pytest.mark.integration
+async def test_the_command_follows_the_events_topic() -> None:
+    """`guestinfo tail` started at the end prints what comes after it, then stops at --max."""
+    async with EmbeddedBroker() as broker:
+        await ensure_topics(broker.bootstrap_servers, partitions=2)
+        event = {"type": "HostnameChanged", "vmi": {"namespace": "ns", "name": "vm", "uid": "u"}, "node": "n",
+                 "revision": 2, "observedAt": 1.0, "subject": "", "before": "a", "after": "b"}
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(EVENTS_TOPIC, orjson.dumps({**event, "revision": 1}), key=b"ns/vm")
+            command = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "guestinfo", "tail", "--bootstrap-servers", broker.bootstrap_servers,
+                "--topic", EVENTS_TOPIC, "--max", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:
+                ended = asyncio.ensure_future(command.communicate())
+                for _ in range(60):  # until it has seeked to the end: it prints only what comes after
+                    await producer.send_and_wait(EVENTS_TOPIC, orjson.dumps(event), key=b"ns/vm")
+                    done, _ = await asyncio.wait([ended], timeout=0.5)
+                    if done:
+                        break
+                else:
+                    raise AssertionError("guestinfo tail printed nothing")
+                out, err = ended.result()
+            finally:
+                if command.returncode is None:
+                    command.kill()
+                    await command.wait()
+        finally:
+            await producer.stop()
+    assert command.returncode == 0, err
+    assert json.loads(out) == event, "the event as it is, not the one sent before it started"
