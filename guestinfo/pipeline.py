@@ -65,14 +65,14 @@ class Pipeline:
     global_args: list[str] = field(default_factory=list)
     #: Where the collector and the join worker serve /metrics (free ports on the API's host).
     metrics: dict[str, Listen] = field(default_factory=dict)
-    #: Where the guest metrics sink serves the fleet's guest series (default: a free port on the API's host).
+    #: Where the guest metrics sink serves the fleet's guest series (default: a free port on 127.0.0.1).
     guest_metrics: Listen | None = None
 
     def __post_init__(self) -> None:
         host = self.api.host
         self.metrics = {role: Listen(host=host, port=free_port(host)) for role in ("collect", "join")}
-        if self.guest_metrics is None:
-            self.guest_metrics = Listen(host=host, port=free_port(host))
+        if self.guest_metrics is None:  # guest data of every tenant, without authentication: loopback only
+            self.guest_metrics = Listen(host="127.0.0.1", port=free_port("127.0.0.1"))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pipeline:

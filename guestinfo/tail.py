@@ -11,6 +11,7 @@ comes; `--max N` stops after N lines; otherwise Ctrl-C or SIGTERM stops it.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import signal
 import sys
@@ -20,9 +21,10 @@ from typing import IO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from plumbing.kafka import make_consumer
+from plumbing.kafka import make_consumer, topic_partitions
 from schemas.events import split_vmi_key
 from schemas.topics import UID_HEADER
 
@@ -75,9 +77,9 @@ async def tail(bootstrap_servers: str, topic: str, *, from_beginning: bool = Fal
     output = out if out is not None else sys.stdout.buffer
     stop = stop if stop is not None else asyncio.Event()
     consumer = make_consumer(bootstrap_servers, group_id=None, client_id="guestinfo-tail")
-    await consumer.start()
     printed = 0
     try:
+        await consumer.start()
         partitions = await _partitions(consumer, topic)
         consumer.assign(partitions)
         if from_beginning:
@@ -94,23 +96,25 @@ async def tail(bootstrap_servers: str, topic: str, *, from_beginning: bool = Fal
                 if limit is not None and printed >= limit:
                     break
             output.flush()
+    except KafkaError as exc:
+        raise TailError(f"cannot read {topic} from {bootstrap_servers}: {exc}") from exc
     finally:
         await consumer.stop()
     return printed
 
 
-def _in_order(batches: Iterable[list[ConsumerRecord[bytes, bytes]]]) -> list[ConsumerRecord[bytes, bytes]]:
-    """The records fetched from several partitions, by time (within a partition, in offset order)."""
-    return sorted((record for batch in batches for record in batch), key=lambda record: record.timestamp)
+def _in_order(batches: Iterable[list[ConsumerRecord[bytes, bytes]]]) -> Iterable[ConsumerRecord[bytes, bytes]]:
+    """The records fetched from several partitions, merged by time; each partition's in offset order
+    (a record stamped earlier than the one before it in its partition keeps its place)."""
+    return heapq.merge(*batches, key=lambda record: record.timestamp)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     deadline = asyncio.get_running_loop().time() + METADATA_WAIT
     while True:
-        if topic in await consumer.topics():  # a metadata request of its own
-            found = consumer.partitions_for_topic(topic)
-            if found:
-                return [TopicPartition(topic, partition) for partition in sorted(found)]
+        found = await topic_partitions(consumer, topic)
+        if found:
+            return found
         if asyncio.get_running_loop().time() >= deadline:
             raise TailError(f"topic {topic} does not exist on the broker")
         await asyncio.sleep(0.2)

@@ -17,6 +17,9 @@
   A record already queued for an untracked topic then has no leader until its request times out (10 s,
   `NotLeaderForPartitionError`): seen when the join's first change event went out beside the first
   changelog record. `track_topics` makes a producer track every topic it will send to.
+- **Partitions of a topic a consumer is not assigned yet (aiokafka).** A consumer's metadata holds only
+  the topics it tracks, and `topics()` asks the broker without updating it: `topic_partitions` asks the
+  broker for the metadata of every topic itself.
 
 The join's Faust consumer gets the fetch wait through `streams.consumer` (Faust has no setting for it).
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 #: The longest a fetch is held by the broker when there is no data (aiokafka's own default is 500).
 FETCH_MAX_WAIT_MS = 100
@@ -81,3 +84,12 @@ async def track_topics(producer: AIOKafkaProducer, topics: list[str]) -> None:
     """Have a started producer keep the metadata of `topics` up to date (see the module)."""
     for topic in topics:
         await producer.client.add_topic(topic)
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition] | None:
+    """The partitions of `topic` as the broker has them now, for a started consumer to assign; None when
+    the broker has no such topic (see the module)."""
+    # aiokafka offers no public way to read a topic's partitions before assigning them.
+    cluster = await consumer._client.fetch_all_metadata()
+    found = cluster.partitions_for_topic(topic)
+    return [TopicPartition(topic, partition) for partition in sorted(found)] if found else None

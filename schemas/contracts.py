@@ -44,8 +44,6 @@ TOPIC_VALUES: Final[dict[str, tuple[TypeAdapter[Any], str]]] = {
     DEAD_LETTER_TOPIC: (TypeAdapter(DeadLetter), "A raw event the join could not apply, and why."),
     EVENTS_TOPIC: (VMI_EVENTS, "One change of one VMI, derived from its consecutive revisions."),
 }
-#: Every topic's key: the VMI, `namespace/name` (Kubernetes names: no `/` in either).
-KEY_SCHEMA: Final = {"type": "string", "pattern": "^[^/]+/[^/]+$"}
 
 
 def topic_schema(topic: str) -> dict[str, Any]:

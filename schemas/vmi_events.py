@@ -27,7 +27,8 @@ USAGE_THRESHOLDS: Final = (85, 95)
 #: leaves out the same, and the "System Reserved" partition of Windows by mount point).
 PSEUDO_FILESYSTEM_TYPES: Final = (
     "CDFS", "iso9660", "udf", "squashfs", "cramfs", "tmpfs", "devtmpfs", "proc", "sysfs", "overlay",
-    "fusectl",
+    "fusectl", "selinuxfs", "securityfs", "pstore", "debugfs", "tracefs", "configfs", "binfmt_misc", "bpf",
+    "devpts", "mqueue", "nsfs", "rpc_pipefs", "ramfs", "rootfs",
 )
 #: Types matched by prefix: `cgroup`, `cgroup2`; `fuse.*` (sshfs, gvfsd ...).
 PSEUDO_FILESYSTEM_PREFIXES: Final = ("cgroup", "fuse.")
@@ -52,7 +53,7 @@ class VMIEventBase(EventModel):
     observed_at: float = Field(ge=0)
     #: What changed within the VMI: the user (`domain\\user` when the agent names a domain), the
     #: address (`interface/address`), the filesystem and threshold (`/var@95`); empty for the VMI itself.
-    subject: str = Field(default="", max_length=3 * MAX_STRING)
+    subject: str = Field(max_length=3 * MAX_STRING)
 
 
 class AgentConnected(VMIEventBase):
@@ -93,13 +94,14 @@ class HostnameChanged(VMIEventBase):
 class UserLoggedIn(VMIEventBase):
     type: Literal["UserLoggedIn"]
     user_name: GuestString
-    domain: GuestString = ""
+    #: The user's domain (Windows), "" when the agent names none.
+    domain: GuestString
 
 
 class UserLoggedOut(VMIEventBase):
     type: Literal["UserLoggedOut"]
     user_name: GuestString
-    domain: GuestString = ""
+    domain: GuestString
 
 
 class AddressAdded(VMIEventBase):

@@ -26,7 +26,10 @@ most `MAX_FILESYSTEM_SERIES` filesystems and `MAX_INTERFACE_SERIES` interfaces i
 in the agent's order), so one guest cannot blow up the cardinality of everyone's metrics.
 
 Shards: `shard=(i, n)` reads only the partitions p with p % n == i; n replicas with i = 0..n-1 serve
-disjoint series of the whole fleet (Prometheus scrapes them all).
+disjoint series of the whole fleet (Prometheus scrapes them all). A VMI is named by its record's key.
+
+The series are guest data of every tenant, served without authentication: keep the port on loopback, or
+let only Prometheus reach it (a NetworkPolicy).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -45,7 +49,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from plumbing.kafka import make_consumer
+from plumbing.kafka import make_consumer, topic_partitions
+from schemas.events import split_vmi_key
 from schemas.limits import MAX_FILESYSTEM_SERIES, MAX_INTERFACE_SERIES, MAX_LABEL_VALUE
 from schemas.topics import VMI_TOPIC
 from sinks.metrics import GUEST_METRICS_RECORDS
@@ -83,9 +88,8 @@ def label(value: object) -> str:
     return str(value)[:MAX_LABEL_VALUE]
 
 
-def vmi_series(record: dict[str, object]) -> VMISeries:
-    """The series of one merged record (a `VMIRecord`'s JSON)."""
-    vmi = _dict(record.get("vmi"))
+def vmi_series(record: dict[str, object], namespace: str, name: str) -> VMISeries:
+    """The series of one merged record (a `VMIRecord`'s JSON) of the VMI `namespace/name` (its key)."""
     status = _dict(record.get("status"))
     info = _dict(record.get("guestAgentInfo"))
     observed = {key: float(at) for key, at in _dict(record.get("observed")).items() if isinstance(at, int | float)}
@@ -98,9 +102,9 @@ def vmi_series(record: dict[str, object]) -> VMISeries:
     ) if count > bound)
     zone, _, offset = str(info.get("timezone", ", 0")).rpartition(", ")
     return VMISeries(
-        namespace=label(vmi.get("namespace", "")), name=label(vmi.get("name", "")), node=label(record.get("node", "")),
+        namespace=label(namespace), name=label(name), node=label(record.get("node", "")),
         revision=int(record.get("revision", 0) or 0), connected=bool(record.get("agentConnected")),  # type: ignore[call-overload]
-        filesystems=tuple(
+        filesystems=_distinct(
             (label(fs.get("diskName", "")), label(fs.get("mountPoint", "")), label(fs.get("fileSystemType", "")),
              int(fs.get("totalBytes", 0) or 0), int(fs.get("usedBytes", 0) or 0))  # type: ignore[call-overload]
             for fs in filesystems[:MAX_FILESYSTEM_SERIES]
@@ -110,11 +114,23 @@ def vmi_series(record: dict[str, object]) -> VMISeries:
         hostname=label(info["hostname"]) if info.get("hostname") else None,
         timezone=(label(zone), label(offset)) if "timezone" in observed else None,
         user_count=len(_list(record.get("users"))) if "users" in observed else None,
-        interfaces=tuple((label(i.get("interfaceName", "")), label(i.get("mac", "")), label(i.get("ipAddress", "")))
-                         for i in interfaces[:MAX_INTERFACE_SERIES]),
+        interfaces=_distinct((label(i.get("interfaceName", "")), label(i.get("mac", "")), label(i.get("ipAddress", "")))
+                             for i in interfaces[:MAX_INTERFACE_SERIES]),
         observed=tuple(sorted(observed.items())),
         capped=capped,
     )
+
+
+def _distinct(rows: Iterable[tuple[Any, ...]], labels: int = 3) -> tuple[Any, ...]:
+    """The rows whose first `labels` values (their label set) were not seen before: a series is unique
+    by its labels (a filesystem mounted twice, two values the same once cut)."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for row in rows:
+        if row[:labels] not in seen:
+            seen.add(row[:labels])
+            out.append(row)
+    return tuple(out)
 
 
 def _dict(value: object) -> dict[str, object]:
@@ -226,6 +242,11 @@ class GuestMetricsSink:
         await consumer.start()
         try:
             partitions = await self._assign(consumer)
+            if not partitions:
+                log.warning("guest metrics: shard %d/%d has none of the %s partitions: it serves no VMI",
+                            *self.shard, self.topic)
+                self.caught_up.set()
+                await asyncio.Event().wait()
             await consumer.seek_to_beginning(*partitions)
             self._start_ends = await consumer.end_offsets(partitions)
             log.info("guest metrics: reading %s partitions %s from the beginning", self.topic,
@@ -243,9 +264,10 @@ class GuestMetricsSink:
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         while True:
-            if self.topic in await consumer.topics():
-                found = consumer.partitions_for_topic(self.topic) or set()
-                mine = [TopicPartition(self.topic, p) for p in shard_partitions(found, self.shard)]
+            found = await topic_partitions(consumer, self.topic)
+            if found:
+                mine = [tp for tp in found if tp.partition in shard_partitions({tp.partition for tp in found},
+                                                                               self.shard)]
                 consumer.assign(mine)
                 return mine
             log.info("guest metrics: waiting for topic %s", self.topic)
@@ -263,13 +285,19 @@ class GuestMetricsSink:
         """One record of the merged topic: a newer record replaces the VMI's series, a tombstone drops them;
         a duplicate or stale revision, or a record that is not JSON, changes nothing."""
         key = (record.key or b"").decode(errors="replace")
+        vmi = split_vmi_key(key)
+        if vmi is None:
+            GUEST_METRICS_RECORDS.labels("bad_key").inc()
+            log.warning("guest metrics: skipping a record whose key is not namespace/name at %s[%d]@%d",
+                        record.topic, record.partition, record.offset)
+            return
         if record.value is None:
             GUEST_METRICS_RECORDS.labels("tombstone").inc()
             self.vmis.pop(key, None)
             return
         try:
             value = orjson.loads(record.value)
-            series = vmi_series(value if isinstance(value, dict) else {})
+            series = vmi_series(value if isinstance(value, dict) else {}, *vmi)
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             GUEST_METRICS_RECORDS.labels("undecodable").inc()
             log.warning("guest metrics: skipping an undecodable record at %s[%d]@%d: %s", record.topic,
@@ -285,11 +313,14 @@ class GuestMetricsSink:
 
 async def serve_guest_metrics(sink: GuestMetricsSink, host: str, port: int) -> web.AppRunner:
     """Serve the sink's series at `/metrics` (Prometheus text, or OpenMetrics when the scraper asks for it)
-    and its readiness at `/healthz` (503 until it has read the topic up to where it was at the start).
+    and its readiness at `/healthz`; both answer 503 until it has read the topic up to where it was at the
+    start (a scrape of a partial fleet would make VMIs look gone).
     A scrape's text is made in a thread, beside the consume loop. Returns the runner (`cleanup()` stops)."""
     registry = sink.registry()
 
     async def metrics(request: web.Request) -> web.Response:
+        if not sink.caught_up.is_set():  # a partial fleet would look like VMIs gone to the alerts
+            return web.Response(status=503, text="reading the merged topic from its beginning\n")
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.to_thread(encoder, registry)
         return web.Response(body=body, headers={"Content-Type": content_type})

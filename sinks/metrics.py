@@ -42,7 +42,8 @@ STATUS_PATCHES = Counter(
 )
 GUEST_METRICS_RECORDS = Counter(
     "guestinfo_sink_guest_metrics_records",
-    "Merged-topic records read by the guest metrics sink, by outcome (record, tombstone, stale, undecodable).",
+    "Merged-topic records read by the guest metrics sink, by outcome (record, tombstone, stale, undecodable, "
+    "bad_key).",
     ["outcome"],
     registry=REGISTRY,
 )

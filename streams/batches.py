@@ -6,22 +6,23 @@ For each batch of raw events:
 2. Every output and dead letter is handed to the producer at once, and the batch waits for all the
    acks. What fails for a passing reason is sent again until it is delivered (`streams.output.deliver`):
    an outage delays and never loses.
-3. Only then are the new states written: with a changelog, each only once the changelog holds it (a
-   store on disk must never be ahead of its changelog). An output the broker refuses for good (too large for it,
-   say) is not written as state, so the VMI's next event produces the record again; the VMI's events
-   go to the dead-letter topic with the reason.
+3. Then the change events of the batch's revisions (`streams.vmi_events`), in a round of their own
+   when there are any: after their VMI's record is out (none for an output refused for good: its
+   revisions are made again), before any state is written, so that a crash sends them again with the
+   same revisions, which consumers drop as duplicates. An event the broker refuses for good is counted
+   and logged, and holds nothing up.
+4. Only then are the new states written: with a changelog, each only once the changelog holds it (a
+   store on disk must never be ahead of its changelog). An output the broker refuses for good (too
+   large for it, say) is not written as state, so the VMI's next event produces the record again; the
+   VMI's raw events go to the dead-letter topic with the reason, in the events' round.
    With a `changelog_topic`, `states` is only the local store, and the changed states go to that topic
-   in a second round of sends, after the outputs (the Faust worker's table: one Faust table write costs
+   in a round of sends of their own, after the outputs and events (the Faust worker's table: one Faust table write costs
    about as much as folding ten events, `docs/kafka-on-tansu.md` §2). Never before: a changelog ahead
    of an output a crash kept from the broker would lose that output for good (a tombstone is not sent
    again for a removal the state has already applied). A state the changelog refuses for good is
    written without the agent's answers (`trimmed_state`): the changelog never stays behind a revision
-   consumers have seen. The change events of the batch's revisions (`streams.vmi_events`) go in that
-   second round too, once their VMI's output is out (none for an output refused for good: its revision
-   is made again), and before the state is written: a crash in between sends them again, with the
-   same revisions, which consumers drop as duplicates. An event the broker refuses for good is
-   counted and logged, and holds nothing up.
-4. The caller acknowledges the batch's events only when `take` returns. A batch is never left half
+   consumers have seen.
+5. The caller acknowledges the batch's events only when `take` returns. A batch is never left half
    done: a stop or rebalance that cancels it waits for it; a bug, or a batch that cannot finish within
    the stop grace, ends the process at once (`abandon`), before the events are committed, and the
    consumer group reads them again.
@@ -132,7 +133,18 @@ class JoinBatches:
         for key, messages in by_key.items():
             stored = self._states.get(key)
             folded.append(_Folded(key, stored, fold_batch(stored, key, messages), messages))
-        # Round 1: outputs and dead letters.
+        lost = await self._send_outputs(folded)
+        delivered = [vmi for vmi in folded if not vmi.unsendable]
+        lost += await self._send_events(folded)
+        await self._write_states([vmi for vmi in delivered
+                                  if vmi.batch.state is not None and vmi.batch.state != vmi.stored])
+        if lost:
+            log.error("the broker refuses %d dead letters (e.g. %s): their raw events are logged here only",
+                      len(lost), lost[0])
+
+    async def _send_outputs(self, folded: list[_Folded]) -> list[KafkaError]:
+        """Round 1: every VMI's output and the dead letters of refused events. Marks the VMIs whose output
+        the broker refuses for good; returns the dead letters it refuses."""
         sends: list[Send] = []
         for vmi in folded:
             sends += [self._dead_letter(refusal) for refusal in vmi.batch.refused]
@@ -140,42 +152,49 @@ class JoinBatches:
                 vmi.output_at = len(sends)
                 sends.append(output_send(self._output_topic, vmi.key, vmi.batch.output))
         refused = await deliver(self._producer, sends) if sends else []
-        outputs = {vmi.output_at for vmi in folded if vmi.output_at is not None}
-        lost = [error for at, error in enumerate(refused) if at not in outputs and error is not None]
-        # Round 2: the states of the VMIs whose output went (or that had none), and the dead letters of
-        # those whose output the broker refused for good.
-        second: list[Send] = []
-        changelog: list[_Folded] = []
         for vmi in folded:
             if vmi.output_at is not None and (error := refused[vmi.output_at]) is not None:
-                second += self._unsendable(vmi, f"the broker refuses the merged output: {error}")
-                continue
-            if vmi.batch.output is not None:
+                vmi.unsendable = f"the broker refuses the merged output: {error}"
+            elif vmi.batch.output is not None:
                 _count_output(vmi.key, vmi.batch.output)
-            second += [Send(self._events_topic, vmi.key, event) for event in vmi.batch.events]
-            if vmi.batch.state is not None and vmi.batch.state != vmi.stored:
-                changelog.append(vmi)
-        first_state = len(second)
-        if self._changelog_topic is not None:
-            second += [Send(self._changelog_topic, vmi.key, vmi.batch.state or b"") for vmi in changelog]
-        acked: dict[int, int] = {}
-        refused = await deliver(self._producer, second, self._acked_into(acked)) if second else []
-        for send, error in zip(second[:first_state], refused[:first_state], strict=True):
-            if error is None:
-                if send.topic == self._events_topic:
-                    VMI_EVENTS_SENT.inc()
-            elif send.topic == self._events_topic:
+        outputs = {vmi.output_at for vmi in folded if vmi.output_at is not None}
+        return [error for at, error in enumerate(refused) if at not in outputs and error is not None]
+
+    async def _send_events(self, folded: list[_Folded]) -> list[KafkaError]:
+        """Round 2, when there is anything to send: the change events of the VMIs whose output went, and the
+        dead letters of those whose output did not (their state is not written: no events either, their
+        revisions are made again). Before any state is written, so that a crash sends them again."""
+        sends: list[Send] = []
+        for vmi in folded:
+            if vmi.unsendable:
+                sends += self._unsendable(vmi, vmi.unsendable)
+            else:
+                sends += [Send(self._events_topic, vmi.key, event) for event in vmi.batch.events]
+        refused = await deliver(self._producer, sends) if sends else []
+        lost = []
+        for send, error in zip(sends, refused, strict=True):
+            if send.topic != self._events_topic:
+                if error is not None:
+                    lost.append(error)
+            elif error is None:
+                VMI_EVENTS_SENT.inc()
+            else:
                 VMI_EVENTS_REFUSED.inc()
                 self._dead_letter_log.note(logging.ERROR, "event", "the broker refuses a change event of VMI %s: %s",
                                            send.key.decode(errors="replace"), error)
-            else:
-                lost.append(error)
-        too_large: list[tuple[_Folded, KafkaError]] = []
+        return lost
+
+    async def _write_states(self, changed: list[_Folded]) -> None:
+        """Round 3: the changed states, into the changelog first when there is one, then the store."""
         if self._changelog_topic is None:
-            for vmi in changelog:
+            for vmi in changed:
                 self._states[vmi.key] = vmi.batch.state or b""
-            changelog = []
-        for vmi, error in zip(changelog, refused[first_state:], strict=True):
+            return
+        acked: dict[int, int] = {}
+        sends = [Send(self._changelog_topic, vmi.key, vmi.batch.state or b"") for vmi in changed]
+        refused = await deliver(self._producer, sends, self._acked_into(acked)) if sends else []
+        too_large: list[tuple[_Folded, KafkaError]] = []
+        for vmi, error in zip(changed, refused, strict=True):
             if error is None:
                 self._states[vmi.key] = vmi.batch.state or b""
             else:
@@ -183,9 +202,6 @@ class JoinBatches:
         if too_large:
             await self._trimmed(too_large, acked)
         self._persisted(acked)
-        if lost:
-            log.error("the broker refuses %d dead letters (e.g. %s): their raw events are logged here only",
-                      len(lost), lost[0])
 
     async def _trimmed(self, refused: list[tuple[_Folded, KafkaError]], acked: dict[int, int]) -> None:
         """States the changelog refuses for good (a broker whose record limit is under the producer's):
@@ -253,6 +269,8 @@ class _Folded:
     batch: FoldedBatch
     messages: list[RawMessage]
     output_at: int | None = None
+    #: Why the broker refuses its output for good ("" when it took it).
+    unsendable: str = ""
 
 
 def _count_output(key: bytes, result: JoinResult) -> None:

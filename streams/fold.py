@@ -25,7 +25,7 @@ from streams.join import STATES, JoinResult, VMIState, apply_agent, apply_domain
 from streams.metrics import EVENTS
 from streams.output import Send
 from streams.reports import AGENT_REPORTS, DOMAIN_REPORTS
-from streams.vmi_events import changes
+from streams.vmi_events import changes, remembered
 
 T = TypeVar("T")
 
@@ -90,9 +90,13 @@ def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage])
             log.debug("join failed on %s[%d]@%d", message.topic, message.partition, message.offset, exc_info=True)
             refused.append(Refusal(message, "internal", f"internal error: {type(exc).__name__}: {exc}"))
             continue
-        if result.record is not None and result.state.revision > state.revision:
-            events += map(orjson.dumps, changes(state, result.state, observed_at(result.state)))
-        state = result.state
+        new_state = result.state
+        if result.record is not None and new_state.revision > state.revision:
+            events += map(orjson.dumps, changes(state, new_state, observed_at(new_state)))
+            new_state = remembered(state, new_state)
+        elif result.tombstone:
+            new_state = remembered(state, new_state)
+        state = new_state
         if result.record is not None or result.tombstone:
             output = result
     if len(refused) == len(messages):
@@ -164,7 +168,7 @@ def trimmed_state(encoded: bytes) -> bytes:
     survive a restart (revision, digest, domain, removal marker, ended uids) in a fraction of the bytes."""
     state = load_state(encoded)
     observed = {key: at for key, at in state.observed.items() if key == "domain"}
-    return encode_state(replace(state, agent=None, pending=None, incoming=None, observed=observed))
+    return encode_state(replace(state, agent=None, pending=None, incoming=None, known=None, observed=observed))
 
 
 def output_send(topic: str, key: bytes, output: JoinResult) -> Send:

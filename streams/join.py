@@ -87,6 +87,9 @@ class VMIState(msgspec.Struct, frozen=True, rename="camel"):
     #: Uids that another uid has replaced under this name, latest first: their reports are never taken
     #: again, whatever the clocks say (KubeVirt creates a name's next VMI only once the last is deleted).
     ended_uids: list[str] = []
+    #: The latest answer of each kind of the VMI's agent, across its sessions, as of the last revision:
+    #: what the change events of the next one compare with (`streams.vmi_events`).
+    known: AgentReport | None = None
 
 
 STATES = msgspec.json.Decoder(VMIState)
@@ -131,7 +134,7 @@ def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
     owner = state.domain
     if owner is None:
         return JoinResult(state) if report.removed else _take(state, report)
-    if _other_vmi(owner.vmi.uid, report.vmi.uid):
+    if other_vmi(owner.vmi.uid, report.vmi.uid):
         return _other_incarnation(state, report)
     if report.node != owner.node:
         return _from_other_node(state, report)
@@ -145,7 +148,7 @@ def apply_domain(state: VMIState, report: DomainReport) -> JoinResult:
     return _take(state, report)
 
 
-def _other_vmi(uid: str, other_uid: str) -> bool:
+def other_vmi(uid: str, other_uid: str) -> bool:
     """Another VMI under the same name: both uids known and different."""
     return bool(uid and other_uid and uid != other_uid)
 
@@ -168,7 +171,7 @@ def _forget_pending(state: VMIState, removal: DomainReport) -> VMIState:
     """A node's domain went away: answers held from it of that VMI and from before then are of the past
     (that node's clock); a later stay there brings its own."""
     pending = state.pending
-    if pending is None or pending.node != removal.node or _other_vmi(pending.vmi.uid, removal.vmi.uid) \
+    if pending is None or pending.node != removal.node or other_vmi(pending.vmi.uid, removal.vmi.uid) \
             or _cmp(pending, removal) > 0:
         return state
     return replace(state, pending=None)
@@ -180,7 +183,7 @@ def _after_removal(state: VMIState, report: DomainReport) -> JoinResult:
     growing)."""
     if report.removed or _late(state, report):
         return JoinResult(state)
-    ended = state.removed_uid if _other_vmi(state.removed_uid, report.vmi.uid) else ""
+    ended = state.removed_uid if other_vmi(state.removed_uid, report.vmi.uid) else ""
     return _take(_fresh(state, ended=ended), report)
 
 
@@ -252,7 +255,7 @@ def _move(state: VMIState, report: DomainReport) -> JoinResult:
     """Ownership moves to `report`'s node; the node it leaves is remembered as the source. A report of
     another uid is a new incarnation there, which starts afresh."""
     assert state.domain is not None
-    if _other_vmi(state.domain.vmi.uid, report.vmi.uid):
+    if other_vmi(state.domain.vmi.uid, report.vmi.uid):
         return _take(_fresh(state, ended=state.domain.vmi.uid), report)
     left = state.domain.node
     return _take(replace(state, incoming=None, left_node=left), report)
@@ -265,7 +268,7 @@ def _take(state: VMIState, report: DomainReport) -> JoinResult:
     moved = state.domain is not None and state.domain.node != report.node
     agent = state.agent
     observed = dict(state.observed)
-    if agent is not None and (_other_vmi(report.vmi.uid, agent.vmi.uid) or (agent.node != report.node and not moved)):
+    if agent is not None and (other_vmi(report.vmi.uid, agent.vmi.uid) or (agent.node != report.node and not moved)):
         agent = None
         observed = {k: v for k, v in observed.items() if k not in AGENT_FIELDS.values()}
     connected_since = None
@@ -300,7 +303,7 @@ def apply_agent(state: VMIState, report: AgentReport) -> JoinResult:
 
 def _claims(domain: DomainReport, agent: AgentReport) -> bool:
     """The agent answers are of the VMI of this domain report: the same node and uid."""
-    return agent.node == domain.node and not _other_vmi(domain.vmi.uid, agent.vmi.uid)
+    return agent.node == domain.node and not other_vmi(domain.vmi.uid, agent.vmi.uid)
 
 
 def _stale_agent(state: VMIState, report: AgentReport) -> bool:
@@ -322,10 +325,10 @@ def _late(state: VMIState, report: AgentReport | DomainReport) -> bool:
         return True
     owner = state.domain
     uid = owner.vmi.uid if owner is not None else state.removed_uid
-    if report.node == state.left_node and not _other_vmi(uid, report.vmi.uid):
+    if report.node == state.left_node and not other_vmi(uid, report.vmi.uid):
         return True
     return (
-        owner is not None and report.node == owner.node and _other_vmi(uid, report.vmi.uid)
+        owner is not None and report.node == owner.node and other_vmi(uid, report.vmi.uid)
         and _cmp(report, owner) <= 0
     )
 

@@ -6,15 +6,17 @@ replay after a crash emits the same events (consumers drop duplicates by uid, re
 subject), and a re-delivery, a resync or an unchanged report (no new revision) emits none.
 
 What counts as a change:
-- Only within one VMI (one uid). A VMI seen for the first time, a new uid under the name, or a VMI
-  back after its removal has no history: its first revision is a baseline. Only `AgentConnected` is
-  told then, when the agent is already connected.
-- An agent answer is compared with the last answer of the same kind, also of an earlier agent session
-  (a reboot's logouts are told when the new session's user list comes). A kind of answer not known
-  before (never answered, or not yet since the agent came back) is a baseline: nothing is told.
-- `GuestRebooted`: a new agent session on the node that already ran the VMI, after one in which the
-  agent answered (a domain listed before it ran has a session nobody answered in). A migration changes
-  the node, and is not one.
+- Only within one VMI (one uid; a uid not known yet is the same VMI, as in the join). A VMI seen for
+  the first time, a new uid under the name, or a VMI back after its removal has no history: its first
+  revision is a baseline. Only `AgentConnected` is told then, when the agent is already connected.
+- An agent answer is compared with the last answer of the same kind the VMI's agent gave, in this
+  session or an earlier one (`VMIState.known`, kept by `remembered` at every revision): a reboot's
+  logouts are told when the new session's user list comes, however many reports without answers (the
+  agent away, a first poll that has not asked everything) came in between. A kind never answered
+  before for this VMI is a baseline: nothing is told.
+- `GuestRebooted`: the agent answers in a new session on the node where it last answered (a domain
+  listed before it ran has a session nobody answered in, which does not count). A migration changes the
+  node, and is not one.
 - Filesystems: each one's usage level against `USAGE_THRESHOLDS`; a level crossed is told once per
   threshold crossed. Pseudo filesystems (`is_pseudo_filesystem`) and those of zero size are left out.
   Addresses: link-local ones are left out, as in the VMI's status.
@@ -28,10 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
 from schemas.vmi_events import USAGE_THRESHOLDS, is_pseudo_filesystem
 from streams.interfaces import is_link_local_or_invalid
-from streams.join import AGENT_FIELDS, VMIState
+from streams.join import AGENT_FIELDS, VMIState, merge_agent, other_vmi
 from streams.reports import AgentReport, FileSystem, GuestInterface, GuestOSUser
 
 JSON = dict[str, Any]
@@ -45,18 +48,16 @@ def changes(before: VMIState, after: VMIState, observed_at: float) -> list[JSON]
     base = {"vmi": {"namespace": domain.vmi.namespace, "name": domain.vmi.name, "uid": domain.vmi.uid},
             "node": domain.node, "revision": after.revision, "observedAt": observed_at}
     previous = before.domain
-    known = (previous is not None and before.removed_at is None and before.revision > 0
-             and previous.vmi.uid == domain.vmi.uid)
-    if not known:
+    if previous is None or before.removed_at is not None or before.revision == 0 \
+            or other_vmi(previous.vmi.uid, domain.vmi.uid):
         return [_event("AgentConnected", base)] if domain.agent_connected else []
-    assert previous is not None
     events: list[JSON] = []
     if domain.agent_connected != previous.agent_connected:
         events.append(_event("AgentConnected" if domain.agent_connected else "AgentDisconnected", base))
-    old, new = before.agent, after.agent
-    if old is None or new is None:
+    old, new = before.known, after.agent
+    if old is None or new is None or not _lived(new) or other_vmi(new.vmi.uid, domain.vmi.uid):
         return events
-    if new.node == old.node and new.session != old.session and _lived(old) and _lived(new):
+    if new.node == old.node and new.session != old.session:
         events.append(_event("GuestRebooted", base))
     if old.os is not None and new.os is not None and old.os != new.os:
         events += _os_changed(base, msgspec.to_builtins(old.os), msgspec.to_builtins(new.os))
@@ -69,6 +70,25 @@ def changes(before: VMIState, after: VMIState, observed_at: float) -> list[JSON]
     if old.filesystems is not None and new.filesystems is not None and old.filesystems != new.filesystems:
         events += _filesystems(base, old.filesystems, new.filesystems)
     return events
+
+
+def remembered(before: VMIState, after: VMIState) -> VMIState:
+    """`after` with `known` as of its revision: the answers of its agent now, over the last ones of each
+    kind (`before.known`), of the same VMI; none after a removal or for another uid."""
+    domain = after.domain
+    if domain is None or after.removed_at is not None:
+        return after if after.known is None else replace(after, known=None)
+    base = before.known
+    if base is not None and (before.removed_at is not None or other_vmi(base.vmi.uid, domain.vmi.uid)):
+        base = None
+    known = base
+    agent = after.agent
+    if agent is not None and _lived(agent) and not other_vmi(agent.vmi.uid, domain.vmi.uid):
+        # Only what the events compare: not the agent's version, time zone, freeze status or disks.
+        filesystems = None if agent.filesystems is None else [replace(fs, disk=[]) for fs in agent.filesystems]
+        answers = replace(agent, info=None, timezone=None, fs_freeze_status=None, errors={}, filesystems=filesystems)
+        known = answers if base is None else merge_agent(base, answers)
+    return after if known == after.known else replace(after, known=known)
 
 
 def _lived(agent: AgentReport) -> bool:

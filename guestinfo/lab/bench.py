@@ -660,6 +660,43 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
         await consumer.stop()
 
 
+# ------------------------------------------------------------------------------- broker validation
+
+
+async def measure_broker_validation(records: int) -> list[Row]:
+    """What the embedded broker's schema validation costs: `records` agent reports (the join workload's)
+    produced to `guestinfo.agent.v1` of a broker with validation and of one without, alternately, twice
+    each; the broker's CPU per record (from /proc) and the producer's records/s, best of each."""
+    from guestinfo.broker import ensure_topics
+    from schemas.codec import encode
+    from schemas.topics import AGENT_TOPIC
+
+    progress(f"broker validation: {records} agent reports, with and without")
+    values = [encode(_agent_report(_agent_base(index, f"node-{index % 8}"), T0 + index, 2_000_000_000))
+              for index in range(records)]
+    workload = [(AGENT_TOPIC, f"{NAMESPACE}/{vmi_name(index)}".encode(), value) for index, value in enumerate(values)]
+    best: dict[bool, tuple[float, float]] = {}
+    try:
+        for validate in (True, False, True, False):
+            async with EmbeddedBroker(validate_records=validate) as broker:
+                await ensure_topics(broker.bootstrap_servers)
+                assert broker.pid is not None
+                cpu, started = cpu_seconds(broker.pid), time.perf_counter()
+                await preload(broker.bootstrap_servers, workload)
+                rate = records / (time.perf_counter() - started)
+                per_record = (cpu_seconds(broker.pid) - cpu) / records * 1e6
+            if validate not in best or rate > best[validate][0]:
+                best[validate] = (rate, per_record)
+    except (BrokerError, OSError) as exc:
+        return [Row("broker_validation", "broker validation (agent reports)", note=f"not measured: {exc}")]
+    (on_rate, on_cpu), (off_rate, off_cpu) = best[True], best[False]
+    return [Row("broker_validation", "broker validation (agent reports)", on_cpu,
+                f"{on_cpu:,.0f} vs {off_cpu:,.0f} µs broker CPU/record",
+                ratio=f"{on_rate / off_rate:.2f} x the records/s",
+                note=f"{on_rate:,.0f} vs {off_rate:,.0f} records/s from one producer; {len(values[0])} B each",
+                figures={"on_us": on_cpu, "off_us": off_cpu, "on_rate": on_rate, "off_rate": off_rate})]
+
+
 # ------------------------------------------------------------------------------------ guest metrics
 
 
@@ -1463,6 +1500,7 @@ async def bench(size_name: str) -> Report:
             report.figures.update({"e2e_p50_s": None, "e2e_p95_s": None, "e2e_p99_s": None, **e2e[0].figures})
         await _rest_phase(report, size, workdir)
         report.rows += await measure_guest_metrics(size.metrics_vmis)
+        report.rows += await measure_broker_validation(size.events)
         state = await measure_state(size.state_vmis, workdir)
         report.rows += state
         for row in state:

@@ -83,7 +83,8 @@ def test_the_exposition_passes_promtools_lint() -> None:
     from tests.sinks.test_guest_metrics import CASES as SERIES_CASES
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GuestSeries({str(n): vmi_series(case["record"]) for n, case in enumerate(SERIES_CASES)}))
+    registry.register(GuestSeries({str(n): vmi_series(case["record"], "ns", f"vm-{n}")
+                                   for n, case in enumerate(SERIES_CASES)}))
     checked = subprocess.run([promtool(), "check", "metrics"], input=generate_latest(registry), capture_output=True,
                              timeout=60)
     problems = set((checked.stdout + checked.stderr).decode().splitlines())

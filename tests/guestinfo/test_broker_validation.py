@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 DOMAIN = {"vmi": {"namespace": "ns", "name": "vm", "uid": "u"}, "node": "n", "observedAt": 1.0}
 AGENT = {**DOMAIN, "connected": True, "users": [{"userName": "alice", "loginTime": 5}]}
 EVENT = {"type": "UserLoggedIn", "vmi": DOMAIN["vmi"], "node": "n", "revision": 2, "observedAt": 1.0,
-         "subject": "alice", "userName": "alice"}
+         "subject": "alice", "userName": "alice", "domain": ""}
 LETTER = {"topic": AGENT_TOPIC, "partition": 0, "offset": 3, "reason": "not JSON", "value": "{x"}
 
 

@@ -113,3 +113,45 @@ async def test_the_command_follows_the_events_topic() -> None:
             await producer.stop()
     assert command.returncode == 0, err
     assert json.loads(out) == event, "the event as it is, not the one sent before it started"
+
+
+@pytest.mark.integration
+async def test_a_topic_created_after_it_starts_is_found(lenient_broker: EmbeddedBroker, unique: str) -> None:
+    topic = f"late-{unique}"
+    out = io.BytesIO()
+    tailing = asyncio.ensure_future(tail(lenient_broker.bootstrap_servers, topic, from_beginning=True, limit=1,
+                                         out=out))
+    await asyncio.sleep(1.0)
+    await create_topics(lenient_broker.bootstrap_servers, [topic])
+    producer = AIOKafkaProducer(bootstrap_servers=lenient_broker.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b'{"late": true}', key=b"ns/vm")
+    finally:
+        await producer.stop()
+    assert await asyncio.wait_for(tailing, 15) == 1
+    assert json.loads(out.getvalue()) == {"late": True}
+
+
+@pytest.mark.integration
+async def test_a_partitions_order_is_kept_whatever_the_timestamps(lenient_broker: EmbeddedBroker, unique: str) -> None:
+    """A producer's clock may step back: within a partition, records come in offset order."""
+    topic = f"order-{unique}"
+    await create_topics(lenient_broker.bootstrap_servers, [topic], partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=lenient_broker.bootstrap_servers)
+    await producer.start()
+    try:
+        for number, stamp in enumerate((5_000, 3_000, 4_000)):
+            await producer.send_and_wait(topic, orjson.dumps({"n": number}), key=b"ns/vm", timestamp_ms=stamp)
+    finally:
+        await producer.stop()
+    out = io.BytesIO()
+    await tail(lenient_broker.bootstrap_servers, topic, from_beginning=True, limit=3, out=out)
+    assert [json.loads(text)["n"] for text in out.getvalue().splitlines()] == [0, 1, 2]
+
+
+async def test_a_broker_that_does_not_answer_is_an_error() -> None:
+    from guestinfo.broker import free_port
+
+    with pytest.raises(TailError, match="cannot read"):
+        await tail(f"127.0.0.1:{free_port()}", "guestinfo.vmi.v1", limit=1, out=io.BytesIO())

@@ -97,5 +97,25 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
                             "connected": True, "users": [{"userName": "alice"}]}],
     "guestinfo.deadletter.v1": [{"topic": "t", "partition": 0, "offset": 1, "reason": "r", "value": None}],
     "guestinfo.events.v1": [{"type": "HostnameChanged", "vmi": {"namespace": "ns", "name": "vm"}, "node": "n",
-                             "revision": 2, "observedAt": 1.0, "before": "a", "after": "b"}],
+                             "revision": 2, "observedAt": 1.0, "subject": "", "before": "a", "after": "b"}],
 }
+
+
+@pytest.mark.parametrize("topic", sorted(TOPIC_VALUES))
+def test_removing_any_field_of_a_published_schema_is_caught(topic: str) -> None:
+    """The rule on the real schemas: every property removed, one at a time, anywhere, is breaking."""
+    released = json.loads((RELEASED_DIR / f"{topic}.json").read_text())
+    places = [(name, definition) for name, definition in released.get("$defs", {}).items()]
+    places.append(("(root)", released))
+    removals = 0
+    for where, node in places:
+        for field in list(node.get("properties", {})):
+            changed = json.loads(json.dumps(released))
+            target = changed if where == "(root)" else changed["$defs"][where]
+            del target["properties"][field]
+            if field in target.get("required", []):
+                target["required"].remove(field)
+            found = breaking(released, changed)
+            assert any(f".{field}: removed" in problem for problem in found), (where, field, found)
+            removals += 1
+    assert removals > 0

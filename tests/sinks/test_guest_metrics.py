@@ -34,7 +34,7 @@ def scrape(vmis: dict[str, Any]) -> list[str]:
 def test_series_of_a_record(case: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     record = VMIRecord.model_validate(case["record"])  # the data is a real merged record
     monkeypatch.setattr("sinks.guest_metrics.time.time", lambda: case["now"])
-    series = vmi_series(json.loads(record.model_dump_json(by_alias=True)))
+    series = vmi_series(json.loads(record.model_dump_json(by_alias=True)), record.vmi.namespace, record.vmi.name)
     assert sorted(scrape({"k": series})) == sorted(case["series"])
 
 
@@ -42,7 +42,7 @@ def test_one_guest_cannot_blow_up_the_cardinality() -> None:
     record = dict(CASES[0]["record"])
     record["filesystems"] = [{"diskName": f"d{i}", "mountPoint": f"/m{i}" + "x" * 1000, "fileSystemType": "xfs",
                               "usedBytes": 1, "totalBytes": 2} for i in range(MAX_FILESYSTEM_SERIES + 8)]
-    lines = scrape({"k": vmi_series(record)})
+    lines = scrape({"k": vmi_series(record, "ns1", "vm1")})
     capacity = [line for line in lines if line.startswith("kubevirt_vmi_filesystem_capacity_bytes")]
     assert len(capacity) == MAX_FILESYSTEM_SERIES, "the first ones, in the agent's order"
     assert 'guestinfo_vmi_series_capped{family="filesystem",name="vm1",namespace="ns1"} 8.0' in lines
@@ -53,6 +53,22 @@ def test_one_guest_cannot_blow_up_the_cardinality() -> None:
 def record(key: str, value: dict[str, Any] | None, offset: int = 0) -> ConsumerRecord:
     body = orjson.dumps(value) if value is not None else None
     return ConsumerRecord("t", 0, offset, 0, 0, key.encode(), body, None, 0, 0, ())
+
+
+def test_a_vmi_is_named_by_its_key_and_its_series_are_unique() -> None:
+    """The key names the VMI (a record's own `vmi` could say otherwise); a filesystem mounted twice, or two
+    values that are the same once cut, make one series."""
+    sink = GuestMetricsSink("unused:9092")
+    base = CASES[0]["record"]
+    twice = [{"diskName": "vda1", "mountPoint": "/" + "x" * 400 + suffix, "fileSystemType": "xfs", "usedBytes": 1,
+              "totalBytes": 2} for suffix in ("a", "b")]
+    sink.apply(record("ns1/vm1", {**base, "filesystems": twice}))
+    sink.apply(record("ns2/other", {**base, "vmi": {"namespace": "ns1", "name": "vm1"}}))
+    lines = scrape(sink.vmis)
+    assert len([line for line in lines if line.startswith("kubevirt_vmi_filesystem_used_bytes")
+                and 'name="vm1"' in line]) == 1
+    assert any('name="other",namespace="ns2"' in line for line in lines if line.startswith("guestinfo_vmi_revision"))
+    assert len(lines) == len(set(lines))
 
 
 def test_newer_revisions_replace_older_ones_and_tombstones_remove() -> None:
@@ -66,6 +82,8 @@ def test_newer_revisions_replace_older_ones_and_tombstones_remove() -> None:
     assert sink.vmis["ns1/vm1"].node == "node-b"
     sink.apply(ConsumerRecord("t", 0, 9, 0, 0, b"ns1/vm1", b"{not json", None, 0, 0, ()))
     assert sink.vmis["ns1/vm1"].revision == 8, "an undecodable record changes nothing"
+    sink.apply(record("no-slash", {**base, "revision": 99}))
+    assert list(sink.vmis) == ["ns1/vm1"], "a record under a key that names no VMI is skipped"
     sink.apply(record("ns1/vm1", None))
     assert sink.vmis == {}
     sink.apply(record("ns1/vm1", {**base, "revision": 9}))
@@ -76,6 +94,20 @@ def test_newer_revisions_replace_older_ones_and_tombstones_remove() -> None:
                                             ((2, 3), [2])])
 def test_shards_split_the_partitions(shard: tuple[int, int], mine: list[int]) -> None:
     assert shard_partitions({0, 1, 2, 3}, shard) == mine
+
+
+@pytest.mark.integration
+async def test_a_shard_without_partitions_is_ready_and_serves_nothing(broker: EmbeddedBroker, unique: str) -> None:
+    topic = f"two-{unique}"
+    await create_topics(broker.bootstrap_servers, [topic], partitions=2)
+    sink = GuestMetricsSink(broker.bootstrap_servers, (2, 3), topic=topic)
+    task = asyncio.create_task(sink.run())
+    try:
+        await asyncio.wait_for(sink.caught_up.wait(), 15)
+        assert sink.health()[0] and sink.vmis == {} and not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def test_a_shard_index_out_of_range_is_refused() -> None:
@@ -129,15 +161,24 @@ async def test_shards_serve_the_fleet_between_them_over_http(broker: EmbeddedBro
 
 @pytest.mark.integration
 async def test_not_ready_until_the_topic_is_read(broker: EmbeddedBroker, unique: str) -> None:
-    sink = GuestMetricsSink(broker.bootstrap_servers, topic=f"missing-{unique}")
+    """Neither healthy nor scraped before its topic is there and read (a partial fleet would look like
+    VMIs gone); a topic created after the start is found."""
+    topic = f"late-{unique}"
+    sink = GuestMetricsSink(broker.bootstrap_servers, topic=topic)
     port = free_port()
     runner = await serve_guest_metrics(sink, "127.0.0.1", port)
     task = asyncio.create_task(sink.run())
     try:
         await asyncio.sleep(0.5)
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
-            assert response.status == 503
-            assert "reading" in await response.text()
+        async with aiohttp.ClientSession() as session:
+            for path in ("/healthz", "/metrics"):
+                async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                    assert response.status == 503
+                    assert "reading" in await response.text()
+            await create_topics(broker.bootstrap_servers, [topic])
+            await asyncio.wait_for(sink.caught_up.wait(), 15)
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

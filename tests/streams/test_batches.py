@@ -202,6 +202,32 @@ async def test_no_state_reaches_the_changelog_before_its_output_is_acknowledged(
     assert producer.to(CHANGELOG) == [(b"ns/a", states[b"ns/a"])]
 
 
+async def test_no_state_reaches_the_changelog_before_its_change_events_are_acknowledged() -> None:
+    """A restart recovers the changelog's state and reads the raw events again: applied already, they
+    make no revision, so events the broker had not taken by then would be lost."""
+    states: dict[bytes, bytes] = {}
+    ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    producer = ScriptedProducer(lambda topic, key, attempt: ack if topic == EVENTS_TOPIC else None)
+    batches = JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon)
+    taking = asyncio.ensure_future(batches.take([domain("a", T0)]))
+    await asyncio.sleep(0.05)
+    assert len(producer.to(VMI_TOPIC)) == 1, "the record went"
+    assert producer.to(CHANGELOG) == [] and states == {}, "the state waits for the event"
+    ack.set_result(object())
+    await taking
+    assert [t for t, _, _ in producer.sent] == [VMI_TOPIC, EVENTS_TOPIC, CHANGELOG]
+
+
+async def test_a_first_answer_is_a_baseline_and_sends_no_event() -> None:
+    states: dict[bytes, bytes] = {}
+    producer = ScriptedProducer()
+    batches = JoinBatches(states, producer, changelog_topic=CHANGELOG, on_abandon=abandon)
+    await batches.take([domain("a", T0)])
+    sent = len(producer.sent)
+    await batches.take([agent("a", T0 + 1, "fedora")])  # a first OS answer is a baseline: no event
+    assert [t for t, _, _ in producer.sent[sent:]] == [VMI_TOPIC, CHANGELOG]
+
+
 async def test_no_state_is_sent_for_an_unsendable_output() -> None:
     states: dict[bytes, bytes] = {}
     refuse = {b"ns/a"}
