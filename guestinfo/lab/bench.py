@@ -1373,7 +1373,8 @@ async def _join_phase(report: Report, size: Size, broker: EmbeddedBroker, workdi
         f"unchanged domain reports). Rate over {WINDOW[0]:.0%}-{WINDOW[1]:.0%} of the events, from the process's "
         "events counter; CPU from /proc. Both join loops run each batch of up to 1,000 events through "
         "streams.batches.JoinBatches: one fold per VMI, at most one record and one changelog write per VMI and batch, "
-        "all sent in one round; the Faust worker keeps its states in its table's store, the plain loop in a dict.")
+        "sent in rounds (records and dead letters, change events when there are any, then the changelog); the "
+        "Faust worker keeps its states in its table's store, the plain loop in a dict.")
     faust = raw = None
     try:
         faust = await measure_faust_join(bootstrap, size.events, workdir)
