@@ -266,8 +266,8 @@ class GuestMetricsSink:
         while True:
             found = await topic_partitions(consumer, self.topic)
             if found:
-                mine = [tp for tp in found if tp.partition in shard_partitions({tp.partition for tp in found},
-                                                                               self.shard)]
+                shard = set(shard_partitions({tp.partition for tp in found}, self.shard))
+                mine = [tp for tp in found if tp.partition in shard]
                 consumer.assign(mine)
                 return mine
             log.info("guest metrics: waiting for topic %s", self.topic)

@@ -87,8 +87,9 @@ class VMIState(msgspec.Struct, frozen=True, rename="camel"):
     #: Uids that another uid has replaced under this name, latest first: their reports are never taken
     #: again, whatever the clocks say (KubeVirt creates a name's next VMI only once the last is deleted).
     ended_uids: list[str] = []
-    #: The latest answer of each kind of the VMI's agent, across its sessions, as of the last revision:
-    #: what the change events of the next one compare with (`streams.vmi_events`).
+    #: The latest answer of each kind of the VMI's agent, across its sessions, as of the last revision,
+    #: while `agent` does not tell them all (a new session, the agent away): what the change events of
+    #: the next revision compare with (`streams.vmi_events.last_answers`).
     known: AgentReport | None = None
 
 

@@ -10,7 +10,7 @@ What counts as a change:
   the first time, a new uid under the name, or a VMI back after its removal has no history: its first
   revision is a baseline. Only `AgentConnected` is told then, when the agent is already connected.
 - An agent answer is compared with the last answer of the same kind the VMI's agent gave, in this
-  session or an earlier one (`VMIState.known`, kept by `remembered` at every revision): a reboot's
+  session or an earlier one (`last_answers`; `remembered` keeps `VMIState.known` at every revision): a reboot's
   logouts are told when the new session's user list comes, however many reports without answers (the
   agent away, a first poll that has not asked everything) came in between. A kind never answered
   before for this VMI is a baseline: nothing is told.
@@ -27,6 +27,7 @@ them to the models byte for byte).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -54,7 +55,7 @@ def changes(before: VMIState, after: VMIState, observed_at: float) -> list[JSON]
     events: list[JSON] = []
     if domain.agent_connected != previous.agent_connected:
         events.append(_event("AgentConnected" if domain.agent_connected else "AgentDisconnected", base))
-    old, new = before.known, after.agent
+    old, new = last_answers(before), after.agent
     if old is None or new is None or not _lived(new) or other_vmi(new.vmi.uid, domain.vmi.uid):
         return events
     if new.node == old.node and new.session != old.session:
@@ -72,23 +73,46 @@ def changes(before: VMIState, after: VMIState, observed_at: float) -> list[JSON]
     return events
 
 
+#: The agent answers the events compare.
+_COMPARED = ("os", "hostname", "users", "interfaces", "filesystems")
+
+
+def last_answers(state: VMIState) -> AgentReport | None:
+    """The latest answer of each kind the VMI's agent gave, in its session now or an earlier one, with
+    the session and node it last answered in: `state.known` when the agent now lacks some of them (or
+    has not answered), else the agent itself."""
+    if state.known is not None:
+        return state.known
+    agent = state.agent
+    return agent if agent is not None and _lived(agent) else None
+
+
 def remembered(before: VMIState, after: VMIState) -> VMIState:
-    """`after` with `known` as of its revision: the answers of its agent now, over the last ones of each
-    kind (`before.known`), of the same VMI; none after a removal or for another uid."""
+    """`after` with `known` as of its revision (see `last_answers`): kept only while the agent now does not
+    tell everything it told before (a new session, the agent away), so a steady VMI's state carries no
+    second copy of its answers. None after a removal or for another uid."""
     domain = after.domain
     if domain is None or after.removed_at is not None:
         return after if after.known is None else replace(after, known=None)
-    base = before.known
+    base = last_answers(before)
     if base is not None and (before.removed_at is not None or other_vmi(base.vmi.uid, domain.vmi.uid)):
         base = None
-    known = base
     agent = after.agent
-    if agent is not None and _lived(agent) and not other_vmi(agent.vmi.uid, domain.vmi.uid):
-        # Only what the events compare: not the agent's version, time zone, freeze status or disks.
-        filesystems = None if agent.filesystems is None else [replace(fs, disk=[]) for fs in agent.filesystems]
-        answers = replace(agent, info=None, timezone=None, fs_freeze_status=None, errors={}, filesystems=filesystems)
-        known = answers if base is None else merge_agent(base, answers)
+    if agent is None or not _lived(agent) or other_vmi(agent.vmi.uid, domain.vmi.uid):
+        known = None if base is None else _trimmed(base)
+    elif base is None or all(getattr(agent, name) is not None or getattr(base, name) is None for name in _COMPARED):
+        known = None  # the agent tells all there is to compare with
+    else:
+        known = _trimmed(merge_agent(base, agent))
     return after if known == after.known else replace(after, known=known)
+
+
+def _trimmed(agent: AgentReport) -> AgentReport:
+    """Only what the events compare: not the agent's version, time zone, freeze status or disks."""
+    if agent.info is None and agent.timezone is None and agent.fs_freeze_status is None and not agent.errors:
+        return agent
+    filesystems = None if agent.filesystems is None else [replace(fs, disk=[]) for fs in agent.filesystems]
+    return replace(agent, info=None, timezone=None, fs_freeze_status=None, errors={}, filesystems=filesystems)
 
 
 def _lived(agent: AgentReport) -> bool:
@@ -138,12 +162,15 @@ def _address(kind: str, base: JSON, interface: str, address: str) -> JSON:
 
 
 def _filesystems(base: JSON, old: list[FileSystem], new: list[FileSystem]) -> list[JSON]:
-    levels = {fs.mount_point: _level(fs) for fs in old if _watched(fs)}
+    levels = {fs.mount_point: _level(fs) for fs in old if _watched(fs.total_bytes, fs.file_system_type, fs.mount_point)}
     events = []
     for fs in {fs.mount_point: fs for fs in new}.values():
-        if not _watched(fs) or fs.mount_point not in levels:
+        was = levels.get(fs.mount_point)
+        if was is None or not _watched(fs.total_bytes, fs.file_system_type, fs.mount_point):
             continue
-        was, now = levels[fs.mount_point], _level(fs)
+        now = _level(fs)
+        if now == was:
+            continue
         crossed = (USAGE_THRESHOLDS[was:now] if now > was else tuple(reversed(USAGE_THRESHOLDS[now:was])))
         kind = "FilesystemUsageHigh" if now > was else "FilesystemUsageNormal"
         events += [_event(kind, base, f"{fs.mount_point}@{threshold}", diskName=fs.disk_name,
@@ -152,10 +179,20 @@ def _filesystems(base: JSON, old: list[FileSystem], new: list[FileSystem]) -> li
     return events
 
 
-def _watched(fs: FileSystem) -> bool:
-    return fs.total_bytes > 0 and not is_pseudo_filesystem(fs.file_system_type, fs.mount_point)
+def _watched(total_bytes: int, file_system_type: str, mount_point: str) -> bool:
+    return total_bytes > 0 and not _pseudo(file_system_type, mount_point)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pseudo(file_system_type: str, mount_point: str) -> bool:
+    """`is_pseudo_filesystem`, cached (bounded): the same filesystems come back in every report."""
+    return is_pseudo_filesystem(file_system_type, mount_point)
 
 
 def _level(fs: FileSystem) -> int:
     """How many usage thresholds the filesystem is at or over."""
-    return sum(1 for threshold in USAGE_THRESHOLDS if fs.used_bytes * 100 >= threshold * fs.total_bytes)
+    scaled, level = fs.used_bytes * 100, 0
+    for threshold in USAGE_THRESHOLDS:
+        if scaled >= threshold * fs.total_bytes:
+            level += 1
+    return level

@@ -786,7 +786,8 @@ async def simulate(args: argparse.Namespace) -> None:
     broker: EmbeddedBroker | None = None
     bootstrap = args.bootstrap_servers
     if bootstrap is None:
-        broker = EmbeddedBroker()
+        # A fleet's load, not a demo: the broker does not validate records (docs/topics.md: what it costs).
+        broker = EmbeddedBroker(validate_records=False)
         await broker.start()
         bootstrap = broker.bootstrap_servers
     fleet: Fleet | None = None
