@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from guestinfo.broker import EmbeddedBroker
 
@@ -39,6 +42,17 @@ def lenient_broker() -> Iterator[EmbeddedBroker]:
         yield embedded
     finally:
         asyncio.run(embedded.stop())
+
+
+@contextlib.asynccontextmanager
+async def started_producer(bootstrap_servers: str, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A real aiokafka producer (with `options`) for the block, stopped on leaving it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **options)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from guestinfo.broker import EmbeddedBroker, ensure_topics
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, EVENTS_TOPIC, VMI_TOPIC
+from tests.conftest import started_producer
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +24,8 @@ LETTER = {"topic": AGENT_TOPIC, "partition": 0, "offset": 3, "reason": "not JSON
 async def test_records_that_break_their_topics_contract_are_refused(compression: str | None) -> None:
     async with EmbeddedBroker() as broker:
         await ensure_topics(broker.bootstrap_servers, partitions=1)
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type=compression,
-                                    request_timeout_ms=5000)
-        await producer.start()
-        try:
+        async with started_producer(broker.bootstrap_servers, compression_type=compression,
+                                    request_timeout_ms=5000) as producer:
             async def sends(topic: str, value: object) -> bool:
                 body = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
                 try:
@@ -46,16 +44,10 @@ async def test_records_that_break_their_topics_contract_are_refused(compression:
             assert not await sends(EVENTS_TOPIC, {**EVENT, "type": "Unknown"}), "an event type not in the contract"
             assert await sends(DOMAIN_TOPIC, {**DOMAIN, "addedLater": 1}), "objects stay open to new fields"
             assert await sends(VMI_TOPIC, None), "the merged topic takes tombstones (not validated by the broker)"
-        finally:
-            await producer.stop()
 
 
 async def test_validation_can_be_turned_off() -> None:
     async with EmbeddedBroker(validate_records=False) as broker:
         await ensure_topics(broker.bootstrap_servers, partitions=1)
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-        await producer.start()
-        try:
+        async with started_producer(broker.bootstrap_servers) as producer:
             await producer.send_and_wait(DOMAIN_TOPIC, b"{not json", key=b"ns/vm")
-        finally:
-            await producer.stop()

@@ -9,13 +9,13 @@ import sys
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from guestinfo.broker import EmbeddedBroker, ensure_topics
 from guestinfo.lab.bench import create_topics
 from guestinfo.tail import Selection, TailError, line, tail
 from schemas.topics import EVENTS_TOPIC, UID_HEADER
+from tests.conftest import started_producer
 
 
 def record(key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> ConsumerRecord:
@@ -57,14 +57,10 @@ def test_vmis_are_selected_by_the_key(selection: Selection, key: bytes | None, w
 async def test_it_prints_the_selected_records_from_the_beginning(lenient_broker: EmbeddedBroker, unique: str) -> None:
     topic = f"tail-{unique}"
     await create_topics(lenient_broker.bootstrap_servers, [topic])
-    producer = AIOKafkaProducer(bootstrap_servers=lenient_broker.bootstrap_servers)
-    await producer.start()
-    try:
+    async with started_producer(lenient_broker.bootstrap_servers) as producer:
         for number in range(5):
             await producer.send_and_wait(topic, orjson.dumps({"n": number}), key=f"ns/vm-{number % 2}".encode())
         await producer.send_and_wait(topic, None, key=b"ns/vm-1", headers=[(UID_HEADER, b"u-9")])
-    finally:
-        await producer.stop()
     out = io.BytesIO()
     printed = await tail(lenient_broker.bootstrap_servers, topic, from_beginning=True,
                          selection=Selection(name="vm-1"), limit=3, out=out)
@@ -88,9 +84,7 @@ async def test_the_command_follows_the_events_topic() -> None:
         await ensure_topics(broker.bootstrap_servers, partitions=2)
         event = {"type": "HostnameChanged", "vmi": {"namespace": "ns", "name": "vm", "uid": "u"}, "node": "n",
                  "revision": 2, "observedAt": 1.0, "subject": "", "before": "a", "after": "b"}
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-        await producer.start()
-        try:
+        async with started_producer(broker.bootstrap_servers) as producer:
             await producer.send_and_wait(EVENTS_TOPIC, orjson.dumps({**event, "revision": 1}), key=b"ns/vm")
             command = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "guestinfo", "tail", "--bootstrap-servers", broker.bootstrap_servers,
@@ -109,8 +103,6 @@ async def test_the_command_follows_the_events_topic() -> None:
                 if command.returncode is None:
                     command.kill()
                     await command.wait()
-        finally:
-            await producer.stop()
     assert command.returncode == 0, err
     assert json.loads(out) == event, "the event as it is, not the one sent before it started"
 
@@ -123,12 +115,8 @@ async def test_a_topic_created_after_it_starts_is_found(lenient_broker: Embedded
                                          out=out))
     await asyncio.sleep(1.0)
     await create_topics(lenient_broker.bootstrap_servers, [topic])
-    producer = AIOKafkaProducer(bootstrap_servers=lenient_broker.bootstrap_servers)
-    await producer.start()
-    try:
+    async with started_producer(lenient_broker.bootstrap_servers) as producer:
         await producer.send_and_wait(topic, b'{"late": true}', key=b"ns/vm")
-    finally:
-        await producer.stop()
     assert await asyncio.wait_for(tailing, 15) == 1
     assert json.loads(out.getvalue()) == {"late": True}
 
@@ -138,13 +126,9 @@ async def test_a_partitions_order_is_kept_whatever_the_timestamps(lenient_broker
     """A producer's clock may step back: within a partition, records come in offset order."""
     topic = f"order-{unique}"
     await create_topics(lenient_broker.bootstrap_servers, [topic], partitions=1)
-    producer = AIOKafkaProducer(bootstrap_servers=lenient_broker.bootstrap_servers)
-    await producer.start()
-    try:
+    async with started_producer(lenient_broker.bootstrap_servers) as producer:
         for number, stamp in enumerate((5_000, 3_000, 4_000)):
             await producer.send_and_wait(topic, orjson.dumps({"n": number}), key=b"ns/vm", timestamp_ms=stamp)
-    finally:
-        await producer.stop()
     out = io.BytesIO()
     await tail(lenient_broker.bootstrap_servers, topic, from_beginning=True, limit=3, out=out)
     assert [json.loads(text)["n"] for text in out.getvalue().splitlines()] == [0, 1, 2]

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from schemas.codec import encode
 from schemas.events import vmi_key
 from schemas.topics import VMI_TOPIC
 from schemas.vmi import VMIRecord
 from sinks.store import Store, open_store
+from tests.conftest import started_producer
 
 DATA = Path(__file__).parent / "data"
 
@@ -60,9 +60,7 @@ Item = VMIRecord | tuple[str, str] | tuple[str, bytes]
 
 async def produce(bootstrap_servers: str, items: list[Item]) -> None:
     """Send records (VMIRecord), tombstones (`(namespace, name)`) or raw bytes (`(key, value)`)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_batch_size=16384)
-    await producer.start()
-    try:
+    async with started_producer(bootstrap_servers, max_batch_size=16384) as producer:
         for item in items:
             if isinstance(item, VMIRecord):
                 await producer.send_and_wait(VMI_TOPIC, encode(item), key=item.vmi.key.encode())
@@ -70,8 +68,6 @@ async def produce(bootstrap_servers: str, items: list[Item]) -> None:
                 await producer.send_and_wait(VMI_TOPIC, item[1], key=item[0].encode())
             else:
                 await producer.send_and_wait(VMI_TOPIC, None, key=vmi_key(item[0], item[1]).encode())
-    finally:
-        await producer.stop()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:

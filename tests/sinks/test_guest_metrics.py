@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -20,6 +19,7 @@ from guestinfo.lab.bench import create_topics
 from schemas.limits import MAX_FILESYSTEM_SERIES, MAX_LABEL_VALUE
 from schemas.vmi import VMIRecord
 from sinks.guest_metrics import GuestMetricsSink, GuestSeries, serve_guest_metrics, shard_partitions, vmi_series
+from tests.conftest import started_producer
 
 CASES = json.loads((Path(__file__).parent / "data" / "guest_metrics" / "series.json").read_text())
 
@@ -119,16 +119,12 @@ def test_a_shard_index_out_of_range_is_refused() -> None:
 async def test_shards_serve_the_fleet_between_them_over_http(broker: EmbeddedBroker, unique: str) -> None:
     topic = f"vmi-{unique}"
     await create_topics(broker.bootstrap_servers, [topic], partitions=4)
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-    await producer.start()
     base = CASES[0]["record"]
-    try:
+    async with started_producer(broker.bootstrap_servers) as producer:
         for index in range(20):
             vmi = {"namespace": "ns", "name": f"vm-{index}", "uid": f"u-{index}"}
             await producer.send_and_wait(topic, orjson.dumps({**base, "vmi": vmi}), key=f"ns/vm-{index}".encode())
         await producer.send_and_wait(topic, None, key=b"ns/vm-0")
-    finally:
-        await producer.stop()
     sinks = [GuestMetricsSink(broker.bootstrap_servers, (index, 2), topic=topic) for index in range(2)]
     ports = [free_port() for _ in sinks]
     runners = [await serve_guest_metrics(sink, "127.0.0.1", port) for sink, port in zip(sinks, ports, strict=True)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import faust
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from guestinfo.broker import EmbeddedBroker, ensure_topics
@@ -19,6 +19,7 @@ from schemas.kubevirt import GuestOSInfo
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, UID_HEADER, VMI_TOPIC
 from schemas.vmi import VMIRecord
 from streams.app import JoinConfig, build_app
+from tests.conftest import started_producer
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +62,9 @@ async def started(config: JoinConfig, timeout: float = 30.0) -> faust.App:
 
 
 async def produce(bootstrap: str, messages: list[tuple[str, str, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
+    async with started_producer(bootstrap, acks="all") as producer:
         for topic, key, value in messages:
             await producer.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await producer.stop()
 
 
 async def read_merged_records(
