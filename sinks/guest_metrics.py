@@ -54,6 +54,7 @@ from schemas.events import split_vmi_key
 from schemas.limits import MAX_FILESYSTEM_SERIES, MAX_INTERFACE_SERIES, MAX_LABEL_VALUE
 from schemas.topics import VMI_TOPIC
 from sinks.metrics import GUEST_METRICS_RECORDS
+from sinks.metrics import REGISTRY as SINK_REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +226,6 @@ class GuestMetricsSink:
 
     def registry(self) -> CollectorRegistry:
         """A registry with the guest series and the sinks' own metrics, for serving."""
-        from sinks.metrics import REGISTRY as SINK_REGISTRY
-
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.collector)
         registry.register(SINK_REGISTRY)  # type: ignore[arg-type]  # a registry is a collector too

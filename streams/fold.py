@@ -90,13 +90,10 @@ def fold_batch(stored: bytes | None, key: bytes, messages: Sequence[RawMessage])
             log.debug("join failed on %s[%d]@%d", message.topic, message.partition, message.offset, exc_info=True)
             refused.append(Refusal(message, "internal", f"internal error: {type(exc).__name__}: {exc}"))
             continue
-        new_state = result.state
-        if result.record is not None and new_state.revision > state.revision:
-            events += map(orjson.dumps, changes(state, new_state, observed_at(new_state)))
-            new_state = remembered(state, new_state)
-        elif result.tombstone:
-            new_state = remembered(state, new_state)
-        state = new_state
+        revised = result.record is not None and result.state.revision > state.revision
+        if revised:
+            events += map(orjson.dumps, changes(state, result.state, observed_at(result.state)))
+        state = remembered(state, result.state) if revised or result.tombstone else result.state
         if result.record is not None or result.tombstone:
             output = result
     if len(refused) == len(messages):

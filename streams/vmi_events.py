@@ -36,7 +36,7 @@ from msgspec.structs import replace
 from schemas.vmi_events import USAGE_THRESHOLDS, is_pseudo_filesystem
 from streams.interfaces import is_link_local_or_invalid
 from streams.join import AGENT_FIELDS, VMIState, merge_agent, other_vmi
-from streams.reports import AgentReport, FileSystem, GuestInterface, GuestOSUser
+from streams.reports import AgentReport, FileSystem, GuestInterface, GuestOSInfo, GuestOSUser
 
 JSON = dict[str, Any]
 
@@ -132,7 +132,7 @@ def _os_changed(base: JSON, old: JSON, new: JSON) -> list[JSON]:
 
 
 #: `guestOSInfo`'s JSON names, in the contract's order.
-_OS_FIELDS = ("name", "kernelRelease", "version", "prettyName", "versionId", "kernelVersion", "machine", "id")
+_OS_FIELDS = tuple(field.encode_name for field in msgspec.structs.fields(GuestOSInfo))
 
 
 def _users(base: JSON, old: list[GuestOSUser], new: list[GuestOSUser]) -> list[JSON]:
