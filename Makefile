@@ -3,16 +3,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent libvirt-daemon libvirt-clients prometheus
+# Debian's packages of the tools the tests run: libvirtd, qemu-ga, promtool, PostgreSQL (the tests start
+# throwaway servers of their own with its initdb and pg_ctl; no server is used or started by the set-up).
+DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent libvirt-daemon libvirt-clients prometheus postgresql
+# kubectl and kustomize, built from their Go modules at the versions setup/kubernetes/go.mod pins.
+TOOLS := .tools/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 
-.PHONY: run test bench setup postgres clean
+.PHONY: run test bench setup check-machine clean
 
 run: setup
 	$(BIN)/guestinfo run --demo
 
-test: setup postgres
+test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy schemas plumbing collectors streams sinks guestinfo
@@ -22,9 +26,13 @@ test: setup postgres
 bench: setup
 	$(BIN)/guestinfo bench
 
-setup: $(STAMPS)/deb $(STAMPS)/venv
+setup: $(STAMPS)/deb $(STAMPS)/venv $(STAMPS)/kubernetes-tools
 
-$(STAMPS)/deb: Makefile
+# Debian, Python 3.11, Go, Java 17 and Maven: named, and the set-up stopped, when one is missing.
+check-machine:
+	@setup/check-machine.sh $(PYTHON)
+
+$(STAMPS)/deb: Makefile | check-machine
 	@mkdir -p $(STAMPS)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -34,21 +42,19 @@ $(STAMPS)/deb: Makefile
 	fi
 	@touch $@
 
-$(STAMPS)/venv: pyproject.toml $(STAMPS)/deb
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/deb | check-machine
 	@mkdir -p $(STAMPS)
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-# The PostgreSQL tests need the server on 127.0.0.1:5432 (database `test`); start it if it is down.
-postgres:
-	@if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then exit 0; fi; \
-	if command -v pg_ctlcluster >/dev/null; then \
-	  echo "starting PostgreSQL"; $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start; \
-	fi; \
-	for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
-	echo "PostgreSQL is not answering on 127.0.0.1:5432: the store tests need it" >&2; exit 1
+# The first build on a new machine takes a few minutes (Go fetches the modules); later ones reuse Go's caches.
+$(STAMPS)/kubernetes-tools: setup/kubernetes/go.mod setup/kubernetes/go.sum setup/kubernetes/build.sh | check-machine
+	@mkdir -p $(STAMPS)
+	@echo "building kubectl and kustomize into $(TOOLS) (setup/kubernetes/go.mod)"
+	setup/kubernetes/build.sh $(TOOLS)
+	@touch $@
 
 clean:
-	rm -rf $(VENV) $(STAMPS) build *.egg-info
+	rm -rf $(VENV) $(STAMPS) .tools build *.egg-info

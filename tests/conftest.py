@@ -17,8 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from guestinfo.broker import EmbeddedBroker
-
-POSTGRES_URL = os.environ.get("GUESTINFO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -121,9 +120,19 @@ def qemu_ga(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The PostgreSQL server of the project's machines; these tests fail, never skip, without it."""
-    return POSTGRES_URL
+def postgres_url() -> Iterator[str]:
+    """A database on a PostgreSQL server of the test session's own (`tests/postgres.py`), or on the one
+    `GUESTINFO_TEST_POSTGRES` names; these tests fail, never skip, without it."""
+    existing = os.environ.get("GUESTINFO_TEST_POSTGRES")
+    if existing:
+        yield existing
+        return
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
 
 
 class Libvirtd:

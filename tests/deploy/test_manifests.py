@@ -1,7 +1,8 @@
-"""deploy/kubernetes: the install renders with `kubectl kustomize`, its built-in objects are valid for
-Kubernetes 1.32 (offline JSON schemas, strict), its custom resources set what they must, and it agrees with
-the code it runs: the CLI parses every container's arguments, the topics are those of schemas/topics.py, the
-APIService serves the API group of sinks/guestinfos.py, and every port, Secret and account it names exists.
+"""deploy/kubernetes: the install renders with `kubectl kustomize` and `kustomize build` (the pinned tools),
+its built-in objects are valid for Kubernetes 1.32 (offline JSON schemas, strict), its custom resources set
+what they must, and it agrees with the code it runs: the CLI parses every container's arguments, the topics
+are those of schemas/topics.py, the APIService serves the API group of sinks/guestinfos.py, and every port,
+Secret and account it names exists.
 
 Three renders: the install (deploy/kubernetes), the install with its own Kafka (deploy/kubernetes/strimzi)
 and the install with the VMI status sink component (tests/deploy/data/with-status-sink)."""
@@ -13,7 +14,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -27,6 +27,7 @@ from guestinfo.cli import ENV_BOOTSTRAP, build_parser
 from guestinfo.config import checked_store_url, parse_bootstrap_servers, parse_listen, parse_shard
 from schemas import topics
 from sinks import guestinfos
+from tests import tools
 
 Obj = dict[str, Any]
 
@@ -51,12 +52,15 @@ SAMPLE_FIELDS = {"spec.nodeName": "node-1", "metadata.name": "pod-1", "metadata.
 VAR_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
+def rendered(*command: str) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
+    return result.stdout
+
+
 def kustomize(path: Path) -> list[Obj]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl (with kustomize built in) is needed to render deploy/kubernetes"
-    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
-    return [cast(Obj, doc) for doc in yaml.safe_load_all(result.stdout) if doc]
+    """What `kubectl kustomize` (so `kubectl apply -k`) makes of `path`."""
+    return [cast(Obj, doc) for doc in yaml.safe_load_all(rendered(tools.kubectl(), "kustomize", str(path))) if doc]
 
 
 RENDERED: dict[str, list[Obj]] = {name: kustomize(path) for name, path in RENDERS.items()}
@@ -229,6 +233,14 @@ def test_render_has_each_object_once(render: str) -> None:
     keys = [(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) for obj in RENDERED[render]]
     assert keys
     assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("render", RENDERED)
+def test_kustomize_build_gives_the_objects_kubectl_apply_k_applies(render: str) -> None:
+    """Operators render with `kustomize build` (GitOps, CI) or apply with `kubectl apply -k`: the pinned
+    standalone kustomize is the one kubectl embeds, and both make the same objects of each render."""
+    built = [doc for doc in yaml.safe_load_all(rendered(tools.kustomize(), "build", str(RENDERS[render]))) if doc]
+    assert built == RENDERED[render]
 
 
 BUILTIN_PARAMS = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from guestinfo.broker import free_port
+from tests import tools
 
 pytestmark = pytest.mark.integration
 
@@ -138,9 +138,7 @@ def test_demo_serves_this_machine_and_stops_cleanly(
     status, body, _ = get(port, missing)
     assert status == 404 and json.loads(body)["reason"] == "NotFound"
 
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is not installed; it is part of this machine kind's image")
+    kubectl = tools.kubectl()
     home = tmp_path / "home"
     home.mkdir()
     for sub in ("guestosinfo", "userlist", "filesystemlist"):

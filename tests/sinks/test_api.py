@@ -13,6 +13,7 @@ import pytest
 
 from sinks.serve import start_api
 from sinks.store import Store, Tombstone, open_store
+from tests import tools
 from tests.sinks.conftest import golden
 from tests.sinks.records import empty_record, full_record
 from tests.sinks.stores import delete, upsert
@@ -141,7 +142,7 @@ async def test_metrics_count_requests_by_endpoint_and_code(api: str, unique: str
 
 async def kubectl(server: str, path: str, home: Path) -> tuple[int, bytes, bytes]:
     process = await asyncio.create_subprocess_exec(
-        "kubectl", "--server", server, "--cache-dir", str(home / "cache"), "get", "--raw", path,
+        tools.kubectl(), "--server", server, "--cache-dir", str(home / "cache"), "get", "--raw", path,
         env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )

@@ -25,6 +25,7 @@ from sinks.authz import Attributes, request_attributes
 from sinks.security import SecurityConfig, SecurityError, check, open_guard
 from sinks.serve import start_api
 from sinks.store import Store, open_store
+from tests import tools
 from tests.sinks.pki import CA, Pair, serial_of
 from tests.sinks.records import full_record
 from tests.sinks.review_standin import ReviewStandIn, Rule, serve_standin
@@ -391,7 +392,7 @@ def kubeconfig_for(base: str, pki: PKI, folder: Path, token: str | None = None, 
 
 async def kubectl(kubeconfig: Path, *args: str) -> tuple[int, bytes, bytes]:
     process = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(kubeconfig.parent / "cache"), *args,
+        tools.kubectl(), "--kubeconfig", str(kubeconfig), "--cache-dir", str(kubeconfig.parent / "cache"), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "HOME": str(kubeconfig.parent)},
     )
@@ -457,8 +458,8 @@ async def test_kubectl_get_gi_lists_and_filters_what_rbac_allows(api: str, pki: 
 async def test_kubectl_get_gi_watch(api: str, store: Store, pki: PKI, tmp_path: Path) -> None:
     alice = kubeconfig_for(api, pki, tmp_path, cert="alice")
     process = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(alice), "--cache-dir", str(tmp_path / "cache"), "get", "gi", "-n", "allowed",
-        "-w", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        tools.kubectl(), "--kubeconfig", str(alice), "--cache-dir", str(tmp_path / "cache"), "get", "gi", "-n",
+        "allowed", "-w", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "HOME": str(tmp_path)},
     )
     assert process.stdout is not None
