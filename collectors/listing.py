@@ -186,13 +186,27 @@ def _read_domains(conn: libvirt.virConnect) -> _Read:
         name = ""
         try:
             name = domain.name()
-            xml = domain.XMLDesc(0)
-            state = domain_state(domain.state()[0])
-            domain_id = domain.ID()
+            read.domains.append(read_domain(domain, name))
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 read.unreadable.append(name)
-            continue
-        read.domains.append(ListedDomain(name=name, domain=domain, xml=xml, state=state, id=domain_id))
     read.domains.sort(key=lambda listed: listed.name)  # libvirt's order is not fixed; "the first" must be
     return read
+
+
+def read_domain(domain: libvirt.virDomain, name: str) -> ListedDomain:
+    """One domain's XML, state and id as they are now (blocking).
+
+    `XMLDesc` and `state` ask the daemon, but `ID` answers the id the domain had when its handle was
+    looked up (libvirt keeps it in the handle): a domain started between `listAllDomains` and `state`
+    reads as running with the id -1 of an inactive domain. Taken as it is, the next listing's real id
+    would look like a restart of the domain: a new agent session, the answers of the first one voided
+    and a GuestRebooted that no boot caused. So a domain that runs under a handle without an id is
+    looked up again, by UUID, for its id now; one shut off has none (-1), whatever its handle kept."""
+    xml = domain.XMLDesc(0)
+    state = domain_state(domain.state()[0])
+    if state == "shutoff":
+        return ListedDomain(name=name, domain=domain, xml=xml, state=state, id=-1)
+    if domain.ID() == -1:
+        domain = domain.connect().lookupByUUID(domain.UUID())
+    return ListedDomain(name=name, domain=domain, xml=xml, state=state, id=domain.ID())

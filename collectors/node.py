@@ -18,7 +18,8 @@ never waits for a poll.
 Every VMI has an agent session token (`AgentReport.session`). The join voids what the agent said in
 an earlier session, so it is renewed only on evidence that the agent (or the guest) restarted:
 
-- the libvirt domain id changed (the domain was restarted);
+- the libvirt domain id changed (the domain was restarted; the id is read as it is at the listing, not
+  the one a handle kept from before the domain started: `collectors.listing.read_domain`);
 - the agent closed the socket connection we held: found closed at the start of a poll, or its socket
   file (of `agent_socket_dir`) gone while we held a connection;
 - for agents reached through libvirt, the agent channel went from disconnected to connected in the
