@@ -127,7 +127,7 @@ def postgres_url() -> Iterator[str]:
     if existing:
         yield existing
         return
-    server = PostgresServer()
+    server = PostgresServer()  # its folder only: `stop` removes it whatever `start` did
     try:
         server.start()
         yield server.url

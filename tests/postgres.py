@@ -44,6 +44,12 @@ class PostgresServer:
         self.log = self.folder / "server.log"
         self.port = 0
         self._run_as: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+
+    def start(self) -> None:
         if os.geteuid() == 0:
             try:
                 account = pwd.getpwnam("postgres")
@@ -52,12 +58,6 @@ class PostgresServer:
                             "postgresql package creates: it is missing")
             os.chown(self.folder, account.pw_uid, account.pw_gid)
             self._run_as = ["runuser", "-u", "postgres", "--"]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
-
-    def start(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "--no-locale",
                   "-E", "UTF8")
         for _ in range(3):  # the free port may be taken before the server binds it: another one then
