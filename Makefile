@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian's packages of the tools the tests run: libvirtd, qemu-ga, promtool, PostgreSQL (the tests start
-# throwaway servers of their own with its initdb and pg_ctl; no server is used or started by the set-up).
+# throwaway servers of their own with its initdb and pg_ctl, and use none the package may have started).
 DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent libvirt-daemon libvirt-clients prometheus postgresql
 # kubectl and kustomize, built from their Go modules at the versions setup/kubernetes/go.mod pins.
 TOOLS := .tools/bin
