@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := libvirt-dev pkg-config qemu-guest-agent libvirt-daemon libvirt-clients prometheus postgresql
 # kubectl and kustomize, built from their Go modules at the versions setup/kubernetes/go.mod pins.
 TOOLS := .tools/bin
+# Apache Kafka's server jars and their dependencies, from Maven Central (setup/kafka/pom.xml pins the release).
+KAFKA_LIBS := .tools/kafka/libs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 
@@ -26,7 +28,7 @@ test: setup
 bench: setup
 	$(BIN)/guestinfo bench
 
-setup: $(STAMPS)/deb $(STAMPS)/venv $(STAMPS)/kubernetes-tools
+setup: $(STAMPS)/deb $(STAMPS)/venv $(STAMPS)/kubernetes-tools $(STAMPS)/kafka
 
 # Debian, Python 3.11, Go, Java 17 and Maven: named, and the set-up stopped, when one is missing.
 check-machine:
@@ -54,6 +56,15 @@ $(STAMPS)/kubernetes-tools: setup/kubernetes/go.mod setup/kubernetes/go.sum setu
 	@mkdir -p $(STAMPS)
 	@echo "building kubectl and kustomize into $(TOOLS) (setup/kubernetes/go.mod)"
 	setup/kubernetes/build.sh $(TOOLS)
+	@touch $@
+
+# About 45 jars, 43 MB; a minute on a new machine, seconds once Maven's local repository has them.
+$(STAMPS)/kafka: setup/kafka/pom.xml | check-machine
+	@mkdir -p $(STAMPS)
+	@echo "fetching Apache Kafka into $(KAFKA_LIBS) (setup/kafka/pom.xml)"
+	rm -rf $(KAFKA_LIBS)
+	mvn -q -B --no-transfer-progress -Dstyle.color=never -f setup/kafka/pom.xml dependency:copy-dependencies \
+	  -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS)
 	@touch $@
 
 clean:

@@ -96,6 +96,10 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     @property
+    def replication_factor(self) -> int:
+        return 1  # one node
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
@@ -195,14 +199,14 @@ class EmbeddedBroker:
         await self.stop()
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int = PARTITIONS) -> None:
+async def ensure_topics(bootstrap_servers: str, partitions: int = PARTITIONS, replication_factor: int = 1) -> None:
     """Create the guestinfo topics if missing, all with the same partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=configs)
+            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, topic_configs=configs)
             for name, configs in TOPIC_CONFIGS.items()
             if name not in existing
         ]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from guestinfo.api_security import add_security_options
-from guestinfo.config import UsageError
+from guestinfo.config import ENGINES, UsageError
 from guestinfo.logs import setup_logging
 from schemas.topics import TOPIC_CONFIGS, VMI_TOPIC
 
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sink with the REST API, and the VMI status sink (with --kube-api or --kubeconfig). Ctrl-C stops all.",
     )
     _add_bootstrap(run, required=False)
+    _add_engine(run)
     _add_collector_options(run)
     _add_sink_options(run)
     _add_kube_options(run)
@@ -240,9 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--name", help="only VMIs of this name")
     tail.add_argument("--max", type=int, default=None, metavar="N", help="stop after N lines")
 
-    broker = commands.add_parser("broker", help="run the embedded broker alone and print its address")
-    broker.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    broker = commands.add_parser(
+        "broker", help="run a Kafka engine on this machine alone and print its address",
+        description="Start a Kafka engine on 127.0.0.1, create the guestinfo topics, print `Kafka HOST:PORT[,...]` "
+        "and run until SIGTERM or Ctrl-C. tansu: the embedded broker, memory only. kafka: Apache Kafka (KRaft), "
+        "its log on disk, from the jars `make setup` fetched; with 3 nodes or more, topics are replicated 3 times "
+        "and min.insync.replicas is 2.")
+    _add_engine(broker)
+    broker.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="--engine kafka: keep the cluster's logs in DIR and start from them again next time "
+                        "(default: a temporary folder, removed at the stop)")
+    broker.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (Kafka: the first node's; default: "
+                        "a free one)")
     return parser
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINES, default="tansu",
+                        help="tansu: the embedded broker, memory only (default); kafka: Apache Kafka, a KRaft "
+                        "cluster with its log on disk")
+    parser.add_argument("--brokers", type=int, default=1, metavar="N",
+                        help="--engine kafka: the cluster's nodes, each broker and controller (1 to 5; default 1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

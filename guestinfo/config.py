@@ -16,6 +16,10 @@ class UsageError(ValueError):
     """A command-line value that cannot be used; the message says which and why."""
 
 
+#: The Kafka engines `broker` and `run` can start (`guestinfo.engines`).
+ENGINES = ("tansu", "kafka")
+
+
 class Listen(BaseModel):
     model_config = ConfigDict(frozen=True)
     host: str

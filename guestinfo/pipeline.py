@@ -1,7 +1,8 @@
 """`guestinfo run`: the whole pipeline as one process tree.
 
-Order of start: broker (embedded unless --bootstrap-servers) → topics → demo agent (with --demo) →
-join worker → store sink + API → guest metrics sink → status sink (with --kube-api/--kubeconfig) → collector.
+Order of start: broker (unless --bootstrap-servers: the embedded Tansu, or Apache Kafka with --engine
+kafka) → topics → demo agent (with --demo) → join worker → store sink + API → guest metrics sink → status
+sink (with --kube-api/--kubeconfig) → collector.
 Stop (Ctrl-C, SIGTERM) goes in reverse: the collector first, the broker last.
 """
 
@@ -31,6 +32,8 @@ from guestinfo.config import (
     store_url_for,
 )
 from guestinfo.demo import Demo
+from guestinfo.engines import engine
+from guestinfo.kafka import KafkaCluster
 from guestinfo.supervisor import ChildSpec, Supervisor
 from sinks.security import serves_tls
 from sinks.serve import base_url
@@ -67,6 +70,8 @@ class Pipeline:
     metrics: dict[str, Listen] = field(default_factory=dict)
     #: Where the guest metrics sink serves the fleet's guest series (default: a free port on 127.0.0.1).
     guest_metrics: Listen | None = None
+    #: The engine started when no --bootstrap-servers is given.
+    broker: EmbeddedBroker | KafkaCluster | None = None
 
     def __post_init__(self) -> None:
         host = self.api.host
@@ -80,9 +85,12 @@ class Pipeline:
         global_args += ["-v"] * args.verbose + ["-q"] * args.quiet
         api = parse_listen(args.api_listen)
         security = security_config(args, api.host)  # refused here, before any process starts
+        if args.bootstrap_servers and (args.engine != "tansu" or args.brokers != 1):
+            raise UsageError("--bootstrap-servers names a Kafka cluster to use; --engine and --brokers start one here")
         return cls(
             state_dir=Path(args.state_dir).absolute(),
             bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers) if args.bootstrap_servers else None,
+            broker=None if args.bootstrap_servers else engine(args.engine, brokers=args.brokers),
             libvirt_uris=list(args.libvirt_uri),
             agent_sockets=agent_sockets(args.agent_socket),
             agent_socket_dir=str(Path(args.agent_socket_dir).absolute()) if args.agent_socket_dir else None,
@@ -143,11 +151,12 @@ class Pipeline:
     async def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
-            bootstrap = self.bootstrap_servers
-            if bootstrap is None:
-                broker = await stack.enter_async_context(EmbeddedBroker())
-                bootstrap = broker.bootstrap_servers
-            await ensure_topics(bootstrap)
+            bootstrap, replication_factor = self.bootstrap_servers, 1
+            if self.broker is not None:
+                await stack.enter_async_context(self.broker)
+                bootstrap, replication_factor = self.broker.bootstrap_servers, self.broker.replication_factor
+            assert bootstrap is not None
+            await ensure_topics(bootstrap, replication_factor=replication_factor)
             if self.demo:
                 demo = await stack.enter_async_context(Demo(self.state_dir))
                 self.libvirt_uris.append(demo.libvirt_uri)
@@ -160,6 +169,12 @@ class Pipeline:
             await supervisor.unless_failed(asyncio.Event().wait())
 
     @property
+    def engine_note(self) -> str:
+        if isinstance(self.broker, KafkaCluster):
+            return f" (Apache Kafka, {self.broker.brokers} node(s), logs in {self.broker.data_dir})"
+        return " (embedded Tansu, memory only)" if self.broker is not None else ""
+
+    @property
     def api_url(self) -> str:
         return base_url(self.api.host, self.api.port, self.api_tls)
 
@@ -167,7 +182,7 @@ class Pipeline:
         base = self.api_url
         lines = [
             "guestinfo is running",
-            f"  Kafka       {bootstrap}{' (embedded)' if self.bootstrap_servers is None else ''}",
+            f"  Kafka       {bootstrap}{self.engine_note}",
             f"  REST API    {base}{SUBRESOURCES}/namespaces/{{namespace}}/virtualmachineinstances/{{name}}/"
             "{guestosinfo,userlist,filesystemlist}",
         ]

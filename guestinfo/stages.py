@@ -189,12 +189,15 @@ def status(args: argparse.Namespace) -> int:
 
 
 def broker(args: argparse.Namespace) -> int:
-    from guestinfo.broker import EmbeddedBroker, ensure_topics
+    from guestinfo.broker import ensure_topics
+    from guestinfo.engines import engine
+
+    chosen = engine(args.engine, brokers=args.brokers, data_dir=args.data_dir, port=args.port)
 
     async def serve_broker() -> None:
-        async with EmbeddedBroker(port=args.port) as embedded:
-            await ensure_topics(embedded.bootstrap_servers)
-            print(f"embedded broker: {embedded.bootstrap_servers}", flush=True)
+        async with chosen:
+            await ensure_topics(chosen.bootstrap_servers, replication_factor=chosen.replication_factor)
+            print(f"Kafka {chosen.bootstrap_servers}", flush=True)
             await asyncio.Event().wait()
 
     asyncio.run(run_until_signalled(serve_broker(), "broker"))

@@ -1,6 +1,6 @@
 """End to end on real parts: `guestinfo run --demo` as a user runs it.
 
-real qemu-ga → collector → Kafka (embedded Tansu) → Faust join → store (SQLite) → REST API, checked
+real qemu-ga → collector → Kafka (embedded Tansu, or Apache Kafka) → Faust join → store (SQLite) → REST API, checked
 over real HTTP and with kubectl; then SIGTERM must stop the whole process tree.
 """
 
@@ -75,18 +75,19 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, set[int]]]:
+@pytest.fixture(params=["tansu", "kafka"])
+def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, set[int]]]:
+    """`guestinfo run --demo` on each engine: the embedded Tansu, and a one-node Apache Kafka."""
     port = free_port()
     log_file = (tmp_path / "guestinfo.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path / "state"), "run", "--demo",
-         "--api-listen", f"127.0.0.1:{port}", "--interval", "1"],
+         "--engine", request.param, "--api-listen", f"127.0.0.1:{port}", "--interval", "1"],
         stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     tree: set[int] = set()
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "guestinfo.log").read_text()[-4000:]
             status, _, _ = get(port, f"{BASE}/guestosinfo")

@@ -35,6 +35,10 @@ REFUSED = [
     (["run", "--insecure-no-auth", "--authorization-kubeconfig", "BAD"], "contradicts"),
     (["serve", "--bootstrap-servers", "127.0.0.1:1", "--store", "mysql://x"], "unsupported store URL"),
     (["serve", "--bootstrap-servers", "127.0.0.1:1", "--api-listen", "10.0.0.1:0"], "with no authentication"),
+    (["run", "--bootstrap-servers", "127.0.0.1:1", "--engine", "kafka"],
+     "--bootstrap-servers names a Kafka cluster to use; --engine and --brokers start one here"),
+    (["run", "--brokers", "3"], "--brokers and --data-dir are options of --engine kafka"),
+    (["run", "--engine", "kafka", "--brokers", "0"], "--brokers 0: Apache Kafka here runs 1 to 5 nodes"),
 ]
 
 
