@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import uuid
@@ -153,7 +153,9 @@ class KafkaCluster:
         self.replication_factor, self.min_insync_replicas = replication(brokers)
         self._temporary = data_dir is None
         self._layout: ClusterLayout | None = None
-        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        #: The nodes' JVMs (plain processes, not asyncio's: a cluster may be started in one event loop and
+        #: stopped in another, as a test session's fixture does).
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def bootstrap_servers(self) -> str:
@@ -166,7 +168,7 @@ class KafkaCluster:
 
     def pid(self, node_id: int) -> int | None:
         process = self._processes.get(node_id)
-        return process.pid if process is not None and process.returncode is None else None
+        return process.pid if process is not None and process.poll() is None else None
 
     async def start(self) -> None:
         if self._processes:
@@ -182,7 +184,7 @@ class KafkaCluster:
             await asyncio.gather(*(self._format(runtime, libs, node) for node in self._layout.nodes))
             log.info("starting Apache Kafka: %d node(s) in %s", self.brokers, self.data_dir)
             for node in self._layout.nodes:
-                await self._launch(runtime, libs, node)
+                self._launch(runtime, libs, node)
             await self._wait_ready(self.brokers)
         except BaseException:
             await self.stop()
@@ -258,12 +260,12 @@ class KafkaCluster:
         return [*JVM_OPTIONS, f"-Dlog4j2.configurationFile={folder / 'log4j2.properties'}",
                 f"-Dkafka.logs.dir={folder}", "-cp", f"{libs}/*"]
 
-    async def _launch(self, runtime: str, libs: Path, node: Node) -> None:
+    def _launch(self, runtime: str, libs: Path, node: Node) -> None:
         folder = self._node_dir(node)
         with (folder / "console.log").open("ab") as console:  # what the JVM prints besides the log
-            self._processes[node.node_id] = await asyncio.create_subprocess_exec(
-                runtime, *self._java_options(libs, folder), "kafka.Kafka", str(folder / "server.properties"),
-                stdin=asyncio.subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True,
+            self._processes[node.node_id] = subprocess.Popen(
+                [runtime, *self._java_options(libs, folder), "kafka.Kafka", str(folder / "server.properties")],
+                stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True,
             )
 
     async def _wait_ready(self, brokers: int) -> None:
@@ -272,7 +274,7 @@ class KafkaCluster:
         last: object = "no answer yet"
         while time.monotonic() < deadline:
             for node_id, process in self._processes.items():
-                if process.returncode is not None:
+                if process.poll() is not None:
                     raise BrokerError(f"Kafka node {node_id} exited with {process.returncode}: "
                                       f"{self._log_tail(node_id)}")
             try:
@@ -310,15 +312,14 @@ class KafkaCluster:
     async def kill(self, node_id: int) -> None:
         """SIGKILL one node (a broker that dies)."""
         process = self._processes.pop(node_id)
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        process.kill()
+        await asyncio.to_thread(process.wait)
         log.info("Kafka node %d killed", node_id)
 
     async def restart(self, node_id: int, timeout: float | None = None) -> None:
         """Start a killed node again on its log; back once every broker is in the metadata."""
         assert self._layout is not None and node_id not in self._processes
-        await self._launch(java(), kafka_libs(), self._layout.nodes[node_id - 1])
+        self._launch(java(), kafka_libs(), self._layout.nodes[node_id - 1])
         await self._wait_ready(self.brokers)
 
     async def stop(self, timeout: float = 30.0) -> None:
@@ -326,16 +327,9 @@ class KafkaCluster:
         ever), SIGKILL to those still running after `timeout` seconds."""
         processes, self._processes = list(self._processes.values()), {}
         for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)  # a no-op for one that has ended
         if processes:
-            done = await asyncio.wait([asyncio.create_task(p.wait()) for p in processes], timeout=timeout)
-            if done[1]:
-                log.warning("%d Kafka node(s) did not stop within %.0fs; killing them", len(done[1]), timeout)
-                for process in processes:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                await asyncio.gather(*(p.wait() for p in processes))
+            await asyncio.to_thread(_wait_all, processes, timeout)
             log.info("Apache Kafka stopped")
         if self._temporary and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -349,3 +343,15 @@ class KafkaCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _wait_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Wait for every process to end; SIGKILL those still running after `timeout` seconds (blocking)."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("Kafka node (pid %d) did not stop within %.0fs; killing it", process.pid, timeout)
+            process.kill()
+            process.wait()
