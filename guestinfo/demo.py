@@ -13,9 +13,9 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from types import TracebackType
 
 from guestinfo.domains import kubevirt_domain_xml
+from guestinfo.lifecycle import Service
 from guestinfo.supervisor import terminate
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def demo_node_xml(macs: list[str], uid: str) -> str:
     return f"<node>{kubevirt_domain_xml(DEMO_NAMESPACE, DEMO_NAME, uid, macs)}\n</node>\n"
 
 
-class Demo:
+class Demo(Service):
     """Writes the demo node file and runs qemu-ga; `async with Demo(folder) as demo:`."""
 
     def __init__(self, state_dir: Path):
@@ -103,12 +103,3 @@ class Demo:
         agent, self._agent = self._agent, None
         if agent is not None:
             await terminate(agent, "demo qemu-ga", grace=5.0)
-
-    async def __aenter__(self) -> Demo:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -31,12 +31,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from guestinfo.broker import BrokerError, free_port
+from guestinfo.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def replication(nodes: int) -> tuple[int, int]:
     return factor, max(1, factor - 1)
 
 
-class KafkaCluster:
+class KafkaCluster(Service):
     """Starts a KRaft cluster of `brokers` nodes, waits until every broker is in the metadata, stops it.
 
     Use as `async with KafkaCluster(3) as cluster:` or with `start()`/`stop()`. `kill(i)` and `restart(i)`
@@ -334,15 +334,6 @@ class KafkaCluster:
         if self._temporary and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
-
-    async def __aenter__(self) -> KafkaCluster:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 def _wait_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:

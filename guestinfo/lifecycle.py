@@ -1,12 +1,14 @@
-"""Running one async stage in a process: stop cleanly on SIGINT/SIGTERM."""
+"""Running one async stage in a process: stop cleanly on SIGINT/SIGTERM; things started and stopped."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +35,23 @@ async def run_until_signalled(main: Coroutine[Any, Any, None], name: str) -> Non
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     log.info("%s: stopped", name)
+
+
+class Service(abc.ABC):
+    """Something this process starts and stops (a broker, the demo's agent): `async with service:` starts
+    it and stops it on leaving, whatever happened inside."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
