@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guestinfo.broker import EmbeddedBroker
+from guestinfo.broker import BrokerError, EmbeddedBroker
 from guestinfo.config import UsageError
-from guestinfo.kafka import MAX_NODES, KafkaCluster
+from guestinfo.kafka import KafkaCluster
 
 
 def engine(name: str, *, brokers: int = 1, data_dir: Path | None = None,
            port: int | None = None) -> EmbeddedBroker | KafkaCluster:
     """The engine `name`, not started yet; options only Apache Kafka has are refused for Tansu."""
     if name == "kafka":
-        if not 1 <= brokers <= MAX_NODES:
-            raise UsageError(f"--brokers {brokers}: Apache Kafka here runs 1 to {MAX_NODES} nodes")
-        return KafkaCluster(brokers, data_dir, port=port)
+        try:
+            return KafkaCluster(brokers, data_dir, port=port)
+        except BrokerError as exc:  # a value out of range: before anything starts
+            raise UsageError(str(exc)) from exc
     if brokers != 1 or data_dir is not None:
         raise UsageError("--brokers and --data-dir are options of --engine kafka (Tansu is one node, memory only)")
     return EmbeddedBroker(port=port)

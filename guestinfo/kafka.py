@@ -144,7 +144,7 @@ class KafkaCluster(Service):
     def __init__(self, brokers: int = 1, data_dir: Path | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, startup_timeout: float = 120.0) -> None:
         if not 1 <= brokers <= MAX_NODES:
-            raise BrokerError(f"--brokers {brokers}: a cluster here has 1 to {MAX_NODES} nodes")
+            raise BrokerError(f"--brokers {brokers}: Apache Kafka here runs 1 to {MAX_NODES} nodes")
         self.brokers = brokers
         self.host = host
         self.port = port
@@ -185,7 +185,7 @@ class KafkaCluster(Service):
             log.info("starting Apache Kafka: %d node(s) in %s", self.brokers, self.data_dir)
             for node in self._layout.nodes:
                 self._launch(runtime, libs, node)
-            await self._wait_ready(self.brokers)
+            await self._wait_ready()
         except BaseException:
             await self.stop()
             raise
@@ -268,8 +268,9 @@ class KafkaCluster(Service):
                 stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True,
             )
 
-    async def _wait_ready(self, brokers: int) -> None:
-        """Until `brokers` brokers are in the cluster's metadata."""
+    async def _wait_ready(self) -> None:
+        """Until every node's broker is in the cluster's metadata."""
+        brokers = self.brokers
         deadline = time.monotonic() + self.startup_timeout
         last: object = "no answer yet"
         while time.monotonic() < deadline:
@@ -316,11 +317,11 @@ class KafkaCluster(Service):
         await asyncio.to_thread(process.wait)
         log.info("Kafka node %d killed", node_id)
 
-    async def restart(self, node_id: int, timeout: float | None = None) -> None:
+    async def restart(self, node_id: int) -> None:
         """Start a killed node again on its log; back once every broker is in the metadata."""
         assert self._layout is not None and node_id not in self._processes
         self._launch(java(), kafka_libs(), self._layout.nodes[node_id - 1])
-        await self._wait_ready(self.brokers)
+        await self._wait_ready()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to every node at once (stopped one by one, the last would lose its quorum and retry for
