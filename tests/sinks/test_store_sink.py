@@ -8,8 +8,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from plumbing.kafka import topic_partitions
 from schemas.topics import VMI_TOPIC
 from sinks.serve import Listening, ServeConfig, run_serve
 from sinks.store import Store, open_store
@@ -24,10 +25,9 @@ async def committed_offsets(bootstrap_servers: str, group_id: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(VMI_TOPIC) or set()
         total = 0
-        for partition in partitions:
-            total += await consumer.committed(TopicPartition(VMI_TOPIC, partition)) or 0
+        for partition in await topic_partitions(consumer, VMI_TOPIC) or []:  # a fresh consumer's own metadata
+            total += await consumer.committed(partition) or 0              # may not list the topic (Kafka)
         return total
     finally:
         await consumer.stop()
