@@ -138,8 +138,7 @@ def replication(nodes: int) -> tuple[int, int]:
 class KafkaCluster(Service):
     """Starts a KRaft cluster of `brokers` nodes, waits until every broker is in the metadata, stops it.
 
-    Use as `async with KafkaCluster(3) as cluster:` or with `start()`/`stop()`. `kill(i)` and `restart(i)`
-    stop a node the hard way and bring it back (the fault tests)."""
+    Use as `async with KafkaCluster(3) as cluster:` or with `start()`/`stop()`."""
 
     def __init__(self, brokers: int = 1, data_dir: Path | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, startup_timeout: float = 120.0) -> None:
@@ -161,14 +160,6 @@ class KafkaCluster(Service):
     def bootstrap_servers(self) -> str:
         assert self._layout is not None, "the cluster is not started"
         return ",".join(f"{self.host}:{node.port}" for node in self._layout.nodes)
-
-    def node_address(self, node_id: int) -> str:
-        assert self._layout is not None, "the cluster is not started"
-        return f"{self.host}:{self._layout.nodes[node_id - 1].port}"
-
-    def pid(self, node_id: int) -> int | None:
-        process = self._processes.get(node_id)
-        return process.pid if process is not None and process.poll() is None else None
 
     async def start(self) -> None:
         if self._processes:
@@ -203,13 +194,13 @@ class KafkaCluster(Service):
         layout.save(saved)
         return layout
 
-    def _node_dir(self, node: Node) -> Path:
+    def _node_dir(self, node_id: int) -> Path:
         assert self.data_dir is not None
-        return self.data_dir / f"n{node.node_id}"
+        return self.data_dir / f"n{node_id}"
 
     def _write_node(self, node: Node) -> None:
         assert self._layout is not None
-        folder = self._node_dir(node)
+        folder = self._node_dir(node.node_id)
         folder.mkdir(exist_ok=True)
         voters = ",".join(f"{self.host}:{other.controller_port}" for other in self._layout.nodes)
         factor, min_isr = self.replication_factor, self.min_insync_replicas
@@ -242,7 +233,7 @@ class KafkaCluster(Service):
     async def _format(self, runtime: str, libs: Path, node: Node) -> None:
         """Format the node's log once (the metadata log's first voters: every node's controller)."""
         assert self._layout is not None
-        folder = self._node_dir(node)
+        folder = self._node_dir(node.node_id)
         if (folder / "log" / "meta.properties").exists():
             return
         voters = ",".join(f"{other.node_id}@{self.host}:{other.controller_port}:{other.directory_id}"
@@ -261,7 +252,7 @@ class KafkaCluster(Service):
                 f"-Dkafka.logs.dir={folder}", "-cp", f"{libs}/*"]
 
     def _launch(self, runtime: str, libs: Path, node: Node) -> None:
-        folder = self._node_dir(node)
+        folder = self._node_dir(node.node_id)
         with (folder / "console.log").open("ab") as console:  # what the JVM prints besides the log
             self._processes[node.node_id] = subprocess.Popen(
                 [runtime, *self._java_options(libs, folder), "kafka.Kafka", str(folder / "server.properties")],
@@ -302,26 +293,12 @@ class KafkaCluster(Service):
         return len(cluster["brokers"])
 
     def _log_tail(self, node_id: int, limit: int = 2000) -> str:
-        assert self.data_dir is not None
         text = ""
         for name in ("console.log", "server.log"):
-            path = self.data_dir / f"n{node_id}" / name
+            path = self._node_dir(node_id) / name
             if path.exists():
                 text += path.read_text(errors="replace")[-limit:]
         return text.strip()
-
-    async def kill(self, node_id: int) -> None:
-        """SIGKILL one node (a broker that dies)."""
-        process = self._processes.pop(node_id)
-        process.kill()
-        await asyncio.to_thread(process.wait)
-        log.info("Kafka node %d killed", node_id)
-
-    async def restart(self, node_id: int) -> None:
-        """Start a killed node again on its log; back once every broker is in the metadata."""
-        assert self._layout is not None and node_id not in self._processes
-        self._launch(java(), kafka_libs(), self._layout.nodes[node_id - 1])
-        await self._wait_ready()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to every node at once (stopped one by one, the last would lose its quorum and retry for
