@@ -207,5 +207,21 @@ async def ensure_topics(bootstrap_servers: str, partitions: int = PARTITIONS, re
             except TopicAlreadyExistsError:
                 pass
             log.info("created topics %s", ", ".join(t.name for t in missing))
+            await _until_led(admin, [topic.name for topic in missing])
     finally:
         await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, topics: list[str], timeout: float = 30.0) -> None:
+    """Wait until every partition of the new `topics` has a leader in the metadata: a cluster of several
+    nodes accepts a CreateTopics before its brokers have the new partitions, and a client that comes at
+    once (the address `broker` prints, the stages `run` starts) would find them without a leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        described = await admin.describe_topics(topics)
+        if all(topic["error_code"] == 0 and topic["partitions"]
+               and all(partition["leader"] >= 0 for partition in topic["partitions"]) for topic in described):
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"the new topics had no leader after {timeout:.0f}s: {described}")
+        await asyncio.sleep(0.2)
