@@ -24,7 +24,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from collectors.agent_replies import CONVERTERS
 from collectors.metrics import BUFFERED_VMIS, FULL_RESYNCS, REPORTS_UNCHANGED
-from collectors.publisher import Report, make_producer, publish
+from collectors.publisher import Report, publish, start_producer
 from collectors.reports import TickReports
 from plumbing.backoff import Backoff
 from schemas.events import AgentReport, DomainReport
@@ -227,7 +227,7 @@ class StatePublisher:
 
     def __init__(
         self, bootstrap_servers: str, *, resync_interval: float, jitter: float = 0.1,
-        producer_factory: Callable[[str], Any] = make_producer,
+        producer_factory: Callable[[str], Awaitable[Any]] = start_producer,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.tracker = ChangeTracker(resync_interval, jitter=jitter)
@@ -307,11 +307,9 @@ class StatePublisher:
                 await producer.stop()
 
     async def _start_producer(self) -> Any:
-        producer = self._factory(self.bootstrap_servers)
         try:
-            await producer.start()
+            producer = await self._factory(self.bootstrap_servers)
         except KafkaError as exc:
-            await producer.stop()
             log.warning("cannot reach Kafka at %s: %s", self.bootstrap_servers, exc)
             return None
         log.info("connected to Kafka at %s", self.bootstrap_servers)

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from collectors.metrics import REPORTS_PUBLISHED, REPORTS_UNPUBLISHED
-from plumbing.kafka import make_producer as make_kafka_producer
+from plumbing.kafka import start_producer as start_kafka_producer
 from schemas.codec import encode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
@@ -23,11 +23,11 @@ MAX_RECORD_BYTES = 8 * 1024 * 1024
 Report = DomainReport | AgentReport
 
 
-def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
-    """The collector's producer (`plumbing.kafka`): a 20 ms linger, so that the reports of one round go
-    out together; gzip. A broker gone is noticed within 10 s: the state waits in the outbox."""
-    return make_kafka_producer(bootstrap_servers, client_id="guestinfo-collector", max_request_size=MAX_RECORD_BYTES,
-                               linger_ms=20, compression="gzip")
+async def start_producer(bootstrap_servers: str) -> AIOKafkaProducer:
+    """The collector's producer, started (`plumbing.kafka`): a 20 ms linger, so that the reports of one
+    round go out together; gzip. A broker gone is noticed within 10 s: the state waits in the outbox."""
+    return await start_kafka_producer(bootstrap_servers, client_id="guestinfo-collector",
+                                      max_request_size=MAX_RECORD_BYTES, linger_ms=20, compression="gzip")
 
 
 async def publish(

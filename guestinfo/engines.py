@@ -14,9 +14,11 @@ from guestinfo.broker import BrokerError, EmbeddedBroker
 from guestinfo.config import UsageError
 from guestinfo.kafka import KafkaCluster
 
+#: A started engine: what a stage needs of it is `bootstrap_servers` and `replication_factor`.
+Broker = EmbeddedBroker | KafkaCluster
 
-def engine(name: str, *, brokers: int = 1, data_dir: Path | None = None,
-           port: int | None = None) -> EmbeddedBroker | KafkaCluster:
+
+def engine(name: str, *, brokers: int = 1, data_dir: Path | None = None, port: int | None = None) -> Broker:
     """The engine `name`, not started yet; options only Apache Kafka has are refused for Tansu."""
     if name == "kafka":
         try:

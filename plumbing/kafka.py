@@ -1,8 +1,10 @@
 """Kafka clients of every stage, with the embedded broker's (Tansu's) quirks explained once here.
 
-- **No idempotent producer.** Tansu rejects the idempotent producer's InitProducerId. A duplicate after
-  a retry is harmless: the join keeps the latest state of a key, merged records carry revisions and
-  consumers drop what they have seen.
+- **Idempotent producer where the brokers grant producer ids.** Apache Kafka does: a batch a producer
+  sends again after a lost answer is written once. Tansu answers InitProducerId with an error, so on it
+  producers are not idempotent (`start_producer` asks the brokers once per producer). A duplicate after
+  a retry is harmless anyway: the join keeps the latest state of a key, merged records carry revisions
+  and consumers drop what they have seen.
 - **Fetch wait.** Tansu answers a held fetch on its own schedule within `fetch_max_wait_ms`, not when
   data arrives, so the wait adds to every record's latency: measured with one record at random times,
   500 ms gave a median delay of 59 ms (up to 0.22 s), 1,500 ms 0.28 s (up to 0.58 s), 100 ms 17 ms (up to
@@ -12,11 +14,13 @@
 - **Compression.** aiokafka compresses gzip at level 9 in the event loop: at the join's load that was a
   sixth of its CPU. lz4 and zstd (through cramjam) cost little and shrink JSON about fourfold.
 
-- **Metadata of every topic sent to (aiokafka, on any broker).** A producer learns all topics at start
-  but tracks only those it had to look up later; its next metadata refresh keeps only the tracked ones.
-  A record already queued for an untracked topic then has no leader until its request times out (10 s,
-  `NotLeaderForPartitionError`): seen when the join's first change event went out beside the first
-  changelog record. `track_topics` makes a producer track every topic it will send to.
+- **Metadata of every topic sent to (aiokafka on Tansu).** A producer's first metadata request names
+  no topic; Tansu answers it with every topic, Apache Kafka with none. On Tansu a producer so learns
+  all topics at start but tracks only those it had to look up later, and its next metadata refresh
+  keeps only the tracked ones. A record already queued for an untracked topic then has no leader until
+  its request times out (10 s, `NotLeaderForPartitionError`): seen when the join's first change event
+  went out beside the first changelog record. `track_topics` makes a producer track every topic it will
+  send to; on Kafka it changes nothing.
 - **Partitions of a topic a consumer is not assigned yet (aiokafka).** A consumer's metadata holds only
   the topics it tracks, and `topics()` asks the broker without updating it: `topic_partitions` asks the
   broker for the metadata of every topic itself.
@@ -26,9 +30,15 @@ The join's Faust consumer gets the fetch wait through `streams.consumer` (Faust 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition, errors
+from aiokafka.protocol.transaction import InitProducerIdRequest
+
+log = logging.getLogger(__name__)
 
 #: The longest a fetch is held by the broker when there is no data (aiokafka's own default is 500).
 FETCH_MAX_WAIT_MS = 100
@@ -39,7 +49,7 @@ HEARTBEAT_INTERVAL_MS = 1000
 Compression = Literal["none", "gzip", "lz4", "zstd"]
 
 
-def make_producer(
+async def start_producer(
     bootstrap_servers: str,
     *,
     client_id: str,
@@ -48,19 +58,50 @@ def make_producer(
     max_batch_size: int = 16384,
     compression: Compression = "none",
 ) -> AIOKafkaProducer:
-    """A producer that waits for all replicas, gives a broker 10 s before a send fails, and is not
-    idempotent (Tansu)."""
-    return AIOKafkaProducer(
+    """A started producer that waits for all in-sync replicas (`acks=all`), gives a broker 10 s before a
+    send fails, and is idempotent when the brokers grant producer ids (see the module). Raises
+    KafkaError when the brokers cannot be reached."""
+    idempotent = await grants_producer_ids(bootstrap_servers, client_id)
+    producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
         linger_ms=linger_ms,
         max_batch_size=max_batch_size,
         compression_type=None if compression == "none" else compression,
-        enable_idempotence=False,
+        enable_idempotence=idempotent,
         request_timeout_ms=10_000,
         max_request_size=max_request_size,
         client_id=client_id,
     )
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
+async def grants_producer_ids(bootstrap_servers: str, client_id: str = "guestinfo", patience: float = 15.0) -> bool:
+    """Whether the brokers give an idempotent producer its id (InitProducerId without a transaction),
+    asked again while they answer with a passing error (a new Kafka cluster answers "loading" for its
+    first seconds) for up to `patience` seconds. Raises KafkaError when they cannot be reached."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, client_id=client_id, request_timeout_ms=10_000)
+    request = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)  # type: ignore[arg-type]
+    deadline = time.monotonic() + patience
+    try:
+        await client.bootstrap()
+        while True:
+            response = await client.send(client.get_random_node(), request)
+            error = errors.for_code(response.error_code)
+            if error is errors.NoError:
+                return True
+            if not error.retriable or time.monotonic() > deadline:
+                log.info("the brokers at %s give no producer id (%s): producing without idempotence",
+                         bootstrap_servers, error.__name__)
+                return False
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()
 
 
 def make_consumer(

@@ -2,7 +2,7 @@
 (`streams.batches`: the fold into a changelog-backed Table keyed by `namespace/name`, the merged
 record or tombstone to `guestinfo.vmi.v1`, refused events to the dead-letter topic, at least once).
 
-Faust's settings for the Tansu broker: docs/kafka-on-tansu.md.
+Faust's settings for the Tansu broker: docs/kafka.md.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, EVENTS_
 from streams.batches import JoinBatches
 from streams.consumer import JoinApp
 from streams.fold import MAX_RECORD_BYTES
-from streams.output import make_output_producer
+from streams.output import start_output_producer
 from streams.tables import TableStates, TableStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class JoinConfig(BaseModel):
 
 
 def faust_settings(config: JoinConfig) -> dict[str, Any]:
-    """The Faust app settings of the join worker (docs/kafka-on-tansu.md for Tansu).
+    """The Faust app settings of the join worker (docs/kafka.md for Tansu).
 
     The changelog goes out in ordinary multi-record batches on every broker: `streams.consumer`
     confirms the highwaters that table recovery reads, which Tansu under-reports after such batches."""
@@ -79,7 +79,7 @@ def build_app(config: JoinConfig) -> faust.App:
 
     raw_topics = app.topic(DOMAIN_TOPIC, AGENT_TOPIC, key_type=bytes, value_type=bytes)
     # Writes happen per key after a batch: the changelog partition comes from the key (the same
-    # partitioner as the raw topics), not from the batch's last event (docs/kafka-on-tansu.md §3).
+    # partitioner as the raw topics), not from the batch's last event (docs/kafka.md §3).
     table = app.Table(
         TABLE_NAME, default=None, partitions=config.partitions, key_type=bytes, value_type=bytes,
         use_partitioner=True,
@@ -92,13 +92,15 @@ def build_app(config: JoinConfig) -> faust.App:
 
     @app.agent(raw_topics, concurrency=1)
     async def join(stream: faust.StreamT[bytes]) -> None:
-        producer = make_output_producer(config.bootstrap_servers, MAX_RECORD_BYTES, config.compression)
-        await producer.start()
+        # The changelog is created with the table's partitions before anything looks it up: a broker that
+        # creates topics on demand (Apache Kafka's default) would make it with one partition otherwise.
+        await table.changelog_topic.maybe_declare()
+        producer = await start_output_producer(config.bootstrap_servers, MAX_RECORD_BYTES, config.compression)
         changelog = table.changelog_topic.get_topic_name()
         try:
             await track_topics(producer, [VMI_TOPIC, EVENTS_TOPIC, DEAD_LETTER_TOPIC, changelog])
             # The table's store holds the states; JoinBatches sends their changelog records itself, after
-            # the outputs, instead of one Faust send per write (docs/kafka-on-tansu.md §2).
+            # the outputs, instead of one Faust send per write (docs/kafka.md §2).
             states = TableStates(table, config.partitions)
             batches = JoinBatches(states, producer, changelog_topic=changelog, on_persisted=states.persisted)
             taken = stream.take_events(config.batch_size, within=config.batch_wait)  # type: ignore[attr-defined]
@@ -123,5 +125,5 @@ def run_worker(app: faust.App) -> None:
     Logging stays as the caller configured it (Faust's own set-up is not applied).
     """
     worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
-    worker.spinner = None  # the spinner would turn the root logger to DEBUG (docs/kafka-on-tansu.md §2)
+    worker.spinner = None  # the spinner would turn the root logger to DEBUG (docs/kafka.md §2)
     worker.execute_from_commandline()

@@ -17,7 +17,7 @@ For each batch of raw events:
    VMI's raw events go to the dead-letter topic with the reason, in the events' round.
    With a `changelog_topic`, `states` is only the local store, and the changed states go to that topic
    in a round of sends of their own, after the outputs and events (the Faust worker's table: one Faust table write costs
-   about as much as folding ten events, `docs/kafka-on-tansu.md` §2). Never before: a changelog ahead
+   about as much as folding ten events, `docs/kafka.md` §2). Never before: a changelog ahead
    of an output a crash kept from the broker would lose that output for good (a tombstone is not sent
    again for a removal the state has already applied). A state the changelog refuses for good is
    written without the agent's answers (`trimmed_state`): the changelog never stays behind a revision

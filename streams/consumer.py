@@ -5,7 +5,7 @@
    100 ms as every other.
 2. **Highwaters.** Table recovery reads a changelog partition up to its highwater, which Faust takes
    from ListOffsets(LATEST). Tansu answers that with the base offset of the newest batch + 1, short of
-   the end whenever that batch holds more than one record (docs/kafka-on-tansu.md §1): the tail of the changelog
+   the end whenever that batch holds more than one record (docs/kafka.md §1): the tail of the changelog
    would be skipped and states come back stale. The highwater is confirmed with a fetch, whose
    high watermark is right, and the higher of the two is used. On Kafka both agree. So the
    changelog can be sent in ordinary multi-record batches (one record per batch cost the join half of

@@ -1,7 +1,7 @@
 """Sending the join's output: merged records, tombstones and dead letters.
 
 They go out on a producer of the join's own, not through Faust's `topic.send`: every send of a batch
-is handed to the producer at once (a few µs each, against ~0.3 ms per Faust send, docs/kafka-on-tansu.md §2),
+is handed to the producer at once (a few µs each, against ~0.3 ms per Faust send, docs/kafka.md §2),
 with a short linger and no queueing behind the table's changelog records, and the batch waits for
 all the acks; what fails for a passing reason is resent until it is delivered. Only then are the
 batch's states written and its raw events acknowledged: at-least-once, an outage delays and never
@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import RecordMetadata
 
 from plumbing.backoff import Backoff
-from plumbing.kafka import Compression, make_producer
+from plumbing.kafka import Compression, start_producer
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,11 @@ class Producer(Protocol):
     ) -> asyncio.Future[object]: ...
 
 
-def make_output_producer(bootstrap_servers: str, max_request_size: int,
-                         compression: Compression = "none") -> AIOKafkaProducer:
-    """The join's own producer (`plumbing.kafka`): a short linger and large batches, so that a batch's
-    sends share produce requests."""
-    return make_producer(bootstrap_servers, client_id="guestinfo-join-output", max_request_size=max_request_size,
+async def start_output_producer(bootstrap_servers: str, max_request_size: int,
+                                compression: Compression = "none") -> AIOKafkaProducer:
+    """The join's own producer, started (`plumbing.kafka`): a short linger and large batches, so that a
+    batch's sends share produce requests."""
+    return await start_producer(bootstrap_servers, client_id="guestinfo-join-output", max_request_size=max_request_size,
                          linger_ms=5, max_batch_size=512 * 1024, compression=compression)
 
 

@@ -17,30 +17,68 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from guestinfo.broker import EmbeddedBroker
+from guestinfo.engines import Broker, engine
+from guestinfo.kafka import KafkaCluster
 from tests.postgres import PostgresServer
 
+#: The Kafka engines every broker test runs on: the embedded Tansu, and Apache Kafka (one node here; the
+#: fault tests start clusters of three of their own).
+ENGINE_NAMES = ("tansu", "kafka")
 
-@pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """One real Tansu broker for the test session (topics are named per test)."""
-    embedded = EmbeddedBroker()
-    asyncio.run(embedded.start())
+
+def engine_of(broker: Broker) -> str:
+    return "kafka" if isinstance(broker, KafkaCluster) else "tansu"
+
+
+def _started(service: Broker) -> Iterator[Broker]:
+    asyncio.run(service.start())
     try:
-        yield embedded
+        yield service
     finally:
-        asyncio.run(embedded.stop())
+        asyncio.run(service.stop())
+
+
+def restartable(engine_name: str, port: int, folder: Path) -> Broker:
+    """A broker of the engine, not started, that a test may stop and start again as a new instance: on
+    `port` (Tansu, which comes back empty) or keeping its log and ports in `folder` (Apache Kafka)."""
+    return engine(engine_name, port=port, data_dir=folder if engine_name == "kafka" else None)
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine_name(request: pytest.FixtureRequest) -> str:
+    """Each engine's name, for a test that starts its own (`guestinfo run --engine NAME`)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def lenient_broker() -> Iterator[EmbeddedBroker]:
+def kafka_cluster() -> Iterator[Broker]:
+    """One Apache Kafka node for the test session (topics are named per test)."""
+    yield from _started(KafkaCluster(1))
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[Broker]:
+    """One real Tansu broker for the test session, validating records against the topics' schemas."""
+    yield from _started(EmbeddedBroker())
+
+
+@pytest.fixture(scope="session", params=ENGINE_NAMES)
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """A broker of each engine, shared by the session (topics are named per test)."""
+    return request.getfixturevalue(f"{request.param}_broker" if request.param == "tansu" else "kafka_cluster")
+
+
+@pytest.fixture(scope="session")
+def lenient_tansu_broker() -> Iterator[Broker]:
+    yield from _started(EmbeddedBroker(validate_records=False))
+
+
+@pytest.fixture(scope="session", params=ENGINE_NAMES)
+def lenient_broker(request: pytest.FixtureRequest) -> Broker:
     """A broker that takes any record, as Kafka clusters without schema validation do: for the tests of
-    what the pipeline does with records that break a contract (the embedded broker refuses them)."""
-    embedded = EmbeddedBroker(validate_records=False)
-    asyncio.run(embedded.start())
-    try:
-        yield embedded
-    finally:
-        asyncio.run(embedded.stop())
+    what the pipeline does with records that break a contract (the embedded broker with validation
+    refuses them; Apache Kafka validates nothing)."""
+    return request.getfixturevalue("lenient_tansu_broker" if request.param == "tansu" else "kafka_cluster")
 
 
 @contextlib.asynccontextmanager

@@ -476,7 +476,7 @@ def ceiling_app(bootstrap: str, app_id: str, datadir: Path, table_writes: str) -
     from streams.consumer import JoinApp
     from streams.fold import MAX_RECORD_BYTES
     from streams.metrics import EVENTS
-    from streams.output import Send, deliver, make_output_producer
+    from streams.output import Send, deliver, start_output_producer
 
     config = JoinConfig(bootstrap_servers=bootstrap, app_id=app_id, datadir=datadir)
     app = JoinApp(app_id, **faust_settings(config))
@@ -486,8 +486,7 @@ def ceiling_app(bootstrap: str, app_id: str, datadir: Path, table_writes: str) -
 
     @app.agent(raw_topics, concurrency=1)
     async def ceiling(stream: Any) -> None:
-        producer = make_output_producer(bootstrap, MAX_RECORD_BYTES)
-        await producer.start()
+        producer = await start_output_producer(bootstrap, MAX_RECORD_BYTES)
         changelog = table.changelog_topic.get_topic_name()
         try:
             async for events in stream.take_events(config.batch_size, within=config.batch_wait):
@@ -637,13 +636,12 @@ async def raw_join(bootstrap: str, group: str, output_topic: str, changelog_topi
     from schemas.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC
     from streams.batches import JoinBatches
     from streams.fold import MAX_RECORD_BYTES
-    from streams.output import make_output_producer
+    from streams.output import start_output_producer
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    producer = make_output_producer(bootstrap, MAX_RECORD_BYTES)
     await consumer.start()
-    await producer.start()
+    producer = await start_output_producer(bootstrap, MAX_RECORD_BYTES)
     try:
         partitions = consumer.partitions_for_topic(DOMAIN_TOPIC) or set(range(PARTITIONS))
         consumer.assign([TopicPartition(t, p) for t in (DOMAIN_TOPIC, AGENT_TOPIC) for p in sorted(partitions)])

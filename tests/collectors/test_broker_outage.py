@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from collectors.changes import StatePublisher
 from collectors.reports import TickReports
-from guestinfo.broker import EmbeddedBroker, ensure_topics, free_port
+from guestinfo.broker import ensure_topics, free_port
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport, VMIRef
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
+from tests.conftest import restartable
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +59,13 @@ async def read_all(
     return [d for d in domains if d.node == node], [a for a in agents if a.node == node]
 
 
-async def test_state_waits_bounded_while_kafka_is_away_then_everything_is_republished(unique: str) -> None:
+async def test_state_waits_bounded_while_kafka_is_away_then_everything_is_republished(
+    engine_name: str, unique: str, tmp_path: Path
+) -> None:
     port = free_port()
     node = f"node-{unique}"
     vmis = 5
-    broker = EmbeddedBroker(port=port)
+    broker = restartable(engine_name, port, tmp_path / "kafka")
     await broker.start()
     await ensure_topics(broker.bootstrap_servers)
     publisher = StatePublisher(broker.bootstrap_servers, resync_interval=3600)
@@ -80,7 +84,8 @@ async def test_state_waits_bounded_while_kafka_is_away_then_everything_is_republ
             assert len(publisher.outbox) <= vmis
         assert publisher.failing, "the publisher noticed the outage"
 
-        broker = EmbeddedBroker(port=port)  # back, empty (Tansu keeps nothing): the full state is republished
+        # Back: empty on Tansu (it keeps nothing), with its log on Kafka; the full state is republished.
+        broker = restartable(engine_name, port, tmp_path / "kafka")
         await broker.start()
         await ensure_topics(broker.bootstrap_servers)
         domains, agents = await read_all(broker.bootstrap_servers, node, want=vmis, timeout=90.0)

@@ -95,13 +95,15 @@ def test_the_outbox_keeps_one_state_per_vmi() -> None:
 
 async def test_kafka_away_buffers_the_latest_state_then_republishes_everything() -> None:
     class Started(FlakyProducer):
-        async def start(self) -> None: ...
-
         async def stop(self) -> None: ...
 
     started = Started()
     started.down = True
-    publisher = StatePublisher("dead:1", resync_interval=300.0, producer_factory=lambda _servers: started)
+
+    async def start(_servers: str) -> Started:
+        return started
+
+    publisher = StatePublisher("dead:1", resync_interval=300.0, producer_factory=start)
     task = asyncio.create_task(publisher.run())
     try:
         for at in range(20):

@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 
 from collectors import CollectorConfig, run_collector
 from collectors.launchers import RUNTIME_DIR, SOCKET_NAME, SOCKET_PATH_MAX, find_launchers, short_path
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import ensure_topics
+from guestinfo.engines import Broker
 from guestinfo.stages import collector_health
 from schemas.codec import decode
 from schemas.events import DomainReport
@@ -148,7 +149,7 @@ def gauge(name: str) -> float | None:
 
 
 @pytest.mark.integration
-async def test_launchers_are_found_followed_and_dropped(broker: EmbeddedBroker, tmp_path: Path, unique: str) -> None:
+async def test_launchers_are_found_followed_and_dropped(broker: Broker, tmp_path: Path, unique: str) -> None:
     node = f"node-{unique}"
     pods = tmp_path / "var-lib-kubelet-pods"
     pods.mkdir()

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
 from collectors import CollectorConfig, NodeCollector, TickReports, run_collector
-from guestinfo.broker import EmbeddedBroker
+from guestinfo.engines import Broker
 from schemas.codec import decode
 from schemas.events import AgentReport, DomainReport
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC
@@ -97,7 +97,7 @@ async def read_reports(
 
 @pytest.mark.integration
 async def test_collector_publishes_domain_and_agent_reports(
-    broker: EmbeddedBroker, qemu_ga: Path, tmp_path: Path, unique: str
+    broker: Broker, qemu_ga: Path, tmp_path: Path, unique: str
 ) -> None:
     mac = real_mac()
     node = f"node-{unique}"

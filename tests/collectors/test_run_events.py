@@ -10,7 +10,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from collectors import CollectorConfig, run_collector
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import ensure_topics
+from guestinfo.engines import Broker
 from schemas.codec import decode
 from schemas.events import DomainReport
 from schemas.topics import DOMAIN_TOPIC
@@ -26,7 +27,7 @@ def kubevirt_domain(name: str) -> str:
 <memory>65536</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"""
 
 
-async def test_domain_events_drive_the_reports(broker: EmbeddedBroker, libvirtd: Libvirtd, unique: str) -> None:
+async def test_domain_events_drive_the_reports(broker: Broker, libvirtd: Libvirtd, unique: str) -> None:
     node = f"node-{unique}"
     config = CollectorConfig(
         bootstrap_servers=broker.bootstrap_servers, libvirt_uris=[libvirtd.uri], node_name=node,

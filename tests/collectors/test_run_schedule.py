@@ -18,7 +18,8 @@ import libvirt
 import pytest
 
 from collectors import CollectorConfig, run_collector
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import ensure_topics
+from guestinfo.engines import Broker
 from tests.collectors.fake_agent import Answer, fake_agent
 from tests.collectors.test_node import healthy_script, write_domains
 from tests.collectors.test_run_events import kubevirt_domain
@@ -88,7 +89,7 @@ def assert_at_their_intervals(counts: dict[str, int]) -> None:
 
 
 async def test_polls_keep_their_intervals_on_a_libvirt_with_events(
-    broker: EmbeddedBroker, libvirtd: Libvirtd, tmp_path: Path
+    broker: Broker, libvirtd: Libvirtd, tmp_path: Path
 ) -> None:
     await ensure_topics(broker.bootstrap_servers)
     sockets = tmp_path / "sockets"
@@ -106,7 +107,7 @@ async def test_polls_keep_their_intervals_on_a_libvirt_with_events(
     assert_at_their_intervals(counts)
 
 
-async def test_polls_keep_their_intervals_on_a_libvirt_without_events(broker: EmbeddedBroker, tmp_path: Path) -> None:
+async def test_polls_keep_their_intervals_on_a_libvirt_without_events(broker: Broker, tmp_path: Path) -> None:
     await ensure_topics(broker.bootstrap_servers)
     uri = write_domains(tmp_path / "node.xml", ["vm"])
     sockets = tmp_path / "sockets"

@@ -95,15 +95,17 @@ def told(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(event["type"], event["subject"]) for event in events]
 
 
-async def test_a_guest_that_changes_tells_exactly_the_matching_events(libvirtd: Libvirtd, tmp_path: Path) -> None:
+async def test_a_guest_that_changes_tells_exactly_the_matching_events(libvirtd: Libvirtd, engine_name: str,
+                                                                      tmp_path: Path) -> None:
     sockets = tmp_path / "sockets"
     sockets.mkdir()
     guest = Guest()
     conn = await asyncio.to_thread(libvirt.open, libvirtd.uri)
     tail: Tail | None = None
     try:
+        polls = tuple(f"{command}=1" for command in POLLS)
         async with fake_agent(sockets / "ns1_vm1.sock", guest.script) as agent, \
-                pipeline(tmp_path, libvirtd.uri, sockets, tuple(f"{command}=1" for command in POLLS)) as (_, log):
+                pipeline(tmp_path, libvirtd.uri, sockets, engine_name, polls) as (_, log):
             bootstrap = await announced(log, "Kafka")
             dom = await asyncio.to_thread(conn.defineXML, domain_xml("uid-events"))
             await asyncio.to_thread(dom.create)

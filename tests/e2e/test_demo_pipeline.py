@@ -75,14 +75,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture(params=["tansu", "kafka"])
-def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, set[int]]]:
+@pytest.fixture
+def demo(engine_name: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, set[int]]]:
     """`guestinfo run --demo` on each engine: the embedded Tansu, and a one-node Apache Kafka."""
     port = free_port()
     log_file = (tmp_path / "guestinfo.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path / "state"), "run", "--demo",
-         "--engine", request.param, "--api-listen", f"127.0.0.1:{port}", "--interval", "1"],
+         "--engine", engine_name, "--api-listen", f"127.0.0.1:{port}", "--interval", "1"],
         stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     tree: set[int] = set()

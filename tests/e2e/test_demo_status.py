@@ -32,13 +32,14 @@ def nic_with_mac(mac: str) -> str:
     return next(p.name for p in sorted(Path("/sys/class/net").iterdir()) if (p / "address").read_text().strip() == mac)
 
 
-async def test_demo_status_reaches_the_vmi(kmock: StrictKubernetesEmulator, tmp_path: Path) -> None:
+async def test_demo_status_reaches_the_vmi(kmock: StrictKubernetesEmulator, engine_name: str, tmp_path: Path) -> None:
     kmock.seed_vmi("default", "demo", status={"phase": "Running"})
     log_path = tmp_path / "guestinfo.log"
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path / "state"), "run", "--demo",
             "--api-listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--kube-api", str(kmock.url),
+            "--engine", engine_name,
             stdout=log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
         try:

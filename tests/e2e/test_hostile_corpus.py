@@ -72,7 +72,7 @@ def check_case(case: str, data: dict[str, Any], info: dict[str, Any], users: dic
         assert expect["userlistAtLeast"] <= len(users["items"]) <= expect["userlistAtMost"], rule
 
 
-async def test_hostile_agents_hurt_nobody(tmp_path: Path, qemu_ga: Path) -> None:
+async def test_hostile_agents_hurt_nobody(engine_name: str, tmp_path: Path, qemu_ga: Path) -> None:
     agents = {
         case: ScriptedAgent(mac=f"02:00:00:00:01:{i:02x}", case=data) for i, (case, data) in enumerate(CASES.items())
     }
@@ -84,7 +84,7 @@ async def test_hostile_agents_hurt_nobody(tmp_path: Path, qemu_ga: Path) -> None
     port = free_port()
     argv = [sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path / "state"), "run",
             "--libvirt-uri", f"test://{node}", "--api-listen", f"127.0.0.1:{port}",
-            "--interval", str(INTERVAL), "--agent-timeout", "2",
+            "--interval", str(INTERVAL), "--agent-timeout", "2", "--engine", engine_name,
             "--agent-socket", f"default/pulse={tmp_path / 'pulse.sock'}",
             "--agent-socket", f"default/real={qemu_ga}"]
     for case in agents:

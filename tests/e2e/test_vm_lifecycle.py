@@ -94,17 +94,18 @@ async def shown(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[st
 
 
 @contextlib.asynccontextmanager
-async def pipeline(tmp_path: Path, uri: str, sockets: Path, polls: tuple[str, ...] = ("guest-fsfreeze-status=1",)
-                   ) -> AsyncIterator[tuple[int, Path]]:
-    """`guestinfo run` on the libvirtd (`polls`: its --poll-interval values); on leaving, it must stop
-    cleanly, with no stage crashed."""
+async def pipeline(tmp_path: Path, uri: str, sockets: Path, engine: str,
+                   polls: tuple[str, ...] = ("guest-fsfreeze-status=1",)) -> AsyncIterator[tuple[int, Path]]:
+    """`guestinfo run --engine ENGINE` on the libvirtd (`polls`: its --poll-interval values); on leaving,
+    it must stop cleanly, with no stage crashed."""
     port = free_port()
     log = tmp_path / "guestinfo.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path / "state"), "run",
             "--libvirt-uri", uri, "--agent-socket-dir", str(sockets), "--node-name", "lifecycle-node",
-            "--api-listen", f"127.0.0.1:{port}", *(arg for poll in polls for arg in ("--poll-interval", poll)),
+            "--api-listen", f"127.0.0.1:{port}", "--engine", engine,
+            *(arg for poll in polls for arg in ("--poll-interval", poll)),
             stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -123,7 +124,7 @@ def log_tail(log: Path) -> str:
 
 
 async def test_a_restarted_vm_shows_its_new_guest_at_once_and_a_paused_one_keeps_its_agent(
-    libvirtd: Libvirtd, tmp_path: Path
+    libvirtd: Libvirtd, engine_name: str, tmp_path: Path
 ) -> None:
     sockets = tmp_path / "sockets"
     sockets.mkdir()
@@ -135,7 +136,8 @@ async def test_a_restarted_vm_shows_its_new_guest_at_once_and_a_paused_one_keeps
     agent_socket.symlink_to(qemu_ga.socket)
     conn = await asyncio.to_thread(libvirt.open, libvirtd.uri)
     try:
-        async with pipeline(tmp_path, libvirtd.uri, sockets) as (port, log), aiohttp.ClientSession() as session:
+        async with pipeline(tmp_path, libvirtd.uri, sockets, engine_name) as (port, log), \
+                aiohttp.ClientSession() as session:
             dom = await asyncio.to_thread(conn.defineXML, domain_xml("uid-1"))
             await asyncio.to_thread(dom.create)
             # The first guest, the real qemu-ga: this machine's hostname (the pipeline is starting up).

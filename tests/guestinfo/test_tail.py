@@ -12,6 +12,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.engines import Broker
 from guestinfo.lab.bench import create_topics
 from guestinfo.tail import Selection, TailError, line, tail
 from schemas.topics import EVENTS_TOPIC, UID_HEADER
@@ -54,7 +55,7 @@ def test_vmis_are_selected_by_the_key(selection: Selection, key: bytes | None, w
 
 
 @pytest.mark.integration
-async def test_it_prints_the_selected_records_from_the_beginning(lenient_broker: EmbeddedBroker, unique: str) -> None:
+async def test_it_prints_the_selected_records_from_the_beginning(lenient_broker: Broker, unique: str) -> None:
     topic = f"tail-{unique}"
     await create_topics(lenient_broker.bootstrap_servers, [topic])
     async with started_producer(lenient_broker.bootstrap_servers) as producer:
@@ -70,7 +71,7 @@ async def test_it_prints_the_selected_records_from_the_beginning(lenient_broker:
 
 
 @pytest.mark.integration
-async def test_a_topic_that_does_not_exist_is_an_error(lenient_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch,
+async def test_a_topic_that_does_not_exist_is_an_error(lenient_broker: Broker, monkeypatch: pytest.MonkeyPatch,
                                                       unique: str) -> None:
     monkeypatch.setattr("guestinfo.tail.METADATA_WAIT", 0.5)
     with pytest.raises(TailError, match="does not exist"):
@@ -108,7 +109,7 @@ async def test_the_command_follows_the_events_topic() -> None:
 
 
 @pytest.mark.integration
-async def test_a_topic_created_after_it_starts_is_found(lenient_broker: EmbeddedBroker, unique: str) -> None:
+async def test_a_topic_created_after_it_starts_is_found(lenient_broker: Broker, unique: str) -> None:
     topic = f"late-{unique}"
     out = io.BytesIO()
     tailing = asyncio.ensure_future(tail(lenient_broker.bootstrap_servers, topic, from_beginning=True, limit=1,
@@ -122,7 +123,7 @@ async def test_a_topic_created_after_it_starts_is_found(lenient_broker: Embedded
 
 
 @pytest.mark.integration
-async def test_a_partitions_order_is_kept_whatever_the_timestamps(lenient_broker: EmbeddedBroker, unique: str) -> None:
+async def test_a_partitions_order_is_kept_whatever_the_timestamps(lenient_broker: Broker, unique: str) -> None:
     """A producer's clock may step back: within a partition, records come in offset order."""
     topic = f"order-{unique}"
     await create_topics(lenient_broker.bootstrap_servers, [topic], partitions=1)

@@ -11,7 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from collectors.launchers import SOCKET_NAME
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import ensure_topics
+from guestinfo.engines import Broker, engine
 from guestinfo.lab import simulation
 from guestinfo.lab.simulation import AgentServer, fleet_spec, place_in_pods, pods_dir, start_fleet
 from schemas.codec import decode
@@ -45,10 +46,10 @@ async def raw_reports(bootstrap: str, want: int, deadline: float = 15.0) -> tupl
 
 
 @pytest.mark.integration
-async def test_simulate_publishes_reports_of_every_vmi_of_both_nodes(tmp_path: Path) -> None:
+async def test_simulate_publishes_reports_of_every_vmi_of_both_nodes(engine_name: str, tmp_path: Path) -> None:
     # A broker of its own: node names and keys are fixed, so another simulation on a shared broker
     # could otherwise satisfy this test.
-    async with EmbeddedBroker() as broker:
+    async with engine(engine_name) as broker:
         await ensure_topics(broker.bootstrap_servers)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "guestinfo", "--state-dir", str(tmp_path), "simulate",
@@ -67,7 +68,7 @@ async def test_simulate_publishes_reports_of_every_vmi_of_both_nodes(tmp_path: P
 
 @pytest.mark.integration
 async def test_fleet_hostname_change_is_served_to_the_collector(
-    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two nodes, one agents process each (as 10,000 VMIs need: file descriptors); the change goes to the
     process that serves the VMI."""

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import ensure_topics
+from guestinfo.engines import Broker
 from schemas.topics import PARTITIONS, VMI_TOPIC
 from sinks.consuming import VMIChange, consume_batches, make_consumer
 from tests.sinks.conftest import eventually, produce
@@ -16,7 +17,7 @@ from tests.sinks.records import full_record
 pytestmark = pytest.mark.integration
 
 
-async def test_a_refused_batch_is_fetched_again_and_not_committed_before(broker: EmbeddedBroker, unique: str) -> None:
+async def test_a_refused_batch_is_fetched_again_and_not_committed_before(broker: Broker, unique: str) -> None:
     await ensure_topics(broker.bootstrap_servers)
     ns = f"ns-{unique}"
     keys = {f"{ns}/vm1", f"{ns}/vm2", f"{ns}/vm3"}

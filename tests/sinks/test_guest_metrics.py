@@ -14,7 +14,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, generate_latest
 
-from guestinfo.broker import EmbeddedBroker, free_port
+from guestinfo.broker import free_port
+from guestinfo.engines import Broker
 from guestinfo.lab.bench import create_topics
 from schemas.limits import MAX_FILESYSTEM_SERIES, MAX_LABEL_VALUE
 from schemas.vmi import VMIRecord
@@ -97,7 +98,7 @@ def test_shards_split_the_partitions(shard: tuple[int, int], mine: list[int]) ->
 
 
 @pytest.mark.integration
-async def test_a_shard_without_partitions_is_ready_and_serves_nothing(broker: EmbeddedBroker, unique: str) -> None:
+async def test_a_shard_without_partitions_is_ready_and_serves_nothing(broker: Broker, unique: str) -> None:
     topic = f"two-{unique}"
     await create_topics(broker.bootstrap_servers, [topic], partitions=2)
     sink = GuestMetricsSink(broker.bootstrap_servers, (2, 3), topic=topic)
@@ -116,7 +117,7 @@ def test_a_shard_index_out_of_range_is_refused() -> None:
 
 
 @pytest.mark.integration
-async def test_shards_serve_the_fleet_between_them_over_http(broker: EmbeddedBroker, unique: str) -> None:
+async def test_shards_serve_the_fleet_between_them_over_http(broker: Broker, unique: str) -> None:
     topic = f"vmi-{unique}"
     await create_topics(broker.bootstrap_servers, [topic], partitions=4)
     base = CASES[0]["record"]
@@ -156,7 +157,7 @@ async def test_shards_serve_the_fleet_between_them_over_http(broker: EmbeddedBro
 
 
 @pytest.mark.integration
-async def test_not_ready_until_the_topic_is_read(broker: EmbeddedBroker, unique: str) -> None:
+async def test_not_ready_until_the_topic_is_read(broker: Broker, unique: str) -> None:
     """Neither healthy nor scraped before its topic is there and read (a partial fleet would look like
     VMIs gone); a topic created after the start is found."""
     topic = f"late-{unique}"

@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from guestinfo.engines import Broker
 from plumbing.kafka import topic_partitions
 from schemas.topics import VMI_TOPIC
 from sinks.serve import Listening, ServeConfig, run_serve
 from sinks.store import Store, open_store
 from sinks.store_sink import run_store_sink
-from tests.conftest import EmbeddedBroker
 from tests.sinks.conftest import eventually, golden, produce
 from tests.sinks.records import empty_record, full_record
 
@@ -34,7 +34,7 @@ async def committed_offsets(bootstrap_servers: str, group_id: str) -> int:
 
 
 async def test_sink_writes_records_deletes_tombstones_skips_garbage_and_commits(
-    broker: EmbeddedBroker, store: Store, unique: str, caplog: pytest.LogCaptureFixture
+    broker: Broker, store: Store, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     ns = f"ns-{unique}"
     await produce(
@@ -77,7 +77,7 @@ async def test_sink_writes_records_deletes_tombstones_skips_garbage_and_commits(
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 async def test_run_serve_serves_what_the_topic_says(
-    broker: EmbeddedBroker, store_url: str, unique: str, caplog: pytest.LogCaptureFixture
+    broker: Broker, store_url: str, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     ns = f"ns-{unique}"
     caplog.set_level(logging.INFO, logger="sinks")
@@ -122,7 +122,7 @@ async def test_run_serve_serves_what_the_topic_says(
         await reopened.close()
 
 
-async def test_run_serve_with_a_bad_store_url_fails_clearly(broker: EmbeddedBroker, tmp_path: Path) -> None:
+async def test_run_serve_with_a_bad_store_url_fails_clearly(broker: Broker, tmp_path: Path) -> None:
     from sinks.store import StoreError
 
     config = ServeConfig(bootstrap_servers=broker.bootstrap_servers, store_url="redis://x", listen_port=0)

@@ -14,12 +14,12 @@ from aiokafka.structs import ConsumerRecord
 from kmock import Request
 from kubernetes_asyncio import client
 
+from guestinfo.engines import Broker
 from schemas.kubevirt import VMICondition
 from schemas.topics import UID_HEADER, VMI_TOPIC
 from sinks.consuming import VMIChange, decode_message
 from sinks.status_patch import status_patch
 from sinks.vmi_status import Outcome, StatusConfig, make_api_client, run_status_sink, sync_vmi
-from tests.conftest import EmbeddedBroker
 from tests.sinks.conftest import eventually, produce
 from tests.sinks.records import OS, PROBE_TIME, full_record
 from tests.sinks.strict_kmock import StrictKubernetesEmulator
@@ -212,7 +212,7 @@ def test_a_tombstone_of_an_earlier_vmi_leaves_the_new_one_alone() -> None:
 
 
 async def test_run_status_sink_end_to_end(
-    broker: EmbeddedBroker, kmock: StrictKubernetesEmulator, unique: str
+    broker: Broker, kmock: StrictKubernetesEmulator, unique: str
 ) -> None:
     ns = f"ns-{unique}"
     kmock.seed_vmi(ns, "vm1", status=EXISTING_STATUS)

@@ -1,8 +1,9 @@
 """The join's table comes back whole after a restart, with its changelog sent in multi-record batches.
 
 Tansu's ListOffsets(LATEST) under-reports a changelog partition whose newest batch holds several
-records (docs/kafka-on-tansu.md §1); recovery that trusted it would skip the tail and bring stale states back.
-The next event of a VMI whose state came back stale would then produce revision 1 again.
+records (docs/kafka.md §1); recovery that trusted it would skip the tail and bring stale states back.
+The next event of a VMI whose state came back stale would then produce revision 1 again. On Apache
+Kafka ListOffsets is right, and the test holds it to that.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import ensure_topics
+from guestinfo.engines import Broker
+from plumbing.kafka import topic_partitions
 from schemas.codec import decode, encode
 from schemas.events import AgentReport, DomainReport, VMIRef
 from schemas.topics import AGENT_TOPIC, DOMAIN_TOPIC, VMI_TOPIC
@@ -28,6 +31,7 @@ from schemas.vmi import VMIRecord
 from streams.app import TABLE_NAME, JoinConfig
 from streams.consumer import confirmed_highwaters
 from streams.tables import TableStore, partition_of
+from tests.conftest import engine_of
 from tests.streams.test_join_worker import produce, started
 
 pytestmark = pytest.mark.integration
@@ -65,7 +69,7 @@ def revisions(records: dict[str, VMIRecord]) -> dict[str, int]:
 
 @pytest.mark.parametrize("table_store", ["memory", "rocksdb"])
 async def test_table_recovers_every_state_after_a_restart(
-    broker: EmbeddedBroker, unique: str, tmp_path: Path, table_store: TableStore
+    broker: Broker, unique: str, tmp_path: Path, table_store: TableStore
 ) -> None:
     bootstrap = broker.bootstrap_servers
     await ensure_topics(bootstrap)
@@ -88,18 +92,14 @@ async def test_table_recovers_every_state_after_a_restart(
     finally:
         await app.stop()
 
-    # The condition this test is about: the changelog's end as ListOffsets reports it is short of the
-    # end a fetch sees, in at least one partition (otherwise the test would prove nothing on this broker).
-    changelog = f"{config.app_id}-{TABLE_NAME}-changelog"
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await probe.start()
-    try:
-        partitions = [TopicPartition(changelog, p) for p in sorted(probe.partitions_for_topic(changelog) or [])]
-        reported = await probe.end_offsets(partitions)
-    finally:
-        await probe.stop()
-    confirmed = await confirmed_highwaters([bootstrap], reported)
-    assert any(confirmed[p] > reported[p] for p in partitions), f"ListOffsets was right: {reported}"
+    # The condition this test is about on Tansu: the changelog's end as ListOffsets reports it is short of
+    # the end a fetch sees, in at least one partition (otherwise the test would prove nothing there).
+    reported, confirmed = await changelog_ends(bootstrap, f"{config.app_id}-{TABLE_NAME}-changelog")
+    assert len(reported) == config.partitions, "the changelog has the table's partitions"
+    if engine_of(broker) == "tansu":
+        assert any(confirmed[p] > reported[p] for p in reported), f"ListOffsets was right: {reported}"
+    else:
+        assert confirmed == reported
 
     app = await started(config, timeout=60)
     try:
@@ -110,7 +110,21 @@ async def test_table_recovers_every_state_after_a_restart(
     finally:
         await app.stop()
     stale = sorted(key for key in before if after.get(key) != before[key] + 1)
-    assert not stale, f"{len(stale)} VMIs restarted their revisions (state not recovered): {stale[:5]}"
+    assert not stale, (f"{len(stale)} VMIs restarted their revisions (state not recovered), (key, before, after): "
+                       f"{[(key, before[key], after.get(key)) for key in stale[:5]]}")
+
+
+async def changelog_ends(bootstrap: str, changelog: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Each partition's end as ListOffsets reports it, and as a fetch confirms it."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await probe.start()
+    try:
+        partitions = await topic_partitions(probe, changelog)
+        assert partitions, f"no topic {changelog}"
+        reported = await probe.end_offsets(partitions)
+    finally:
+        await probe.stop()
+    return reported, await confirmed_highwaters([bootstrap], reported)
 
 
 async def assert_persisted_offsets(app: Any, bootstrap: str) -> None:
@@ -118,13 +132,8 @@ async def assert_persisted_offsets(app: Any, bootstrap: str) -> None:
     from there. The states are in the partition's database that their key's partition names."""
     table = app.tables[TABLE_NAME]
     changelog = table.changelog_topic.get_topic_name()
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await probe.start()
-    try:
-        partitions = [TopicPartition(changelog, p) for p in sorted(probe.partitions_for_topic(changelog) or [])]
-        ends = await confirmed_highwaters([bootstrap], await probe.end_offsets(partitions))
-    finally:
-        await probe.stop()
+    _, ends = await changelog_ends(bootstrap, changelog)
+    partitions = list(ends)
     persisted = {tp.partition: table.data.persisted_offset(TP(changelog, tp.partition)) for tp in partitions}
     assert persisted == {tp.partition: ends[tp] - 1 for tp in partitions}, (persisted, ends)
     for key in list(table.data.keys())[:20]:
@@ -154,7 +163,7 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
 
 
 async def test_a_second_worker_takes_partitions_over_with_their_states(
-    broker: EmbeddedBroker, unique: str, tmp_path: Path
+    broker: Broker, unique: str, tmp_path: Path
 ) -> None:
     """Two workers, changelog in multi-record batches: the second worker is given partitions, and the
     rebalance neither crashes a worker (Faust's ConsistencyError when a persisted offset is above the

@@ -12,7 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from guestinfo.broker import EmbeddedBroker, ensure_topics
+from guestinfo.broker import ensure_topics
+from guestinfo.engines import Broker
 from schemas.codec import decode, encode
 from schemas.events import AgentReport, DomainInterface, DomainReport, VMIRef
 from schemas.kubevirt import GuestOSInfo
@@ -26,20 +27,20 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def join_app(
-    broker: EmbeddedBroker, unique: str, tmp_path: Path, request: pytest.FixtureRequest
+    broker: Broker, unique: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[faust.App]:
     async for app in _join_app(broker, unique, tmp_path, getattr(request, "param", "none")):
         yield app
 
 
 @pytest.fixture
-async def lenient_join_app(lenient_broker: EmbeddedBroker, unique: str, tmp_path: Path) -> AsyncIterator[faust.App]:
+async def lenient_join_app(lenient_broker: Broker, unique: str, tmp_path: Path) -> AsyncIterator[faust.App]:
     """A join worker on a broker that does not validate records (`lenient_broker`)."""
     async for app in _join_app(lenient_broker, unique, tmp_path, "none"):
         yield app
 
 
-async def _join_app(broker: EmbeddedBroker, unique: str, tmp_path: Path, compression: str) -> AsyncIterator[faust.App]:
+async def _join_app(broker: Broker, unique: str, tmp_path: Path, compression: str) -> AsyncIterator[faust.App]:
     await ensure_topics(broker.bootstrap_servers)
     app = await started(JoinConfig(bootstrap_servers=broker.bootstrap_servers, app_id=f"join-{unique}",
                                    datadir=tmp_path, compression=compression))  # type: ignore[arg-type]
@@ -89,7 +90,7 @@ async def read_merged(bootstrap: str, key: str, count: int, topic: str = VMI_TOP
 
 
 @pytest.mark.parametrize("join_app", ["none", "zstd"], indirect=True)
-async def test_join_emits_records_then_tombstone(broker: EmbeddedBroker, join_app: faust.App, unique: str) -> None:
+async def test_join_emits_records_then_tombstone(broker: Broker, join_app: faust.App, unique: str) -> None:
     vmi = VMIRef(namespace=f"ns-{unique}", name="vm1", uid="u1")
     domain = DomainReport(
         vmi=vmi, node="node-a", observed_at=100.0, agent_connected=True,
@@ -120,7 +121,7 @@ async def test_join_emits_records_then_tombstone(broker: EmbeddedBroker, join_ap
 
 
 async def test_undecodable_raw_event_goes_to_dead_letters(
-    lenient_broker: EmbeddedBroker, lenient_join_app: faust.App, unique: str
+    lenient_broker: Broker, lenient_join_app: faust.App, unique: str
 ) -> None:
     broker = lenient_broker
     key = f"ns-{unique}/broken"
