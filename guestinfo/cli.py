@@ -116,7 +116,7 @@ def _add_kube_options(parser: argparse.ArgumentParser) -> None:
 def _add_metrics_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-listen", metavar="HOST:PORT", default=None,
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz (default: off)",
     )
 
 
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="Kubernetes VMI status sink")
     _add_bootstrap(status, required=True)
     _add_kube_options(status)
+    _add_metrics_option(status)
 
     simulate = commands.add_parser(
         "simulate", help="a simulated fleet: real collectors against simulated domains and guest agents",

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guestinfo.api_security import security_config, watch_history
 from guestinfo.config import (
@@ -24,12 +24,17 @@ from guestinfo.config import (
 )
 from guestinfo.lifecycle import run_until_signalled
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 log = logging.getLogger(__name__)
 
 
-def serve_metrics(value: str | None, healthz: Callable[[], tuple[bool, str]] = lambda: (True, "ok")) -> None:
-    """Serve this process's Prometheus metrics (default registry) at `/metrics`, and `/healthz` (200, or 503
-    when `healthz()` says it is not healthy, with its text), from a background thread."""
+def serve_metrics(value: str | None, healthz: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
+                  registry: CollectorRegistry | None = None) -> None:
+    """Serve this process's Prometheus metrics (`registry`, or the default one) at `/metrics`, and
+    `/healthz` (200, or 503 when `healthz()` says it is not healthy, with its text), from a background
+    thread."""
     if value is None:
         return
     import socket
@@ -40,7 +45,7 @@ def serve_metrics(value: str | None, healthz: Callable[[], tuple[bool, str]] = l
     import prometheus_client
 
     listen = parse_listen(value)
-    metrics = prometheus_client.make_wsgi_app()
+    metrics = prometheus_client.make_wsgi_app(registry or prometheus_client.REGISTRY)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("PATH_INFO") == "/healthz":
@@ -174,7 +179,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    from sinks.consuming import FetchWatch
     from sinks.kube_client import in_cluster
+    from sinks.metrics import REGISTRY
     from sinks.vmi_status import StatusConfig, run_status_sink
 
     if not (args.kube_api or args.kubeconfig or in_cluster()):
@@ -184,7 +191,9 @@ def status(args: argparse.Namespace) -> int:
         kube_api=args.kube_api,
         kubeconfig=args.kubeconfig,
     )
-    asyncio.run(run_until_signalled(run_status_sink(config), "status"))
+    watch = FetchWatch("status")
+    serve_metrics(args.metrics_listen, healthz=watch.health, registry=REGISTRY)
+    asyncio.run(run_until_signalled(run_status_sink(config, watch), "status"))
     return 0
 
 

@@ -28,11 +28,15 @@ MAX_BATCH = 500
 RETRY_FIRST, RETRY_MOST = 0.5, 30.0
 
 
-async def consume_batches(consumer: AIOKafkaConsumer, name: str, handle: Callable[[Batch], Awaitable[bool]]) -> None:
-    """Run the loop until cancelled; `handle` returns whether the batch is done (see the module)."""
+async def consume_batches(consumer: AIOKafkaConsumer, name: str, handle: Callable[[Batch], Awaitable[bool]],
+                          fetched: Callable[[AIOKafkaConsumer], None] | None = None) -> None:
+    """Run the loop until cancelled; `handle` returns whether the batch is done (see the module).
+    `fetched` is told after every fetch, with records or without."""
     backoff = Backoff(RETRY_FIRST, RETRY_MOST)
     while True:
         batch = await consumer.getmany(timeout_ms=1000, max_records=MAX_BATCH)
+        if fetched is not None:
+            fetched(consumer)
         if not batch:
             continue
         if not await handle(batch):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 from aiohttp import web
@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 
 #: The groups served, each with its versions (the preferred one first).
 GROUPS = ((guestinfos.GROUP, (guestinfos.VERSION,)), (GROUP, VERSIONS))
+
+#: What `/healthz` answers: healthy or not, and the text to say.
+Health = Callable[[], tuple[bool, str]]
+HEALTH: web.AppKey[Health] = web.AppKey("guestinfo-health")
+
+
+def _always_healthy() -> tuple[bool, str]:
+    return True, "ok"
 
 
 def _json(body: bytes) -> web.Response:
@@ -79,6 +87,15 @@ async def get_openapi_v3(request: web.Request) -> web.Response:
 
 
 async def get_healthz(request: web.Request) -> web.Response:
+    """The store sink's health (`sinks.consuming.FetchWatch`): 503 while Kafka does not answer it."""
+    healthy, text = request.app[HEALTH]()
+    return web.Response(status=200 if healthy else 503, text=text, content_type="text/plain")
+
+
+async def get_livez(request: web.Request) -> web.Response:
+    """Alive and serving: the store's data is served while Kafka is away, so neither /livez nor /readyz
+    follows the sink (a restart would not bring Kafka back, and taking the API out of its Service would
+    fail every read instead of answering the last state known)."""
     return web.Response(text="ok", content_type="text/plain")
 
 
@@ -136,11 +153,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_app(
-    store: Store, guard: Middleware | None = None, feed: ChangeFeed | None = None, bookmark_seconds: float = 60.0
+    store: Store, guard: Middleware | None = None, feed: ChangeFeed | None = None, bookmark_seconds: float = 60.0,
+    health: Health | None = None,
 ) -> web.Application:
     """The aiohttp application over `store`; `guard` (a middleware) passes every request before its handler.
 
     Watches follow `feed` (one per process); without one, the application runs its own while it runs.
+    `/healthz` answers `health` (always healthy without one); `/livez` and `/readyz` answer 200.
     """
     app = web.Application(middlewares=[observe] if guard is None else [observe, guard])
     app[STORE_KEY] = store
@@ -150,6 +169,7 @@ def make_app(
         feed = ChangeFeed(store)
         app.cleanup_ctx.append(_following(feed))
     app[FEED] = feed
+    app[HEALTH] = health or _always_healthy
     versions = "|".join(VERSIONS)
     subs = "|".join(SUBRESOURCES)
     prefix = f"/apis/{GROUP}/{{version:{versions}}}"
@@ -167,8 +187,8 @@ def make_app(
     app.router.add_get("/openapi/v3", get_openapi_v3_index, name="openapi:v3")
     app.router.add_get("/openapi/v3/apis/{group}/{version}", get_openapi_v3, name="openapi:group")
     app.router.add_get("/healthz", get_healthz, name="healthz:healthz")
-    app.router.add_get("/readyz", get_healthz, name="healthz:readyz")
-    app.router.add_get("/livez", get_healthz, name="healthz:livez")
+    app.router.add_get("/readyz", get_livez, name="healthz:readyz")
+    app.router.add_get("/livez", get_livez, name="healthz:livez")
     app.router.add_get("/metrics", get_metrics, name="metrics")
     return app
 

@@ -1,9 +1,10 @@
-"""What both sinks share: the consumer of `guestinfo.vmi.v1`, decoding its records, and the consume
-loop (`plumbing.consuming`) fed with the decoded changes."""
+"""What the sinks share: the consumer of `guestinfo.vmi.v1`, decoding its records, the consume loop
+(`plumbing.consuming`) fed with the decoded changes, and the watch on its fetches their health reports."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from schemas.codec import DecodeError, decode
 from schemas.events import split_vmi_key
 from schemas.topics import UID_HEADER, VMI_TOPIC
 from schemas.vmi import VMIRecord
-from sinks.metrics import RECORDS_SKIPPED
+from sinks.metrics import LAST_FETCH, RECORDS_SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,49 @@ def make_consumer(bootstrap_servers: str, group_id: str) -> AIOKafkaConsumer:
     """A consumer of the merged topic (`plumbing.kafka`): manual commits, from the earliest offset for
     a new group."""
     return make_kafka_consumer(bootstrap_servers, VMI_TOPIC, group_id=group_id, client_id=f"guestinfo-{group_id}")
+
+
+#: A sink whose brokers have not answered its fetches for this long says it is unhealthy (/healthz 503).
+#: Kafka clients retry a request for 10 s, and an idle fetch is answered every 0.1 s.
+STALE_AFTER = 30.0
+
+
+class FetchWatch:
+    """When a sink's consumer last had an answer from the brokers for its partitions, with records or
+    without (aiokafka's `last_poll_timestamp`): the `guestinfo_sink_last_fetch_timestamp_seconds` gauge,
+    and the sink's health. A consumer with no partitions has nothing to fetch: it counts as answered.
+
+    Once caught up, a sink never knew that Kafka had gone away: its fetches came back empty either way."""
+
+    def __init__(self, sink: str, stale_after: float | None = None) -> None:
+        self.sink = sink
+        self.stale_after = STALE_AFTER if stale_after is None else stale_after
+        #: Unix time of the last answer; None before the first.
+        self.last: float | None = None
+        self._gauge = LAST_FETCH.labels(sink)
+
+    def observe(self, consumer: AIOKafkaConsumer) -> None:
+        """After a fetch of `consumer` (`plumbing.consuming.consume_batches`' `fetched`)."""
+        assigned = consumer.assignment()
+        stamps = [stamp for tp in assigned if (stamp := consumer.last_poll_timestamp(tp)) is not None]
+        if stamps:
+            latest = max(stamps) / 1000
+        elif not assigned:
+            latest = time.time()
+        else:
+            return
+        if self.last is None or latest > self.last:
+            self.last = latest
+            self._gauge.set(latest)
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the brokers answered within `stale_after` seconds, and what to say about it."""
+        if self.last is None:
+            return False, f"{self.sink} sink: no answer from Kafka yet"
+        age = time.time() - self.last
+        if age > self.stale_after:
+            return False, f"{self.sink} sink: no answer from Kafka for {age:.0f}s"
+        return True, "ok"
 
 
 def _where(msg: ConsumerRecord[bytes, bytes]) -> str:
@@ -83,15 +127,17 @@ def tombstone_uid(msg: ConsumerRecord[bytes, bytes]) -> str:
 
 
 async def consume_batches(
-    consumer: AIOKafkaConsumer, sink: str, handle: Callable[[list[VMIChange]], Awaitable[bool]]
+    consumer: AIOKafkaConsumer, sink: str, handle: Callable[[list[VMIChange]], Awaitable[bool]],
+    watch: FetchWatch | None = None,
 ) -> None:
     """The loop of every sink (`plumbing.consuming`), until cancelled: each batch decoded and handed to
-    `handle`, which says whether it is done; a batch not done is fetched again after a growing pause."""
+    `handle`, which says whether it is done; a batch not done is fetched again after a growing pause.
+    `watch` follows the fetches (a watch of the sink's own when None)."""
 
     async def decoded(batch: Batch) -> bool:
         return await handle(decode_batch(batch, sink))
 
-    await plumbing_consume(consumer, f"{sink} sink", decoded)
+    await plumbing_consume(consumer, f"{sink} sink", decoded, (watch or FetchWatch(sink)).observe)
 
 
 def decode_batch(batches: Batch, sink: str) -> list[VMIChange]:

@@ -53,6 +53,7 @@ from plumbing.kafka import make_consumer, topic_partitions
 from schemas.events import split_vmi_key
 from schemas.limits import MAX_FILESYSTEM_SERIES, MAX_INTERFACE_SERIES, MAX_LABEL_VALUE
 from schemas.topics import VMI_TOPIC
+from sinks.consuming import FetchWatch
 from sinks.metrics import GUEST_METRICS_RECORDS
 from sinks.metrics import REGISTRY as SINK_REGISTRY
 
@@ -223,6 +224,9 @@ class GuestMetricsSink:
         #: The topic's ends when the sink started; it is ready (healthz) once it has read up to them.
         self._start_ends: dict[TopicPartition, int] | None = None
         self.caught_up = asyncio.Event()
+        self.fetches = FetchWatch("guest-metrics")
+        #: Whether the shard has partitions of the topic (one without has nothing to read, ever).
+        self.has_partitions = True
 
     def registry(self) -> CollectorRegistry:
         """A registry with the guest series and the sinks' own metrics, for serving."""
@@ -232,9 +236,14 @@ class GuestMetricsSink:
         return registry
 
     def health(self) -> tuple[bool, str]:
-        if self.caught_up.is_set():
-            return True, f"ok: {len(self.vmis)} VMIs"
-        return False, "reading the merged topic from its beginning"
+        """Caught up, and the brokers still answer (`FetchWatch`)."""
+        if not self.caught_up.is_set():
+            return False, "reading the merged topic from its beginning"
+        if self.has_partitions:
+            fetching, text = self.fetches.health()
+            if not fetching:
+                return False, text
+        return True, f"ok: {len(self.vmis)} VMIs"
 
     async def run(self) -> None:
         consumer = make_consumer(self.bootstrap_servers, group_id=None, client_id="guestinfo-guest-metrics")
@@ -244,6 +253,7 @@ class GuestMetricsSink:
             if not partitions:
                 log.warning("guest metrics: shard %d/%d has none of the %s partitions: it serves no VMI",
                             *self.shard, self.topic)
+                self.has_partitions = False
                 self.caught_up.set()
                 await asyncio.Event().wait()
             await consumer.seek_to_beginning(*partitions)
@@ -253,6 +263,7 @@ class GuestMetricsSink:
             await self._check_caught_up(consumer)
             while True:
                 fetched = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                self.fetches.observe(consumer)
                 for records in fetched.values():
                     for record in records:
                         self.apply(record)

@@ -5,7 +5,7 @@ Names follow `guestinfo_sink_<noun>_<unit>`.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -38,6 +38,13 @@ STATUS_PATCHES = Counter(
     "guestinfo_sink_status_patches",
     "JSON patches of VMI status sent by the status sink, by result.",
     ["result"],
+    registry=REGISTRY,
+)
+LAST_FETCH = Gauge(
+    "guestinfo_sink_last_fetch_timestamp_seconds",
+    "When the sink's consumer last had an answer from the brokers for its partitions (Unix time), by sink: "
+    "a value that stops moving means Kafka is away or the sink is stuck.",
+    ["sink"],
     registry=REGISTRY,
 )
 GUEST_METRICS_RECORDS = Counter(

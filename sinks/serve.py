@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from sinks.api import make_app
+from sinks.api import Health, make_app
+from sinks.consuming import FetchWatch
 from sinks.security import Guard, SecurityConfig, open_guard
 from sinks.store import Store, describe_url, open_store
 from sinks.store_sink import run_store_sink
@@ -65,12 +66,13 @@ def base_url(host: str, port: int, tls: bool) -> str:
 
 
 async def start_api(
-    store: Store, host: str, port: int, guard: Guard | None = None, feed: ChangeFeed | None = None
+    store: Store, host: str, port: int, guard: Guard | None = None, feed: ChangeFeed | None = None,
+    health: Health | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Start the HTTP server (HTTPS when `guard` has TLS); returns the runner and the bound port.
-    Watches follow `feed`, or a feed of the application's own."""
+    Watches follow `feed`, or a feed of the application's own; `/healthz` answers `health`."""
     guard = guard or Guard()
-    app = make_app(store, None if guard.open else guard.middleware, feed)
+    app = make_app(store, None if guard.open else guard.middleware, feed, health=health)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -90,10 +92,11 @@ async def start_api(
 async def serve_with(store: Store, config: ServeConfig, ready: asyncio.Event | None) -> None:
     """Run API and store sink on an open store until cancelled (or until the sink fails)."""
     feed = ChangeFeed(store)
+    fetches = FetchWatch("store")
     async with open_guard(config.security, config.listen_host) as guard, background(
         feed.run(), keep_history(store, config.watch_history_seconds, config.watch_history_entries)
     ):
-        runner, port = await start_api(store, config.listen_host, config.listen_port, guard, feed)
+        runner, port = await start_api(store, config.listen_host, config.listen_port, guard, feed, fetches.health)
         scheme = "https" if guard.tls else "http"
         try:
             log.info("API listening on %s://%s:%d", scheme, config.listen_host, port)
@@ -101,7 +104,7 @@ async def serve_with(store: Store, config: ServeConfig, ready: asyncio.Event | N
                 ready.host, ready.port, ready.tls = config.listen_host, port, guard.tls is not None
             if ready is not None:
                 ready.set()
-            await run_store_sink(config.bootstrap_servers, config.group_id, store, feed.poke)
+            await run_store_sink(config.bootstrap_servers, config.group_id, store, feed.poke, fetches)
         finally:
             await runner.cleanup()
             log.info("API on %s://%s:%d stopped", scheme, config.listen_host, port)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sinks.consuming import VMIChange, consume_batches, make_consumer
+from sinks.consuming import FetchWatch, VMIChange, consume_batches, make_consumer
 from sinks.metrics import STORE_WRITES
 from sinks.store import Change, Store, Tombstone
 
@@ -28,10 +28,12 @@ async def write_batch(store: Store, changes: list[VMIChange]) -> int:
 
 
 async def run_store_sink(
-    bootstrap_servers: str, group_id: str, store: Store, written: Callable[[], None] | None = None
+    bootstrap_servers: str, group_id: str, store: Store, written: Callable[[], None] | None = None,
+    watch: FetchWatch | None = None,
 ) -> None:
     """Consume the merged topic into `store` until cancelled; the consumer is stopped on exit.
-    `written` is called after each batch is stored (the API's watches read the change log then)."""
+    `written` is called after each batch is stored (the API's watches read the change log then);
+    `watch` follows the fetches (the API's /healthz)."""
     consumer = make_consumer(bootstrap_servers, group_id)
     await consumer.start()
     log.info("store sink consuming as group %s from %s", group_id, bootstrap_servers)
@@ -49,7 +51,7 @@ async def run_store_sink(
         return True
 
     try:
-        await consume_batches(consumer, "store", write)
+        await consume_batches(consumer, "store", write, watch)
     finally:
         await consumer.stop()
         log.info("store sink stopped")

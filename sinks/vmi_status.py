@@ -23,7 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 
 from plumbing.backoff import Backoff
-from sinks.consuming import VMIChange, consume_batches, make_consumer
+from sinks.consuming import FetchWatch, VMIChange, consume_batches, make_consumer
 from sinks.kube_client import api_client
 from sinks.metrics import STATUS_PATCHES
 from sinks.status_patch import JsonObject, status_patch
@@ -188,8 +188,9 @@ def batch_done(outcomes: list[str]) -> bool:
     return Outcome.FAILED not in outcomes
 
 
-async def run_status_sink(config: StatusConfig) -> None:
-    """Consume `guestinfo.vmi.v1` and keep VMI statuses in step, until cancelled."""
+async def run_status_sink(config: StatusConfig, watch: FetchWatch | None = None) -> None:
+    """Consume `guestinfo.vmi.v1` and keep VMI statuses in step, until cancelled; `watch` follows the
+    fetches (the process's /healthz)."""
     api_client = await make_api_client(config)
     try:
         api = client.CustomObjectsApi(api_client)
@@ -201,7 +202,7 @@ async def run_status_sink(config: StatusConfig) -> None:
             return batch_done(await process_batch(api, changes, config))
 
         try:
-            await consume_batches(consumer, "status", apply)
+            await consume_batches(consumer, "status", apply, watch)
         finally:
             await consumer.stop()
             log.info("status sink stopped")
