@@ -36,6 +36,7 @@ from collectors.metrics import BUFFERED_VMIS, FULL_RESYNCS, REPORTS_UNCHANGED
 from collectors.publisher import Report, publish, start_producer
 from collectors.reports import TickReports
 from plumbing.backoff import Backoff
+from plumbing.kafka import stop_producer
 from schemas.events import AgentReport, DomainReport
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,7 @@ class StatePublisher:
                     # start a fresh one once Kafka answers; the reports wait in the outbox.
                     stale, producer = producer, None
                     with contextlib.suppress(Exception):
-                        async with asyncio.timeout(5):
-                            await stale.stop()
+                        await stop_producer(stale)  # what it holds waits in the outbox
                     self.outbox.put_back(failed)
                     await self._failed(backoff.next())
                     continue
@@ -304,7 +304,7 @@ class StatePublisher:
                     self._ready.set()
         finally:
             if producer is not None:
-                await producer.stop()
+                await stop_producer(producer)
 
     async def _start_producer(self) -> Any:
         try:

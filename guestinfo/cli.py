@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--table-store", choices=["memory", "rocksdb"], default="memory",
                       help="where the join keeps its per-VMI states: memory (rebuilt from the changelog on every "
                       "start), or RocksDB below the state dir (a restart reads only the changelog's tail)")
+    join.add_argument("--replication-factor", type=int, default=None, metavar="N",
+                      help="replicas of the topics the worker creates, its table's changelog (default: 3, or the "
+                      "number of brokers when the cluster has fewer)")
     join.add_argument("--compression", choices=["none", "gzip", "lz4", "zstd"], default="none",
                       help="compression of the merged records and the table's changelog (default: none; lz4 and "
                       "zstd shrink the JSON about fourfold for little CPU, gzip costs the join a sixth of its CPU)")

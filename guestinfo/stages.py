@@ -140,13 +140,17 @@ def collect(args: argparse.Namespace) -> int:
 
 
 def join(args: argparse.Namespace) -> int:
+    from plumbing.kafka import cluster_replication
     from streams.app import JoinConfig, run_join_worker
 
     serve_metrics(args.metrics_listen)
     datadir = (Path(args.state_dir) / "join").absolute()
     datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    bootstrap_servers = parse_bootstrap_servers(args.bootstrap_servers)
+    replication = args.replication_factor or asyncio.run(cluster_replication(bootstrap_servers))
     config = JoinConfig(
-        bootstrap_servers=parse_bootstrap_servers(args.bootstrap_servers),
+        bootstrap_servers=bootstrap_servers,
+        replication_factor=replication,
         app_id=args.app_id,
         datadir=datadir,
         compression=args.compression,

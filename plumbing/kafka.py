@@ -36,6 +36,8 @@ import time
 from typing import Literal
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition, errors
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,45 @@ async def start_producer(
         await producer.stop()
         raise
     return producer
+
+
+#: Replicas of a topic a stage creates, on a cluster with at least as many brokers.
+REPLICAS = 3
+
+
+async def cluster_replication(bootstrap_servers: str, patience: float = 60.0) -> int:
+    """The replication factor for the topics a stage creates itself (the join's changelog): `REPLICAS`, or
+    as many as the cluster has brokers when it has fewer. Asks the brokers until they answer, for up to
+    `patience` seconds; then raises KafkaError."""
+    deadline = time.monotonic() + patience
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            brokers = len((await admin.describe_cluster())["brokers"])
+            return max(1, min(REPLICAS, brokers))
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for Kafka at %s: %s", bootstrap_servers, exc)
+            await asyncio.sleep(1.0)
+        finally:
+            await admin.close()
+
+
+async def stop_producer(producer: AIOKafkaProducer, deadline: float = 5.0) -> None:
+    """Stop `producer`, dropping what it still holds after `deadline` seconds. aiokafka's `stop` waits
+    for every pending batch, which brokers that are gone never take: an idempotent producer's stop then
+    never ends, and, cancelled, leaves its sender running, to deliver the old batch whenever the broker
+    is back (seen: a collector's abandoned producer wrote a state older than the one republished)."""
+    try:
+        async with asyncio.timeout(deadline):
+            await producer.stop()
+    except TimeoutError:
+        # aiokafka offers no abort: its sender task and its connections are closed here.
+        await producer._sender.close()
+        await producer.client.close()
+        log.warning("a producer's unsent records were dropped: the brokers took none within %.0fs", deadline)
 
 
 async def grants_producer_ids(bootstrap_servers: str, client_id: str = "guestinfo", patience: float = 15.0) -> bool:

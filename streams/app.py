@@ -14,7 +14,7 @@ from typing import Any
 import faust
 from pydantic import BaseModel, ConfigDict, Field
 
-from plumbing.kafka import Compression, track_topics
+from plumbing.kafka import Compression, stop_producer, track_topics
 from schemas.topics import AGENT_TOPIC, DEAD_LETTER_TOPIC, DOMAIN_TOPIC, EVENTS_TOPIC, PARTITIONS, VMI_TOPIC
 from streams.batches import JoinBatches
 from streams.consumer import JoinApp
@@ -35,6 +35,8 @@ class JoinConfig(BaseModel):
     bootstrap_servers: str = Field(description="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]")
     app_id: str = Field(default="guestinfo-join", description="Faust app id: consumer group and table prefix")
     partitions: int = Field(default=PARTITIONS, description="Partition count of the topics and the table")
+    replication_factor: int = Field(
+        default=1, ge=1, description="Replicas of the topics the worker creates (its table's changelog)")
     datadir: Path = Field(default=Path("/tmp/guestinfo-join"), description="Faust's local data folder")
     web_port: int | None = Field(default=None, description="Faust web port; None disables Faust's web server")
     session_timeout: float = Field(default=6.0, description="Consumer session timeout, seconds")
@@ -57,7 +59,7 @@ def faust_settings(config: JoinConfig) -> dict[str, Any]:
         "store": "rocksdb://" if config.table_store == "rocksdb" else "memory://",
         "datadir": str(config.datadir),
         "topic_partitions": config.partitions,
-        "topic_replication_factor": 1,
+        "topic_replication_factor": config.replication_factor,
         "broker_session_timeout": config.session_timeout,
         "broker_heartbeat_interval": 1.0,
         "producer_linger": 0.05,
@@ -108,7 +110,7 @@ def build_app(config: JoinConfig) -> faust.App:
             async for events in taken:
                 await batches.take(event.message for event in events)
         finally:
-            await producer.stop()
+            await stop_producer(producer)
 
     return app
 

@@ -78,10 +78,14 @@ async def test_state_waits_bounded_while_kafka_is_away_then_everything_is_republ
         # Kafka goes away for longer than a request may take (10 s): many rounds of changes, and the
         # buffer holds one state per VMI, never a queue.
         await broker.stop()
-        for round_ in range(2, 30):
-            publisher.offer(reports(node, float(round_), f"round-{round_}", vmis))
+        # A publication is given up after PUBLISH_DEADLINE (15 s): Tansu refuses sooner, Kafka's producer waits.
+        last = 1
+        for last in range(2, 70):
+            publisher.offer(reports(node, float(last), f"round-{last}", vmis))
             await asyncio.sleep(0.5)
             assert len(publisher.outbox) <= vmis
+            if last >= 29 and publisher.failing:
+                break
         assert publisher.failing, "the publisher noticed the outage"
 
         # Back: empty on Tansu (it keeps nothing), with its log on Kafka; the full state is republished.
@@ -95,5 +99,6 @@ async def test_state_waits_bounded_while_kafka_is_away_then_everything_is_republ
         await broker.stop()
     assert {d.vmi.name for d in domains} == {f"vm{i}" for i in range(vmis)}, "every VMI's domain again"
     latest = {a.vmi.name: a for a in sorted(agents, key=lambda a: a.observed_at)}
-    assert {a.hostname for a in latest.values()} == {"round-29"}, "the latest state, not a queue of old ones"
-    assert len(agents) <= 3 * vmis, f"{len(agents)} agent reports: a bounded buffer, not every round"
+    assert {a.hostname for a in latest.values()} == {f"round-{last}"}, "the latest state, not a queue of old ones"
+    during = [a for a in agents if a.hostname != "first"]  # Kafka keeps the first round's too
+    assert len(during) <= 3 * vmis, f"{len(during)} agent reports: a bounded buffer, not every round"
