@@ -259,6 +259,22 @@ class KafkaCluster(Service):
                 stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True,
             )
 
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node, as a machine that dies (the fault tests); waits until it has ended."""
+        process = self._processes.pop(node_id)
+        process.kill()
+        process.wait()
+        log.info("Kafka node %d killed", node_id)
+
+    async def restart(self, node_id: int) -> None:
+        """Start a killed or stopped node again on its log, and wait until its broker is in the metadata."""
+        assert self._layout is not None, "the cluster is not started"
+        if node_id in self._processes:
+            raise BrokerError(f"Kafka node {node_id} is running")
+        node = next(node for node in self._layout.nodes if node.node_id == node_id)
+        self._launch(java(), kafka_libs(), node)
+        await self._wait_ready()
+
     async def _wait_ready(self) -> None:
         """Until every node's broker is in the cluster's metadata."""
         brokers = self.brokers
