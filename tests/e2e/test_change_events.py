@@ -49,7 +49,8 @@ async def announced(log: Path, what: str) -> str:
     """An address `guestinfo run` prints once it is up (`what`: the line's heading)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        found = re.search(rf"{what}\s+(\S+)", await asyncio.to_thread(log.read_text, errors="replace"))
+        # The banner's line, not a log line that names it (Apache Kafka logs "Apache Kafka ready on ...").
+        found = re.search(rf"^\s*{what}\s+(\S+)", await asyncio.to_thread(log.read_text, errors="replace"), re.M)
         if found:
             return found[1]
         await asyncio.sleep(0.2)
