@@ -7,8 +7,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 
 from plumbing.consuming import Batch
 from plumbing.consuming import consume_batches as plumbing_consume
@@ -38,9 +39,25 @@ class VMIChange:
 
 
 def make_consumer(bootstrap_servers: str, group_id: str) -> AIOKafkaConsumer:
-    """A consumer of the merged topic (`plumbing.kafka`): manual commits, from the earliest offset for
-    a new group."""
-    return make_kafka_consumer(bootstrap_servers, VMI_TOPIC, group_id=group_id, client_id=f"guestinfo-{group_id}")
+    """A consumer of the merged topic in group `group_id` (`plumbing.kafka`): manual commits, from the
+    earliest offset for a new group; it logs the partitions each rebalance gives it."""
+    consumer = make_kafka_consumer(bootstrap_servers, group_id=group_id, client_id=f"guestinfo-{group_id}")
+    consumer.subscribe([VMI_TOPIC], listener=LoggedAssignment(group_id))
+    return consumer
+
+
+class LoggedAssignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped here
+    """Logs the merged-topic partitions a sink's consumer is given at each rebalance."""
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == VMI_TOPIC)
+        log.info("%s: partitions %s of %s", self.group_id, partitions, VMI_TOPIC)
 
 
 #: A sink whose brokers have not answered its fetches for this long says it is unhealthy (/healthz 503).
