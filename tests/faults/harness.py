@@ -85,6 +85,7 @@ class Stage:
 
     def __init__(self, name: str, folder: Path, *argv: str) -> None:
         self.name = name
+        self.argv = argv
         self.log = folder / f"{name}.log"
         folder.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:

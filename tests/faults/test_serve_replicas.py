@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 
 from guestinfo.broker import free_port
@@ -27,19 +25,6 @@ pytestmark = pytest.mark.integration
 
 NAMESPACE = "replicas"
 VMIS = [f"vm-{i:02d}" for i in range(20)]
-
-
-@pytest.fixture
-async def shared_store(postgres_url: str, unique: str) -> AsyncIterator[str]:
-    """A schema of its own on the session's PostgreSQL, for both replicas."""
-    schema = f"replicas_{unique}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-        yield f"{postgres_url}?search_path={schema}"
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    finally:
-        await conn.close()
 
 
 class KubectlWatch:
