@@ -125,6 +125,14 @@ class Stage:
         return found
 
 
+def stop_all(*stages: Stage | None) -> str:
+    """Stop every stage that was started (SIGTERM, SIGKILL after 30 s); their logs, for the test to read."""
+    for stage in stages:
+        if stage is not None:
+            stage.stop()
+    return "".join(stage.text() for stage in stages if stage is not None)
+
+
 def join_worker(folder: Path, bootstrap: str, name: str = "join", app_id: str = "guestinfo-join",
                 table_store: str = "memory") -> Stage:
     return Stage(name, folder, "join", "--bootstrap-servers", bootstrap, "--app-id", app_id,

@@ -25,6 +25,7 @@ from tests.faults.harness import (
     join_worker,
     leader_of,
     serve,
+    stop_all,
     three_brokers,
     until_in_sync,
 )
@@ -95,7 +96,5 @@ async def test_a_broker_killed_under_load_loses_nothing_and_catches_up(tmp_path:
                   f"sync {caught_up:.1f}s after its restart; {len(watch.seen(BUSY))} states of {BUSY} at the API, "
                   f"none twice")
         finally:
-            for stage in (api, join):
-                stage.stop()
-            logs = join.text() + api.text()
+            logs = stop_all(api, join)
         assert "Traceback" not in logs, logs[-3000:]

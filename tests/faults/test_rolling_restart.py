@@ -30,6 +30,7 @@ from tests.faults.harness import (
     hostname_changes,
     join_worker,
     serve,
+    stop_all,
     three_brokers,
 )
 
@@ -155,9 +156,7 @@ async def test_a_rolling_restart_under_load_loses_nothing_and_never_answers_5xx(
                   "guest at its last hostname")
         finally:
             done.set()
-            for stage in stages.values():
-                stage.stop()
-        logs = "".join(stage.text() for stage in stages.values())
+            logs = stop_all(*stages.values())
         assert "Traceback" not in logs, logs[-3000:]
 
 

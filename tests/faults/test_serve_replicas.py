@@ -19,7 +19,7 @@ import pytest
 
 from guestinfo.broker import free_port
 from tests import tools
-from tests.faults.harness import GI, ApiWatch, Guests, Stage, join_worker, serve, three_brokers
+from tests.faults.harness import GI, ApiWatch, Guests, Stage, join_worker, serve, stop_all, three_brokers
 
 pytestmark = pytest.mark.integration
 
@@ -142,8 +142,6 @@ async def test_a_replica_killed_leaves_its_partitions_and_watchers_lose_nothing(
                   f"({len(kubectl.lines)} lines, none twice or out of order); a watch from list version {version} "
                   f"saw the same {len(on_survivor.events)} events on both replicas")
         finally:
-            for running in (first, second, again, join):
-                if running is not None:
-                    running.stop()
-        logs = second.text() + join.text() + (again.text() if again else "")
+            logs = stop_all(second, again, join)
+            first.stop()  # killed: its log may end anywhere
         assert "Traceback" not in logs, logs[-3000:]
