@@ -119,7 +119,7 @@ async def stop_producer(producer: AIOKafkaProducer, deadline: float = 5.0) -> No
         # aiokafka offers no abort: its sender task and its connections are closed here.
         await producer._sender.close()
         await producer.client.close()
-        log.warning("a producer's unsent records were dropped: the brokers took none within %.0fs", deadline)
+        log.warning("a producer's unsent records were dropped: the brokers had not taken them within %.0fs", deadline)
 
 
 async def grants_producer_ids(bootstrap_servers: str, client_id: str = "guestinfo", patience: float = 15.0) -> bool:
