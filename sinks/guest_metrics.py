@@ -225,8 +225,6 @@ class GuestMetricsSink:
         self._start_ends: dict[TopicPartition, int] | None = None
         self.caught_up = asyncio.Event()
         self.fetches = FetchWatch("guest-metrics")
-        #: Whether the shard has partitions of the topic (one without has nothing to read, ever).
-        self.has_partitions = True
 
     def registry(self) -> CollectorRegistry:
         """A registry with the guest series and the sinks' own metrics, for serving."""
@@ -239,7 +237,7 @@ class GuestMetricsSink:
         """Caught up, and the brokers still answer (`FetchWatch`)."""
         if not self.caught_up.is_set():
             return False, "reading the merged topic from its beginning"
-        if self.has_partitions:
+        if self._start_ends is not None:  # a shard without partitions has nothing to fetch, ever
             fetching, text = self.fetches.health()
             if not fetching:
                 return False, text
@@ -253,7 +251,6 @@ class GuestMetricsSink:
             if not partitions:
                 log.warning("guest metrics: shard %d/%d has none of the %s partitions: it serves no VMI",
                             *self.shard, self.topic)
-                self.has_partitions = False
                 self.caught_up.set()
                 await asyncio.Event().wait()
             await consumer.seek_to_beginning(*partitions)

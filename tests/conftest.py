@@ -65,7 +65,7 @@ def tansu_broker() -> Iterator[Broker]:
 @pytest.fixture(scope="session", params=ENGINE_NAMES)
 def broker(request: pytest.FixtureRequest) -> Broker:
     """A broker of each engine, shared by the session (topics are named per test)."""
-    return request.getfixturevalue(f"{request.param}_broker" if request.param == "tansu" else "kafka_cluster")
+    return request.getfixturevalue("tansu_broker" if request.param == "tansu" else "kafka_cluster")
 
 
 @pytest.fixture(scope="session")
