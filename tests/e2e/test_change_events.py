@@ -81,7 +81,9 @@ class Tail:
                 line = await asyncio.wait_for(self.process.stdout.readline(), left)
             except TimeoutError:
                 continue
-            assert line, f"guestinfo tail ended: {await self.process.stderr.read() if self.process.stderr else ''}"
+            if not line:
+                stderr = (await self.process.stderr.read()).decode() if self.process.stderr else ""
+                pytest.fail(f"guestinfo tail ended: {stderr}")
             self.events.append(json.loads(line))
         return self.events
 

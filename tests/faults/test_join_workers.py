@@ -37,13 +37,12 @@ VMIS = [f"vm-{i:02d}" for i in range(40)]
 
 
 #: The open loss (docs/kafka.md §4): seen with RocksDB tables in about 2 runs of 11, and once in about 6
-#: with the memory store (one change of one VMI). Everything else the test checks holds in every run.
-OPEN_LOSS = pytest.mark.xfail(strict=False, reason="open (issue 20): a takeover still loses changes of a VMI now "
-                              "and then, with either table store (docs/kafka.md §4)")
+#: with the memory store (one change of one VMI). Only the check that finds it (every change told)
+#: makes the run an expected failure; every other check fails the test.
+OPEN_LOSS = "open (issue 20): a takeover still loses changes of a VMI now and then (docs/kafka.md §4)"
 
 
-@pytest.mark.parametrize("table_store", [pytest.param("memory", marks=OPEN_LOSS),
-                                         pytest.param("rocksdb", marks=OPEN_LOSS)])
+@pytest.mark.parametrize("table_store", ["memory", "rocksdb"])
 async def test_a_worker_killed_mid_stream_leaves_its_partitions_and_states_to_the_other(
     tmp_path: Path, table_store: str
 ) -> None:
@@ -86,15 +85,22 @@ async def test_a_worker_killed_mid_stream_leaves_its_partitions_and_states_to_th
                 settled = await watch.until_seen(dict(guests.changes), timeout=90)
 
                 await assert_acked_records_kept(guests)
-                events, merged = await assert_nothing_lost(guests, replays_allowed=True)
                 watch.assert_in_order_once()
+                lost: AssertionError | None = None
+                try:
+                    events, merged = await assert_nothing_lost(guests, replays_allowed=True)
+                    told = f"{events} change events (replays included), {merged} merged records"
+                except AssertionError as exc:
+                    lost, told = exc, "NOT every change told (the open loss)"
             assert second.alive() and third.alive() and api.alive()
             print(f"\n[{table_store}] shares {shares}; worker a killed: worker b had all {PARTITIONS} partitions "
                   f"{took_over:.1f}s later; worker c then took {given}, b kept {kept}; every VMI at its last "
                   f"change {settled:.1f}s after the load stopped; {sum(guests.changes.values())} changes, "
-                  f"{events} change events (replays included), {merged} merged records, "
+                  f"{told}, "
                   f"{len(watch.events)} states at the API, none twice or out of order")
         finally:
             logs = stop_all(api, second, third)
             first.stop()  # killed: its log may end anywhere
         assert "Traceback" not in logs, logs[-3000:]
+        if lost is not None:
+            pytest.xfail(f"{OPEN_LOSS}: {lost}")

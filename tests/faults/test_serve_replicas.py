@@ -28,7 +28,8 @@ VMIS = [f"vm-{i:02d}" for i in range(20)]
 
 
 class KubectlWatch:
-    """`kubectl get gi -w` on one replica: (name, change number, resourceVersion) per line."""
+    """`kubectl get gi -w` on one replica: (name, change number, resourceVersion) per line. A state
+    without a hostname yet (the domain report came first) is change -1, as in `ApiWatch`."""
 
     def __init__(self, port: int, home: Path) -> None:
         self.port = port
@@ -41,7 +42,7 @@ class KubectlWatch:
         self._process = await asyncio.create_subprocess_exec(
             tools.kubectl(), "--server", f"http://127.0.0.1:{self.port}", "--cache-dir", str(self.home / "cache"),
             "get", "guestinfos.guestinfo.kubevirt.io", "-n", NAMESPACE, "-w", "-o",
-            "jsonpath={.metadata.name} {.status.hostname} {.metadata.resourceVersion}{\"\\n\"}",
+            "jsonpath={.metadata.name}|{.status.hostname}|{.metadata.resourceVersion}{\"\\n\"}",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         self._task = asyncio.create_task(self._read())
         return self
@@ -49,8 +50,8 @@ class KubectlWatch:
     async def _read(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         async for raw in self._process.stdout:
-            name, hostname, version = raw.decode().split()
-            self.lines.append((name, int(hostname[1:]), version))
+            name, hostname, version = raw.decode().strip().split("|")
+            self.lines.append((name, int(hostname[1:]) if hostname else -1, version))
 
     async def __aexit__(self, *_: object) -> None:
         assert self._process is not None and self._task is not None
@@ -65,7 +66,9 @@ class KubectlWatch:
     async def until_seen(self, finals: dict[str, int], timeout: float) -> float:
         started = time.monotonic()
         while any(self.seen(name)[-1:] != [last] for name, last in finals.items()):
-            assert self._process is not None
+            assert self._process is not None and self._task is not None
+            if self._task.done():  # a line it could not read ends the reader: say which
+                self._task.result()
             if self._process.returncode is not None:
                 assert self._process.stderr is not None
                 pytest.fail(f"kubectl get -w ended: {(await self._process.stderr.read()).decode()[-2000:]}")
