@@ -15,6 +15,9 @@ POSITIVE_FIGURES = (
     "join_faust_events_per_s",
     "join_raw_events_per_s",
     "join_ratio_faust_raw",
+    "join_faust_events_per_s_kafka",
+    "join_raw_events_per_s_kafka",
+    "join_ratio_faust_raw_kafka",
     "join_faust_ceiling_events_per_s",
     "join_faust_ceiling_table_events_per_s",
     "join_faust_ceiling_batched_events_per_s",
@@ -39,10 +42,14 @@ def test_small_bench_prints_the_table_and_writes_figures(tmp_path: Path) -> None
     output = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "guestinfo", "bench", "--size", "small", "--json", str(output)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=480,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "join, Faust worker" in done.stdout
+    lines = done.stdout.splitlines()
+    for engine in ("tansu", "Kafka x3"):  # the engine column
+        for measure in ("join, Faust worker (1 process)", "join, plain aiokafka loop", "end-to-end latency"):
+            assert any(line.startswith(measure) and f" {engine} " in line for line in lines), f"{measure} on {engine}"
     assert "Faust ceiling: take_events, no work" in done.stdout
     assert "join, Faust worker / Faust ceiling + one table write per key" in done.stdout
     assert "calibration: fixed pure-Python workload" in done.stdout
