@@ -24,7 +24,7 @@ test: setup
 	$(BIN)/mypy schemas plumbing collectors streams sinks guestinfo
 	$(BIN)/pytest -ra
 
-# The benchmark (full size, a few minutes): prints one table; see README "Performance".
+# The benchmark (full size, about 17 minutes): one table, both Kafka engines; see docs/performance.md.
 bench: setup
 	$(BIN)/guestinfo bench
 

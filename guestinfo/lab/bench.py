@@ -1070,9 +1070,8 @@ async def measure_e2e_latency(bootstrap: str, vmis: int, workdir: Path, samples:
     p50, p95, p99 = (percentile(ordered, q) for q in (0.5, 0.95, 0.99))
     note = (f"{len(ordered)} of {samples} changes timed, served by the agent → shown by the API, from when all "
             f"{samples} sampled VMIs were in the API ({settled:.0f} s after the first: the fleet's first polls over); "
-            "asked by the "
-            f"collectors {percentile(asked, 0.5):.0f} s (median) / {asked[-1]:.0f} s (longest) after the change "
-            f"(hostname polled every {HOSTNAME_INTERVAL:.0f} s ± 10 %)")
+            f"asked by the collectors {percentile(asked, 0.5):.0f} s (median) / {asked[-1]:.0f} s (longest) after "
+            f"the change (hostname polled every {HOSTNAME_INTERVAL:.0f} s ± 10 %)")
     if unserved:
         note += f"; {unserved} never asked for by a collector within {E2E_ASK_TIMEOUT:.0f}s"
     if invisible:
@@ -1425,10 +1424,11 @@ def write_json(report: Report, path: str) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-async def _join_phase(report: Report, size: Size, broker: Broker, workdir: Path, engine: str) -> None:
+async def _join_phase(report: Report, size: Size, broker: Broker, workdir: Path) -> None:
     from guestinfo.broker import ensure_topics
 
     bootstrap, replication = broker.bootstrap_servers, broker.replication_factor
+    engine = "kafka" if isinstance(broker, KafkaCluster) else "tansu"
     await ensure_topics(bootstrap, replication_factor=replication)
     progress(f"workload: {size.events:,} raw events for {size.vmis:,} VMIs")
     workload = make_workload(size.vmis, size.events)
@@ -1561,13 +1561,13 @@ def add_engine_rows(report: Report, measured: Report, engine: str) -> None:
     report.failed = report.failed or measured.failed
 
 
-async def _engine_join_phase(report: Report, size: Size, engine: str, workdir: Path) -> None:
+async def _kafka_join_phase(report: Report, size: Size, workdir: Path) -> None:
     """The join rows on a fresh Apache Kafka cluster (Tansu's run in the broker the collector rows share)."""
     measured = Report(report.size)
     progress(f"join phase on Apache Kafka: starting {KAFKA_BROKERS} brokers")
-    async with start_engine(engine, workdir) as broker:
-        await _join_phase(measured, size, broker, workdir, engine)
-    add_engine_rows(report, measured, engine)
+    async with start_engine("kafka", workdir) as broker:
+        await _join_phase(measured, size, broker, workdir)
+    add_engine_rows(report, measured, "kafka")
 
 
 async def _e2e_phase(vmis: int, workdir: Path, samples: int, engine: str) -> list[Row]:
@@ -1592,7 +1592,7 @@ async def bench(size_name: str) -> Report:
         progress(f"size {size_name}: starting the embedded broker")
         async with EmbeddedBroker(validate_records=False) as broker:
             tansu = Report(size_name)
-            await _join_phase(tansu, size, broker, workdir, "tansu")
+            await _join_phase(tansu, size, broker, workdir)
             add_engine_rows(report, tansu, "tansu")
             collector = await measure_collector_cpu(broker.bootstrap_servers, size.collector_vmis, workdir,
                                                     size.collector_intervals, size.collector_warmup)
@@ -1605,7 +1605,7 @@ async def bench(size_name: str) -> Report:
             report.figures["collector_percent_of_core_per_1000_vmis"] = collector[0].value
             report.figures["collector_launchers_percent_of_core_per_1000_vmis"] = spread[0].value
             report.figures.update(collector[0].figures)
-        await _engine_join_phase(report, size, "kafka", workdir)
+        await _kafka_join_phase(report, size, workdir)
         report.figures.update({"e2e_p50_s": None, "e2e_p95_s": None, "e2e_p99_s": None})
         for vmis in size.e2e_vmis:  # the last size is the one the targets are about
             for engine in ENGINES:
