@@ -407,10 +407,12 @@ def _interpolate(samples: list[Sample], events: float) -> tuple[float, float]:
 
 
 def steady_state(samples: list[Sample], total: int) -> JoinResult:
-    """Rate and CPU between WINDOW[0] and WINDOW[1] of the events; totals from the first event on."""
-    if not samples or samples[0].events > WINDOW[0] * total:
-        raise MeasureError("the first sample came after the window started (workload too small?)")
-    low, high = (share * total for share in WINDOW)
+    """Rate and CPU between WINDOW[0] and WINDOW[1] of the events; totals from the first event on. The
+    window starts at the first sample instead when that came later (a small workload, whose first batch
+    of up to 1,000 events may be read before the first scrape), as long as half the events are left."""
+    if not samples or samples[0].events > 0.5 * total:
+        raise MeasureError("the first sample came after half the events (workload too small?)")
+    low, high = max(WINDOW[0] * total, samples[0].events + 1), WINDOW[1] * total
     t_low, cpu_low = _interpolate(samples, low)
     t_high, cpu_high = _interpolate(samples, high)
     first = samples[0]
