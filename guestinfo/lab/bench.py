@@ -1047,7 +1047,7 @@ async def _run_rest_generator(base_url: str, expected: Path, size: Size, extra: 
 
 
 async def measure_e2e_latency(bootstrap: str, vmis: int, workdir: Path, samples: int,
-                              target_s: float = 1.0) -> list[Row]:
+                              target_s: float) -> list[Row]:
     """Agent reply changed → visible in the REST API, p50/p95/p99, at a steady load of `vmis` VMIs.
 
     The simulated fleet (`vmis` VMIs, 1000 per node, the collectors' default poll intervals, still guests) publishes to
@@ -1430,7 +1430,7 @@ async def _join_phase(report: Report, size: Size, broker: Broker, workdir: Path)
     from guestinfo.broker import ensure_topics
 
     bootstrap, replication = broker.bootstrap_servers, broker.replication_factor
-    engine = "kafka" if isinstance(broker, KafkaCluster) else "tansu"
+    engine = engine_name(broker)
     await ensure_topics(bootstrap, replication_factor=replication)
     progress(f"workload: {size.events:,} raw events for {size.vmis:,} VMIs")
     workload = make_workload(size.vmis, size.events)
@@ -1563,13 +1563,15 @@ def add_engine_rows(report: Report, measured: Report, engine: str) -> None:
     report.failed = report.failed or measured.failed
 
 
-async def _kafka_join_phase(report: Report, size: Size, workdir: Path) -> None:
-    """The join rows on a fresh Apache Kafka cluster (Tansu's run in the broker the collector rows share)."""
+def engine_name(broker: Broker) -> str:
+    return "kafka" if isinstance(broker, KafkaCluster) else "tansu"
+
+
+async def _engine_join_rows(report: Report, size: Size, broker: Broker, workdir: Path) -> None:
+    """The join phase on `broker`, its rows tagged with the broker's engine."""
     measured = Report(report.size)
-    progress(f"join phase on Apache Kafka: starting {KAFKA_BROKERS} brokers")
-    async with start_engine("kafka", workdir) as broker:
-        await _join_phase(measured, size, broker, workdir)
-    add_engine_rows(report, measured, "kafka")
+    await _join_phase(measured, size, broker, workdir)
+    add_engine_rows(report, measured, engine_name(broker))
 
 
 async def _e2e_phase(vmis: int, workdir: Path, samples: int, engine: str) -> list[Row]:
@@ -1593,9 +1595,7 @@ async def bench(size_name: str) -> Report:
         report.figures["calibration_ms"] = calibration.value
         progress(f"size {size_name}: starting the embedded broker")
         async with EmbeddedBroker(validate_records=False) as broker:
-            tansu = Report(size_name)
-            await _join_phase(tansu, size, broker, workdir)
-            add_engine_rows(report, tansu, "tansu")
+            await _engine_join_rows(report, size, broker, workdir)
             collector = await measure_collector_cpu(broker.bootstrap_servers, size.collector_vmis, workdir,
                                                     size.collector_intervals, size.collector_warmup)
             spread = await measure_collector_cpu(broker.bootstrap_servers, size.collector_vmis, workdir,
@@ -1607,7 +1607,9 @@ async def bench(size_name: str) -> Report:
             report.figures["collector_percent_of_core_per_1000_vmis"] = collector[0].value
             report.figures["collector_launchers_percent_of_core_per_1000_vmis"] = spread[0].value
             report.figures.update(collector[0].figures)
-        await _kafka_join_phase(report, size, workdir)
+        progress(f"join phase on Apache Kafka: starting {KAFKA_BROKERS} brokers")
+        async with start_engine("kafka", workdir) as kafka:  # Tansu's ran in the broker the collector rows share
+            await _engine_join_rows(report, size, kafka, workdir)
         report.figures.update({"e2e_p50_s": None, "e2e_p95_s": None, "e2e_p99_s": None})
         for vmis in size.e2e_vmis:  # the last size is the one the targets are about
             for engine in ENGINES:
