@@ -13,19 +13,25 @@ for a rebalance on any broker.
    its throughput).
 
 3. **Records after a rebalance** (seen on Apache Kafka: tests/faults/test_join_workers.py lost changes
-   of a VMI in 4 of about 10 runs with RocksDB tables; 2 of 11 with what follows, docs/kafka.md §4).
+   of a VMI across a takeover; docs/kafka.md §4 has the traces).
    When partitions come back to a worker, Faust resumes them before it seeks them to their committed
    offsets, so records fetched from the old position are handed out and then the partition is sought
    back. Faust remembers the highest offset it handed out and drops every record below it as read
    already: the records from the committed offset up to it, which nobody processed (its DROPPED
-   MESSAGE lines), were lost; a jump over offsets was even counted as acknowledged (a "gap"). Here:
+   MESSAGE lines), were lost; a jump over offsets was even counted as acknowledged (a "gap"). And at the
+   end of a rebalance Faust resumes its flow control, which empties the stream queues every time, even
+   when the flow was already running: records handed out while the seek was under way, fetched from
+   the new position, were thrown away with nobody to read them again, and the next fetch counted them
+   as a gap. Here:
    - a record whose offset is at or past its partition's position was fetched before a seek back: it
-     is left out (the fetch from the new position hands it out again; the loss still open in
-     docs/kafka.md §4 may be a case where it did not);
+     is left out (the fetch from the new position hands it out again);
    - a record below the highest offset handed out is handed out again, not dropped (at least once:
      the join drops what it has applied);
    - a seek forgets the acknowledgements and gaps past the committed offset, so no commit goes beyond
-     a record not processed since.
+     a record not processed since;
+   - once Faust has emptied the stream queues, no record of the stream's topics is handed out until
+     their partitions have been sought to their committed offsets again (to their beginning when
+     nothing is committed yet): what was thrown away comes again, in order.
 
 Faust has no settings for any of them; the app uses a transport whose consumer makes them.
 """
@@ -42,6 +48,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from plumbing.kafka import FETCH_MAX_WAIT_MS, make_consumer
 
@@ -104,15 +112,42 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await confirmed_highwaters(self._servers, reported)
 
 
+class _FlowControl(FlowControlEvent):
+    """Faust's flow control of the stream queues, counting the times it empties them (`cleared`):
+    each `resume` does, and each rebalance's revocation."""
+
+    cleared = 0
+
+    def clear(self) -> None:
+        super().clear()
+        self.cleared += 1
+
+
 class _Consumer(faust_aiokafka.Consumer):
+    #: `_FlowControl.cleared` as of the last seek to the committed offsets.
+    _sought_after_clear = 0
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    @property
+    def _flow_control(self) -> _FlowControl:
+        flow_control = self.app.flow_control
+        assert isinstance(flow_control, _FlowControl), "the consumer of a JoinApp"
+        return flow_control
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's records, less those fetched before a seek back, with the read offset moved back for
-        a record below it (3. in the module)."""
+        a record below it; none once the stream queues were emptied and not yet sought back (3. in the
+        module)."""
         read_offset = self._read_offset
+        flow_control = self._flow_control
+        acked_topic = self.app.topics.acks_enabled_for
         async for tp, message in super().getmany(timeout):
+            if flow_control.cleared != self._sought_after_clear and acked_topic(tp.topic):
+                log.debug("the stream queues were emptied: %s[%d]@%d comes again after a seek", tp.topic,
+                          tp.partition, message.offset)
+                continue
             position = self._position(tp)
             if position is not None and message.offset >= position:
                 log.debug("%s[%d]@%d was fetched before a seek back to %d: it comes again", tp.topic,
@@ -122,6 +157,33 @@ class _Consumer(faust_aiokafka.Consumer):
             if last is not None and message.offset < last:
                 read_offset[tp] = message.offset
             yield tp, message
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        """Faust's next fetch, after a seek to the committed offsets when the stream queues were emptied
+        since the last one (what they held comes again)."""
+        cleared = self._flow_control.cleared
+        if cleared != self._sought_after_clear and self.flow_active:
+            try:
+                await self._read_again()
+            except KafkaError as exc:  # a rebalance under way, a broker away: the next fetch tries again
+                log.warning("seeking to the committed offsets after the stream queues were emptied: %s", exc)
+                await asyncio.sleep(0.2)
+                return None, None
+            log.debug("the stream queues were emptied: sought to the committed offsets")
+            self._sought_after_clear = cleared
+        return await super()._wait_next_records(timeout)
+
+    async def _read_again(self) -> None:
+        """Seek the stream's partitions to their committed offsets, those without one to their beginning:
+        the records the emptied queues held come again (a table's changelog is read on as it was)."""
+        await self.perform_seek()
+        acked_topic = self.app.topics.acks_enabled_for
+        uncommitted = [tp for tp in self.assignment()
+                       if acked_topic(tp.topic) and not self._committed_offset.get(tp)]
+        if uncommitted:
+            await self._thread.seek_to_beginning(*(TopicPartition(tp.topic, tp.partition) for tp in uncommitted))
+            for tp in uncommitted:
+                self._read_offset[tp] = None
 
     def _position(self, tp: TP) -> int | None:
         """The aiokafka consumer's position of `tp` (its state is read across threads: an int)."""
@@ -152,3 +214,7 @@ class JoinApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return _FlowControl(loop=self.loop)
