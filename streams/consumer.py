@@ -29,9 +29,11 @@ for a rebalance on any broker.
      the join drops what it has applied);
    - a seek forgets the acknowledgements and gaps past the committed offset, so no commit goes beyond
      a record not processed since;
-   - once Faust has emptied the stream queues, no record of the stream's topics is handed out until
-     their partitions have been sought to their committed offsets again (to their beginning when
-     nothing is committed yet): what was thrown away comes again, in order.
+   - no record of the stream's topics is handed out during a rebalance (a record on its way into a
+     queue when the queues are emptied lands in the emptied queue, ahead of those that come again), or
+     once Faust has emptied the stream queues, until their partitions have been sought to their
+     committed offsets again (to their beginning when nothing is committed yet): what was thrown away
+     or left out comes again, in order.
 
 Faust has no settings for any of them; the app uses a transport whose consumer makes them.
 """
@@ -124,7 +126,9 @@ class _FlowControl(FlowControlEvent):
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    #: `_FlowControl.cleared` as of the last seek to the committed offsets.
+    #: `_FlowControl.cleared` as of the last seek to the committed offsets; -1 once a record of the
+    #: stream's topics was left out during a rebalance. Those records are handed out only while it is
+    #: current.
     _sought_after_clear = 0
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -138,15 +142,16 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's records, less those fetched before a seek back, with the read offset moved back for
-        a record below it; none once the stream queues were emptied and not yet sought back (3. in the
-        module)."""
+        a record below it; none of the stream's topics during a rebalance, or once the stream queues were
+        emptied, until they are sought back (3. in the module)."""
         read_offset = self._read_offset
         flow_control = self._flow_control
         acked_topic = self.app.topics.acks_enabled_for
         async for tp, message in super().getmany(timeout):
-            if flow_control.cleared != self._sought_after_clear and acked_topic(tp.topic):
-                log.debug("the stream queues were emptied: %s[%d]@%d comes again after a seek", tp.topic,
+            if acked_topic(tp.topic) and (self.app.rebalancing or flow_control.cleared != self._sought_after_clear):
+                log.debug("%s[%d]@%d comes again after the rebalance, from the committed offset", tp.topic,
                           tp.partition, message.offset)
+                self._sought_after_clear = -1
                 continue
             position = self._position(tp)
             if position is not None and message.offset >= position:
@@ -160,9 +165,9 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """Faust's next fetch, after a seek to the committed offsets when the stream queues were emptied
-        since the last one (what they held comes again)."""
+        or records left out since the last one, once the rebalance is over (they come again)."""
         cleared = self._flow_control.cleared
-        if cleared != self._sought_after_clear and self.flow_active:
+        if cleared != self._sought_after_clear and self.flow_active and not self.app.rebalancing:
             try:
                 await self._read_again()
             except KafkaError as exc:  # a rebalance under way, a broker away: the next fetch tries again
