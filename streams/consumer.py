@@ -148,7 +148,8 @@ class _Consumer(faust_aiokafka.Consumer):
         flow_control = self._flow_control
         acked_topic = self.app.topics.acks_enabled_for
         async for tp, message in super().getmany(timeout):
-            if acked_topic(tp.topic) and (self.app.rebalancing or flow_control.cleared != self._sought_after_clear):
+            # The gate first: it is shut only around a rebalance, and this runs for every record.
+            if (self.app.rebalancing or flow_control.cleared != self._sought_after_clear) and acked_topic(tp.topic):
                 log.debug("%s[%d]@%d comes again after the rebalance, from the committed offset", tp.topic,
                           tp.partition, message.offset)
                 self._sought_after_clear = -1
